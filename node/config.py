@@ -1,0 +1,181 @@
+"""The node's one typed settings object: TOML file + environment overrides, validated at start-up.
+
+Why pydantic: every key is checked once, with the failing key named in the error, and the
+rest of the code receives a frozen object instead of reading files or the environment.
+
+Environment overrides: ``TRIAGE_NODE__<SECTION>__<KEY>=value`` (double underscores, any case),
+e.g. ``TRIAGE_NODE__DICOM__PORT=11113`` or ``TRIAGE_NODE__DICOM__ALLOWED_PEERS='["*"]'``.
+Values are read as TOML literals when they parse (numbers, booleans, arrays, quoted
+strings) and as plain strings otherwise. Nested tables use more parts:
+``TRIAGE_NODE__DICOM__TLS__ENABLED=true``.
+
+Relative paths are resolved against the working directory of the process.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "TRIAGE_NODE__"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the operator (names the key, no traceback)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSection(_Section):
+    data_dir: Path = Path("./data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TlsSection(_Section):
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None  # when set, client certificates signed by it are required
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0)
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not 0 < len(stripped) <= 16 or "\\" in stripped or not stripped.isascii():
+        raise ValueError(f"{value!r} is not a DICOM AE title (1-16 ASCII characters, no backslash)")
+    return stripped
+
+
+class DicomSection(_Section):
+    ae_title: str = "TRIAGE_NODE"
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    # Calling AE titles allowed to associate: [] = nobody, ["*"] = anyone.
+    allowed_peers: tuple[str, ...] = ("MODALITY1",)
+    check_called_ae: bool = True
+    max_associations: int = Field(default=16, ge=1)
+    # Largest P-DATA PDU we accept; 0 = unlimited. Large PDUs cut per-PDU overhead in Python.
+    max_pdu_bytes: int = Field(default=1_048_576, ge=0)
+    acse_timeout_seconds: float = Field(default=30.0, gt=0)
+    dimse_timeout_seconds: float = Field(default=60.0, gt=0)
+    network_timeout_seconds: float = Field(default=120.0, gt=0)
+    tcp_nodelay: bool = True
+    tls: TlsSection = TlsSection()
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _peers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v if v == "*" else _check_ae_title(v) for v in value)
+
+
+class StorageSection(_Section):
+    path: Path = Path("./data/storage")
+    fsync: bool = True  # off only for throw-away benchmarks; rule 1 needs it on
+    max_dataset_bytes: int = Field(default=2 * 1024**3, gt=0)
+    min_free_bytes: int = Field(default=1024**3, ge=0)  # below it: 0xA700, nothing written
+
+
+class DatabaseSection(_Section):
+    url: str = "sqlite:///./data/index.db"
+    echo: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not (value.startswith("sqlite") or value.startswith("postgresql")):
+            raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
+        return value
+
+
+class StabilitySection(_Section):
+    quiet_seconds: float = Field(default=10.0, ge=0)
+    tick_seconds: float = Field(default=1.0, gt=0)
+
+
+class AuditSection(_Section):
+    path: Path = Path("./data/audit.jsonl")
+    fsync: bool = True
+    source_id: str = "triage-node"
+
+
+class Settings(_Section):
+    """All of the node's configuration. ``model``, ``http`` and ``forward`` belong to later stages."""
+
+    node: NodeSection = NodeSection()
+    dicom: DicomSection = DicomSection()
+    storage: StorageSection = StorageSection()
+    database: DatabaseSection = DatabaseSection()
+    stability: StabilitySection = StabilitySection()
+    audit: AuditSection = AuditSection()
+    model: dict[str, Any] = Field(default_factory=dict)
+    http: dict[str, Any] = Field(default_factory=dict)
+    forward: list[dict[str, Any]] = Field(default_factory=list)
+    source: str = "<defaults>"  # where the settings came from, for the audit log
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> list[str]:
+    applied = []
+    for name, raw in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        target = data
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"environment variable {name}: {'.'.join(parts[:-1])} is not a table")
+        target[parts[-1]] = _parse_env_value(raw)
+        applied.append(".".join(parts))
+    return applied
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None, environ: dict[str, str] | None = None) -> Settings:
+    """Read ``path`` (TOML), apply ``TRIAGE_NODE__*`` overrides, validate, return frozen Settings."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _apply_env(data, dict(os.environ if environ is None else environ))
+    data["source"] = source
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration in {source}:\n{_describe(exc)}") from None
