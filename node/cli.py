@@ -1,0 +1,132 @@
+"""`triage-node` command line: thin wrappers; the work lives in the modules they call."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from node import __version__
+from node.config import ConfigError, Settings, load_settings
+
+DEFAULT_CONFIG = "config/node.toml"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(Path(args.config))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from node import oplog
+    from node.service import Node
+
+    settings = _settings(args)
+    oplog.configure(settings.node.log_level)
+    Node(settings).serve_forever()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.db.engine import Database
+    from node.status import node_status
+
+    settings = _settings(args)
+    db = Database(settings.database.url)
+    status = node_status(db)
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(f"studies    {status['studies']} ({status['studies_receiving']} receiving, "
+              f"{status['studies_stable']} stable)")
+        print(f"series     {status['series']}")
+        print(f"instances  {status['instances']} ({status['bytes'] / 1e6:.1f} MB)")
+        print("jobs       " + ", ".join(f"{k} {v}" for k, v in status["jobs"].items()))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from node.audit.verify import verify_log
+    from node.db.engine import Database
+
+    settings = _settings(args)
+    result = verify_log(settings.audit.path, Database(settings.database.url))
+    print(result.message, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from node.dimse.scu import Destination, echo
+
+    status = echo(Destination.parse(args.to), calling_ae=args.aet, timeout=args.timeout)
+    if status == 0:
+        print(f"C-ECHO {args.to}: success")
+        return 0
+    print(f"C-ECHO {args.to}: {'no association' if status is None else f'status 0x{status:04X}'}", file=sys.stderr)
+    return 1
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from node.dimse.scu import Destination, expand_paths, send
+
+    files = expand_paths(args.paths)
+    if not files:
+        print("no files to send", file=sys.stderr)
+        return 2
+    try:
+        results = send(files, Destination.parse(args.to), calling_ae=args.aet, timeout=args.timeout)
+    except (ConnectionError, ValueError, OSError) as exc:
+        print(f"send failed: {exc}", file=sys.stderr)
+        return 1
+    failed = [r for r in results if r.status != 0]
+    for r in failed:
+        print(f"{r.path}: {'no response' if r.status is None else f'status 0x{r.status:04X}'}", file=sys.stderr)
+    print(f"sent {len(results) - len(failed)}/{len(results)} instances to {args.to}")
+    return 0 if not failed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="triage-node", description=(
+        "DICOM node that keeps studies, triages them with MedSigLIP (research use only) and answers in DICOM."))
+    parser.add_argument("--version", action="version", version=f"triage-node {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", default=DEFAULT_CONFIG, help=f"TOML config (default {DEFAULT_CONFIG})")
+        return p
+
+    with_config(sub.add_parser("serve", help="run the node")).set_defaults(func=cmd_serve)
+    p = with_config(sub.add_parser("status", help="counts of studies, series, instances and jobs"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    audit = sub.add_parser("audit", help="audit log tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    with_config(audit_sub.add_parser("verify", help="check the audit hash chain")).set_defaults(
+        func=cmd_audit_verify)
+
+    for name, func, help_text in (("echo", cmd_echo, "C-ECHO a DICOM node"),
+                                  ("send", cmd_send, "C-STORE files or folders to a DICOM node")):
+        p = sub.add_parser(name, help=help_text)
+        if name == "send":
+            p.add_argument("paths", nargs="+")
+        p.add_argument("--to", required=True, metavar="AET@HOST:PORT")
+        p.add_argument("--aet", default="TRIAGE_SCU", help="our calling AE title (default TRIAGE_SCU)")
+        p.add_argument("--timeout", type=float, default=30.0)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"triage-node: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `status --json | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The SQL index: models, engine set-up and Alembic migrations."""

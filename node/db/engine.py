@@ -1,0 +1,78 @@
+"""Engine and sessions: SQLite in WAL mode by default, PostgreSQL for several hosts.
+
+Why the pragmas: WAL lets readers (status, queries) run while an association writes;
+synchronous=FULL makes each commit durable against power loss, which rule 1 needs because
+the C-STORE response follows the commit; busy_timeout absorbs short writer overlaps.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str, echo: bool = False) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=20, max_overflow=10)
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (idempotent; run at every start)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection_engine"] = engine
+    with _MIGRATE_LOCK:
+        command.upgrade(cfg, "head")
+
+
+_MIGRATE_LOCK = threading.Lock()
+
+
+class Database:
+    """Engine + session factory + the writer lock SQLite needs across association threads."""
+
+    def __init__(self, url: str, echo: bool = False, migrate: bool = True) -> None:
+        self.url = url
+        self.engine = make_engine(url, echo)
+        if migrate:
+            upgrade_schema(self.engine)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.is_sqlite = url.startswith("sqlite")
+        # SQLite allows one writer; serialising in-process avoids busy-retry storms.
+        self.write_lock: threading.Lock | _NullLock = threading.Lock() if self.is_sqlite else _NullLock()
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class _NullLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

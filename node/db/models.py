@@ -1,0 +1,103 @@
+"""SQLAlchemy 2 models of the index: what C-FIND, the stability timer and the worker need.
+
+The index mirrors the files under storage/ (one row per stored instance). Timers (the
+quiet-period clock, jobs) live here too, so they survive a restart (rule 3).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+UID = String(64)
+
+
+class Patient(Base):
+    __tablename__ = "patient"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # (patient_id, issuer) identify a patient; an empty PatientID is its own bucket.
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    name: Mapped[str] = mapped_column(String(324), default="")
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient_id_issuer"),)
+
+
+class Study(Base):
+    __tablename__ = "study"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id"))
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    description: Mapped[str] = mapped_column(String(64), default="")
+    referring_physician: Mapped[str] = mapped_column(String(324), default="")
+    modalities: Mapped[str] = mapped_column(String(128), default="")  # backslash-joined, sorted
+    # Stability clock (rule 3): 'receiving' until quiet for quiet_seconds, then 'stable'.
+    last_arrival_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stability_state: Mapped[str] = mapped_column(String(16), default="receiving")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    patient: Mapped[Patient] = relationship()
+    __table_args__ = (Index("ix_study_stability", "stability_state", "last_arrival_at"),)
+
+
+class Series(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    description: Mapped[str] = mapped_column(String(64), default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+
+
+class Instance(Base):
+    __tablename__ = "instance"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(400))  # relative to storage.path
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+
+
+class TriageJob(Base):
+    """One triage of one study. queued -> running -> done | failed."""
+
+    __tablename__ = "triage_job"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (Index("ix_job_state", "state", "queued_at"),)
+
+
+class AuditHead(Base):
+    """Where the audit chain ends, so that a truncated log file is detected (one row per log path)."""
+
+    __tablename__ = "audit_head"
+    log_path: Mapped[str] = mapped_column(String(400), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,1 @@
+"""DIMSE side: the Storage/Verification SCP (dimse.server) and our SCU (dimse.scu)."""
