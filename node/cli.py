@@ -45,6 +45,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worklist(args: argparse.Namespace) -> int:
+    from node.db.engine import Database
+    from node.worklist import worklist
+
+    items = worklist(Database(_settings(args).database.url))
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    if not items:
+        print("worklist is empty")
+    for item in items:
+        what = "AI assessment" if item["assist"] else f"no AI assessment ({item['reason']})"
+        present = [f["finding"] for f in item["findings"] if f["state"] == "present"]
+        print(f"{item['priority']:<6} {item['study_instance_uid']}  {what}"
+              + (f"; flagged: {', '.join(present)}" if present else ""))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from node.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from node.audit.verify import verify_log
     from node.db.engine import Database
@@ -99,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("status", help="counts of studies, series, instances and jobs"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = with_config(sub.add_parser("worklist", help="triaged studies, most urgent first"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_worklist)
+    p = sub.add_parser("demo", help="the whole path on synthetic studies with a random test model")
+    p.add_argument("--keep", action="store_true", help="keep the demo's temp folder")
+    p.set_defaults(func=cmd_demo)
 
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

@@ -109,8 +109,33 @@ class AuditSection(_Section):
     source_id: str = "triage-node"
 
 
+class ModelSection(_Section):
+    """Where MedSigLIP comes from and how it runs (mirrors node.triage.model.ModelSettings)."""
+
+    id: str = "google/medsiglip-448"
+    path: str | None = None  # a local checkpoint folder; wins over id
+    revision: str | None = None
+    device: Literal["auto", "cuda", "cpu"] | str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(default=32, ge=1)
+    offline: bool = False
+    hf_token_env: str = "HF_TOKEN"
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    retry_load_seconds: float = Field(default=300.0, gt=0)  # how often a failed load is retried
+
+
+class TriageSection(_Section):
+    enabled: bool = True
+    profiles_dir: Path = Path("./config/profiles")
+    profiles: tuple[str, ...] = ("cxr",)  # in order of preference
+    poll_seconds: float = Field(default=1.0, gt=0)
+    max_jobs_per_batch: int = Field(default=8, ge=1)
+    stale_job_seconds: float = Field(default=600.0, gt=0)  # a running job without heartbeat this long is retaken
+    max_attempts: int = Field(default=3, ge=1)
+
+
 class Settings(_Section):
-    """All of the node's configuration. ``model``, ``http`` and ``forward`` belong to later stages."""
+    """All of the node's configuration. ``http`` and ``forward`` are reserved for the PACS-facing stage."""
 
     node: NodeSection = NodeSection()
     dicom: DicomSection = DicomSection()
@@ -118,7 +143,8 @@ class Settings(_Section):
     database: DatabaseSection = DatabaseSection()
     stability: StabilitySection = StabilitySection()
     audit: AuditSection = AuditSection()
-    model: dict[str, Any] = Field(default_factory=dict)
+    model: ModelSection = ModelSection()
+    triage: TriageSection = TriageSection()
     http: dict[str, Any] = Field(default_factory=dict)
     forward: list[dict[str, Any]] = Field(default_factory=list)
     source: str = "<defaults>"  # where the settings came from, for the audit log

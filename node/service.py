@@ -40,6 +40,11 @@ class Node:
         self.ingestor = Ingestor(self.db, self.files, max_dataset_bytes=settings.storage.max_dataset_bytes,
                                  min_free_bytes=settings.storage.min_free_bytes)
         self.listener = DicomListener(settings.dicom, self.ingestor, self.audit)
+        self.worker = None
+        if settings.triage.enabled:
+            from node.triage.worker import TriageWorker  # torch is imported only when triage is on
+
+            self.worker = TriageWorker(settings, self.db, self.ingestor, self.audit)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._stopped = threading.Event()
         self._me = Participant(user_id=settings.dicom.ae_title, role="application")
@@ -55,6 +60,8 @@ class Node:
                                id="stability", max_instances=1, coalesce=True)
         self.tick()  # studies whose quiet period ended while we were down
         self.scheduler.start()
+        if self.worker is not None:
+            self.worker.start()
         (self.data_dir / RUNNING_MARKER).write_text(str(os.getpid()))
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_START,
                           outcome_desc="triage-node started", participants=[self._me])
@@ -91,6 +98,8 @@ class Node:
         log.info("stopping")
         self.listener.stop()
         self.scheduler.shutdown(wait=True)
+        if self.worker is not None:
+            self.worker.stop()
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_STOP,
                           outcome_desc="triage-node stopped", participants=[self._me])
         (self.data_dir / RUNNING_MARKER).unlink(missing_ok=True)

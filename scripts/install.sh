@@ -4,6 +4,7 @@
 #   bash scripts/install.sh            # runtime + test dependencies
 #   bash scripts/install.sh --no-test  # runtime dependencies only
 #
+# pip runs with -qq: warnings are hidden, errors are shown.
 # torch is installed first, pinned to the CPU build (torch==2.13.0): a plain
 # "pip install torch" would pull the multi-GB CUDA build. pyproject.toml only
 # asks torch>=2.4, so the pinned build satisfies it and pip keeps it.
@@ -15,7 +16,7 @@ MODE="test"
 for arg in "$@"; do
   case "$arg" in
     --no-test) EXTRAS=""; MODE="runtime" ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +42,7 @@ if [ ! -x "$PY" ]; then
   fi
   echo "Creating .venv with $("$BASE_PY" --version 2>&1)"
   "$BASE_PY" -m venv "$VENV"
-  "$PY" -m pip install --quiet --upgrade pip
+  "$PY" -m pip install -qq --upgrade pip
 fi
 
 # 2. torch, pinned CPU build, before the project so pip does not pick a CUDA build
@@ -55,7 +56,7 @@ PY
 )"
 if [ "$have_torch" != "$TORCH_VERSION" ]; then
   echo "Installing torch==$TORCH_VERSION"
-  "$PY" -m pip install --quiet "torch==$TORCH_VERSION"
+  "$PY" -m pip install -qq "torch==$TORCH_VERSION"
 fi
 
 # 3. the project itself (editable). Skipped when pyproject.toml has not changed since
@@ -70,6 +71,6 @@ if [ -f "$STAMP" ] && { [ "$(cat "$STAMP")" = "$want" ] \
   :
 else
   echo "Installing triage-node (editable${EXTRAS:+, extras $EXTRAS})"
-  "$PY" -m pip install --quiet -e ".$EXTRAS"
+  "$PY" -m pip install -qq -e ".$EXTRAS"
   echo "$want" > "$STAMP"
 fi

@@ -101,3 +101,21 @@ class AuditHead(Base):
     log_path: Mapped[str] = mapped_column(String(400), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class WorklistItem(Base):
+    """The triage answer per study: what a reading worklist sorts by (never LOW, rule 5)."""
+
+    __tablename__ = "worklist_item"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    priority: Mapped[str] = mapped_column(String(8))  # HIGH | MEDIUM
+    assist: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str] = mapped_column(String(64), default="")
+    profile: Mapped[str] = mapped_column(String(64), default="")
+    sr_sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    sr_series_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    job_id: Mapped[int] = mapped_column(Integer)
+    findings: Mapped[str] = mapped_column(Text, default="")  # JSON summary for dashboards
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    triaged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

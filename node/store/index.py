@@ -30,8 +30,13 @@ def instance_exists(session: Session, sop_instance_uid: str) -> bool:
 
 
 def add_instance(db: Database, session: Session, h: InstanceHeader, *, rel_path: str, size: int,
-                 transfer_syntax_uid: str, calling_ae: str, now: datetime | None = None) -> bool:
-    """Insert the rows; returns False when the SOP Instance UID is already indexed (duplicate)."""
+                 transfer_syntax_uid: str, calling_ae: str, now: datetime | None = None,
+                 touch_stability: bool = True) -> bool:
+    """Insert the rows; returns False when the SOP Instance UID is already indexed (duplicate).
+
+    ``touch_stability=False`` is for objects the node makes itself (its SRs): they must not
+    re-open the study, or every SR would trigger another triage.
+    """
     now = now or datetime.now(timezone.utc)
     if instance_exists(session, h.sop_instance_uid):
         return False
@@ -55,9 +60,10 @@ def add_instance(db: Database, session: Session, h: InstanceHeader, *, rel_path:
     mods = set(filter(None, (modalities or "").split("\\")))
     if h.modality:
         mods.add(h.modality)
-    session.execute(update(Study).where(Study.id == study_pk).values(
-        last_arrival_at=now, stability_state="receiving", instance_count=Study.instance_count + 1,
-        modalities="\\".join(sorted(mods))))
+    values: dict = dict(instance_count=Study.instance_count + 1, modalities="\\".join(sorted(mods)))
+    if touch_stability:
+        values.update(last_arrival_at=now, stability_state="receiving")
+    session.execute(update(Study).where(Study.id == study_pk).values(**values))
 
     series_pk = session.execute(select(Series.id).where(
         Series.series_instance_uid == h.series_instance_uid)).scalar_one_or_none()

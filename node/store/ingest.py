@@ -59,7 +59,7 @@ class Ingestor:
 
     def store(self, file_meta: FileMetaDataset, dataset_bytes: bytes | memoryview, *, calling_ae: str,
               expected_sop_instance_uid: str | None = None,
-              expected_sop_class_uid: str | None = None) -> IngestOutcome:
+              expected_sop_class_uid: str | None = None, touch_stability: bool = True) -> IngestOutcome:
         size = len(dataset_bytes)
         if size > self.max_dataset_bytes:
             return IngestOutcome(DATASET_TOO_LARGE, f"data set of {size} bytes exceeds the limit")
@@ -102,7 +102,8 @@ class Ingestor:
             try:
                 with self.db.write_lock, self.db.session() as session, session.begin():
                     added = add_instance(self.db, session, h, rel_path=rel.as_posix(), size=written,
-                                         transfer_syntax_uid=ts, calling_ae=calling_ae)
+                                         transfer_syntax_uid=ts, calling_ae=calling_ae,
+                                         touch_stability=touch_stability)
             except (IntegrityError, OperationalError) as exc:
                 log.error("index_write_failed", error=type(exc).__name__, study_ref=study_ref(h.study_instance_uid))
                 return IngestOutcome(OUT_OF_RESOURCES, "cannot index the instance")

@@ -1,0 +1,291 @@
+"""The triage worker: claims queued jobs, selects and preprocesses images, runs MedSigLIP on
+one batch across several studies, decides, and answers each study with an SR.
+
+It survives every failure of the model: unavailable, error or timeout become a no-assist SR
+(rule 6). Only a failure to write the answer (disk, database) sends a job back to the queue.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from node.audit import AuditLog, AuditObject, EventCode, Participant
+from node.audit.events import MINOR_FAILURE, SUCCESS
+from node.config import Settings
+from node.db.engine import Database
+from node.db.models import Instance, Series, Study, TriageJob
+from node.oplog import get_logger, study_ref
+from node.store.ingest import Ingestor
+from node.triage.jobs import claim_jobs, finish_job, heartbeat, requeue_orphans
+from node.triage.model import LoadedModel, ModelSettings, ModelUnavailable, load_model
+from node.triage.policy import NoAssistReason, decide, embed_profile, no_assist
+from node.triage.preprocess import PREPROCESS_VERSION, PreprocessError, to_model_input
+from node.triage.profiles import TriageProfile, load_profiles
+from node.triage.results import algorithm_info, triage_result, write_report
+from node.triage.select import select_images
+
+log = get_logger("triage")
+
+
+@dataclass
+class _StudyWork:
+    """One claimed job on its way through the batch."""
+
+    job_id: int
+    study_uid: str
+    queued_at: datetime
+    headers: list[Dataset]
+    profile: TriageProfile | None = None
+    images: list[Dataset] = field(default_factory=list)  # accepted and preprocessed, decide() order
+    pixels: list[np.ndarray] = field(default_factory=list)
+    preprocessing: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class TriageWorker:
+    def __init__(self, settings: Settings, db: Database, ingestor: Ingestor, audit: AuditLog,
+                 *, model_loader=load_model) -> None:  # type: ignore[no-untyped-def]
+        self.settings = settings
+        self.db = db
+        self.ingestor = ingestor
+        self.audit = audit
+        self.storage_root = Path(settings.storage.path)
+        self.profiles = self._load_profiles()
+        self.host_prefix = f"{socket.gethostname()}:"
+        self.worker_id = f"{self.host_prefix}{os.getpid()}:{id(self):x}"
+        self._model_loader = model_loader
+        self.model: LoadedModel | None = None
+        self.model_error = "not loaded yet"
+        self._last_load_attempt = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._me = Participant(user_id=settings.dicom.ae_title, role="application")
+
+    def _load_profiles(self) -> list[TriageProfile]:
+        available = load_profiles(Path(self.settings.triage.profiles_dir))
+        missing = [name for name in self.settings.triage.profiles if name not in available]
+        if missing:
+            from node.config import ConfigError
+
+            raise ConfigError(f"triage.profiles: no profile named {', '.join(missing)} in "
+                              f"{self.settings.triage.profiles_dir} (have: {', '.join(sorted(available))})")
+        return [available[name] for name in self.settings.triage.profiles]
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        requeued, failed = requeue_orphans(
+            self.db, host_prefix=self.host_prefix, worker_id=self.worker_id,
+            stale_seconds=self.settings.triage.stale_job_seconds, max_attempts=self.settings.triage.max_attempts)
+        if requeued or failed:
+            log.info("jobs_retaken", requeued=requeued, failed=failed)
+        self._thread = threading.Thread(target=self._run, name="triage-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        self.ensure_model()
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception as exc:  # never let the loop die; the jobs stay visible as running/failed
+                log.error("worker_loop_error", error=type(exc).__name__, detail=str(exc)[:300])
+                worked = False
+            if not worked:
+                self._stop.wait(self.settings.triage.poll_seconds)
+
+    # ------------------------------------------------------------------ model
+    def ensure_model(self) -> LoadedModel | None:
+        """Load the model once; after a failure, retry no more often than retry_load_seconds."""
+        if self.model is not None:
+            return self.model
+        now = time.monotonic()
+        if self._last_load_attempt and now - self._last_load_attempt < self.settings.model.retry_load_seconds:
+            return None
+        self._last_load_attempt = now
+        m = self.settings.model
+        try:
+            self.model = self._model_loader(
+                ModelSettings(id=m.id, path=m.path, revision=m.revision, device=m.device, batch_size=m.batch_size,
+                              offline=m.offline, hf_token_env=m.hf_token_env, dtype=m.dtype,
+                              timeout_s=m.timeout_seconds),
+                cache_dir=Path(self.settings.node.data_dir) / "cache")
+            for profile in self.profiles:
+                embed_profile(self.model, profile)  # prompt embeddings once, at load
+        except ModelUnavailable as exc:
+            self.model, self.model_error = None, str(exc)
+            log.error("model_unavailable", detail=str(exc)[:300])
+            self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=MINOR_FAILURE,
+                              outcome_desc=f"model not loaded: {str(exc)[:300]}", participants=[self._me])
+            return None
+        ident = self.model.identity
+        self.model_error = ""
+        log.info("model_loaded", model_id=ident.model_id, revision=ident.revision, device=ident.device,
+                 dtype=ident.dtype, weights_sha256=ident.weights_sha256, test_model=ident.is_test_model)
+        self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=SUCCESS, outcome_desc="model loaded",
+                          participants=[self._me],
+                          objects=[AuditObject(type="model", id=ident.model_id, details={
+                              "revision": ident.revision, "weights_sha256": ident.weights_sha256,
+                              "device": ident.device, "dtype": ident.dtype, "test_model": ident.is_test_model})])
+        return self.model
+
+    # ------------------------------------------------------------------ one batch
+    def run_once(self) -> bool:
+        """Claim up to max_jobs_per_batch jobs and answer each. Returns False when the queue was empty."""
+        jobs = claim_jobs(self.db, self.worker_id, self.settings.triage.max_jobs_per_batch)
+        if not jobs:
+            return False
+        works = []
+        for job in jobs:
+            self._audit_job(job.study_instance_uid, job.id, "triage job started")
+            works.append(self._prepare(job))
+        heartbeat(self.db, [w.job_id for w in works])
+        decisions = self._infer(works)
+        for work in works:
+            self._answer(work, decisions[work.job_id])
+        return True
+
+    def _study_headers(self, study_uid: str) -> list[Dataset]:
+        with self.db.session() as session:
+            paths = session.execute(
+                select(Instance.path).join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id).where(Study.study_instance_uid == study_uid)
+                .order_by(Series.series_number, Instance.instance_number, Instance.id)).scalars().all()
+        headers = []
+        for rel in paths:
+            try:
+                # Pixel data stays on disk (deferred) until preprocessing asks for it.
+                headers.append(pydicom.dcmread(self.storage_root / rel, defer_size=1024))
+            except Exception as exc:
+                log.warning("unreadable_instance", error=type(exc).__name__)
+        return headers
+
+    def _prepare(self, job: TriageJob) -> _StudyWork:
+        work = _StudyWork(job.id, job.study_instance_uid, job.queued_at, self._study_headers(job.study_instance_uid))
+        own = "triage-node"
+        for profile in self.profiles:
+            selection = select_images(work.headers, profile, own_manufacturer=own)
+            if selection.accepted:
+                work.profile = profile
+                work.skipped = [(s.sop_instance_uid, s.reason) for s in selection.skipped]
+                for ds in selection.accepted:
+                    try:
+                        pixels, record = to_model_input(ds, size=self._image_size(), defaults=profile.preprocessing)
+                    except PreprocessError as exc:
+                        work.skipped.append((str(ds.SOPInstanceUID), f"preprocess: {exc}"[:120]))
+                        continue
+                    work.images.append(ds)
+                    work.pixels.append(pixels)
+                    work.preprocessing = record.describe()
+                break
+        if work.profile is None:
+            work.profile = self.profiles[0]
+        return work
+
+    def _image_size(self) -> int:
+        return self.model.image_size if self.model is not None else 448
+
+    def _infer(self, works: list[_StudyWork]) -> dict[int, object]:
+        """One model call per profile over the images of all jobs in the batch."""
+        decisions: dict[int, object] = {}
+        model = self.ensure_model() if any(w.pixels for w in works) else self.model
+        for work in works:
+            if not work.pixels:
+                decisions[work.job_id] = no_assist(NoAssistReason.NO_ELIGIBLE_IMAGE)
+            elif model is None:
+                decisions[work.job_id] = no_assist(NoAssistReason.MODEL_UNAVAILABLE)
+        pending = [w for w in works if w.job_id not in decisions]
+        by_profile: dict[str, list[_StudyWork]] = {}
+        for w in pending:
+            by_profile.setdefault(w.profile.name, []).append(w)  # type: ignore[union-attr]
+        for group in by_profile.values():
+            profile = group[0].profile
+            assert model is not None and profile is not None
+            stack = np.stack([p for w in group for p in w.pixels])
+            try:
+                future = self._executor.submit(model.embed_images, stack)
+                embeddings = future.result(timeout=self.settings.model.timeout_seconds)
+                prompts = embed_profile(model, profile)
+            except FutureTimeout:
+                log.error("model_timeout", images=len(stack))
+                for w in group:
+                    decisions[w.job_id] = no_assist(NoAssistReason.MODEL_TIMEOUT)
+                continue
+            except Exception as exc:
+                log.error("model_error", error=type(exc).__name__, detail=str(exc)[:300])
+                for w in group:
+                    decisions[w.job_id] = no_assist(NoAssistReason.MODEL_ERROR)
+                continue
+            start = 0
+            for w in group:
+                n = len(w.pixels)
+                decisions[w.job_id] = decide(embeddings[start:start + n], profile, prompts, model.logit_scale)
+                start += n
+        return decisions
+
+    def _answer(self, work: _StudyWork, decision) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if not work.headers:
+                raise RuntimeError("study has no readable instance")
+            identity = self.model.identity if self.model is not None else None
+            algorithm = algorithm_info(identity, work.profile, PREPROCESS_VERSION,  # type: ignore[arg-type]
+                                       work.preprocessing or f"{PREPROCESS_VERSION}: no image preprocessed")
+            result = triage_result(decision, work.profile, work.images, algorithm)  # type: ignore[arg-type]
+            evidence = [work.images[i] for i in decision.evaluated] if decision.assist else []
+            context = work.images[0] if work.images else work.headers[0]
+            report = write_report(self.db, self.ingestor, job_id=work.job_id, job_queued_at=work.queued_at,
+                                  study_context=context, evidence=evidence, result=result,
+                                  own_ae=self.settings.dicom.ae_title)
+        except Exception as exc:
+            log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
+            self._fail_or_retry(work, exc)
+            return
+        finish_job(self.db, work.job_id, "done")
+        patient_id = str(work.headers[0].get("PatientID", ""))
+        self.audit.record(
+            EventCode.INSTANCES_TRANSFERRED, action="C", outcome=SUCCESS,
+            outcome_desc=(f"SR created: priority {report.priority}, "
+                          + ("AI assessment" if report.assist else f"no AI assessment ({report.reason})")),
+            participants=[self._me],
+            objects=[AuditObject(type="patient", id=patient_id),
+                     AuditObject(type="study", id=work.study_uid, details={
+                         "job_id": work.job_id, "profile": work.profile.name if work.profile else "",
+                         "images_evaluated": len(work.images), "skipped": work.skipped[:50]}),
+                     AuditObject(type="report", id=report.sop_instance_uid, details={
+                         "priority": report.priority, "assist": report.assist, "reason": report.reason})])
+        self._audit_job(work.study_uid, work.job_id, "triage job finished")
+        log.info("job_done", job_id=work.job_id, study_ref=study_ref(work.study_uid), priority=report.priority,
+                 assist=report.assist, reason=report.reason, images=len(work.images))
+
+    def _fail_or_retry(self, work: _StudyWork, exc: Exception) -> None:
+        with self.db.session() as session:
+            job = session.get(TriageJob, work.job_id)
+            attempts = job.attempts if job else self.settings.triage.max_attempts
+        if attempts >= self.settings.triage.max_attempts:
+            finish_job(self.db, work.job_id, "failed", f"{type(exc).__name__}: {exc}")
+        else:
+            finish_job(self.db, work.job_id, "queued", f"{type(exc).__name__}: {exc}")
+        self._audit_job(work.study_uid, work.job_id, f"triage job error: {type(exc).__name__}", outcome=MINOR_FAILURE)
+
+    def _audit_job(self, study_uid: str, job_id: int, what: str, outcome: int = SUCCESS) -> None:
+        self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=outcome, outcome_desc=what,
+                          participants=[self._me],
+                          objects=[AuditObject(type="study", id=study_uid, details={"job_id": job_id})])
