@@ -15,7 +15,8 @@ with synchronous=FULL, audit log with fsync, 1 MiB max PDU, TCP_NODELAY on); onl
 benchmark must change is overridden by environment variables: every path goes into the
 harness's fresh per-run work dir ({root}, storage = {out}), any calling AE is allowed, the
 port/AE title are the harness's, and the quiet period is an hour so no triage job is queued
-mid-run. Each run is verified: the instance count in our index (the same query as
+mid-run, and the triage worker is off (it is not on the C-STORE path; at start it would import
+torch and try to load the model). Each run is verified: the instance count in our index (the same query as
 ``triage-node status``) must equal the number of .dcm files under storage and the number sent.
 
 Everything runs with TCP_NODELAY=1 (bench.py --tcp-nodelay), which the DCMTK tools and
@@ -46,6 +47,7 @@ NODE_BIN = REPO / ".venv" / "bin" / "triage-node"
 NODE_CONFIG = REPO / "config" / "node.toml"
 NAME = "triage-node"
 PORT = 11114
+STORESCP_PORT = 11115
 AET = "TRIAGE_NODE"
 SCENARIOS = ("ct", "dx", "small", "dx-par4")
 
@@ -62,6 +64,11 @@ def node_env(extra: list[str]) -> list[str]:
         "TRIAGE_NODE__DICOM__AE_TITLE={aet}",
         'TRIAGE_NODE__DICOM__ALLOWED_PEERS=["*"]',
         "TRIAGE_NODE__STABILITY__QUIET_SECONDS=3600",
+        # The triage worker is not part of the C-STORE path; with quiet_seconds=3600 it would have
+        # no job anyway, but at start it imports torch and tries to load the model (network), which
+        # would steal CPU from the ingest being measured. Paths made absolute: the cwd is {root}.
+        "TRIAGE_NODE__TRIAGE__ENABLED=false",
+        f"TRIAGE_NODE__TRIAGE__PROFILES_DIR={REPO / 'config' / 'profiles'}",
     ]
     return env + list(extra)
 
@@ -192,16 +199,42 @@ def main() -> int:
     for v in a.variant:
         name, _, kvs = v.partition(":")
         ours[name] = list(a.node_env) + [kv for kv in kvs.split(",") if kv]
-    cmd = [PY, str(BENCH_PY), "run", "--tcp-nodelay", "--reps", str(a.reps), "--scenarios", a.scenarios,
-           "--receivers", a.receivers, "--pause", str(a.pause), "--json", str(raw)]
+    base = [PY, str(BENCH_PY), "run", "--tcp-nodelay", "--reps", "1", "--receivers", a.receivers,
+            "--pause", str(a.pause)]
+    # storescp's default port 11112 is also triage-node's default: keep the harness off it.
+    base += ["--receiver-port", f"storescp={STORESCP_PORT}"]
     for i, (name, env) in enumerate(ours.items()):
-        cmd += ["--receiver-cmd", f"{name}={receiver_cmd(env)}",
-                "--receiver-port", f"{name}={PORT + i}", "--receiver-aet", f"{name}={AET}",
-                "--receiver-verify", f"{name}=cmd:{verify_cmd(env)}"]
+        base += ["--receiver-cmd", f"{name}={receiver_cmd(env)}",
+                 "--receiver-port", f"{name}={PORT + i}", "--receiver-aet", f"{name}={AET}",
+                 "--receiver-verify", f"{name}=cmd:{verify_cmd(env)}"]
     env = dict(os.environ, PEERBENCH_DIR=str(OUT), PEERBENCH_PYTHON=PY)
-    print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+    parts_dir = OUT / "results" / f"ingest-{stamp}"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    print("+ " + " ".join(shlex.quote(c) for c in base) + " --scenarios SCENARIO --json PART.json", flush=True)
     print(f"load average before: {open('/proc/loadavg').read().strip()}", flush=True)
-    rc = subprocess.run(cmd, env=env, cwd=OUT).returncode
+    # Interleaved: for each repetition and scenario, every receiver back to back (one bench.py
+    # call each), so that a burst of load from the neighbours hits all receivers alike.
+    merged: dict = {}
+    rc = 0
+    for rep in range(a.reps):
+        for sc in a.scenarios.split(","):
+            part = parts_dir / f"r{rep}-{sc}.json"
+            rc |= subprocess.run(base + ["--scenarios", sc, "--json", str(part)], env=env, cwd=OUT).returncode
+            if not part.exists():
+                continue
+            with open(part) as f:
+                run = json.load(f)
+            for r in run["results"]:
+                r["rep"] = rep
+            if not merged:
+                merged = run
+                merged["args"]["reps"] = a.reps
+                merged["args"]["scenarios"] = a.scenarios
+                merged["args"]["interleaved_by"] = "ingest.py: one bench.py call per (rep, scenario)"
+            else:
+                merged["results"] += run["results"]
+            with open(raw, "w") as f:
+                json.dump(merged, f, indent=1)
     print(f"load average after: {open('/proc/loadavg').read().strip()}", flush=True)
     if raw.exists():
         keep.parent.mkdir(parents=True, exist_ok=True)

@@ -24,9 +24,11 @@ from node.oplog import get_logger, study_ref
 from node.store.ingest import Ingestor
 
 log = get_logger("dimse")
-# pynetdicom accepts no empty require_calling_aet list as "nobody"; this title cannot be sent
-# by a peer (leading space is stripped from received titles), so nobody matches it.
-_NOBODY = " NOBODY"
+# pynetdicom reads an empty require_calling_aet list as "anyone". For allowed_peers = [] we put
+# one title there that no peer can send: it is longer than the 16 bytes an AE title has on the
+# wire. (pynetdicom's setter would refuse it, and strips spaces both from the list and from
+# received titles, so a padded valid title such as " NOBODY" would let a peer called NOBODY in.)
+_NOBODY = "<allowed_peers is empty: nobody>"
 
 
 @dataclass
@@ -61,7 +63,10 @@ class DicomListener:
         ae.network_timeout = cfg.network_timeout_seconds
         ae.require_called_aet = cfg.check_called_ae
         if "*" not in cfg.allowed_peers:
-            ae.require_calling_aet = list(cfg.allowed_peers) or [_NOBODY]
+            if cfg.allowed_peers:
+                ae.require_calling_aet = list(cfg.allowed_peers)
+            else:
+                ae._require_calling_aet = [_NOBODY]  # bypasses the setter's 16-character check
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)

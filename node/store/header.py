@@ -103,6 +103,10 @@ def parse_header(dataset_bytes: bytes | memoryview, transfer_syntax_uid: str) ->
         raise BadDataset(f"data set truncated: last element needs {last_end - len(data)} more bytes")
     if last_undefined and not data.endswith(_SEQ_DELIMITER):
         raise BadDataset("data set truncated inside an undefined-length element")
+    # pydicom ends a data set silently when fewer than 8 bytes (an element header) remain, so a
+    # data set cut inside its last element header would otherwise parse as complete.
+    if not last_undefined and last_end < len(data):
+        raise BadDataset(f"data set truncated: {len(data) - last_end} bytes after the last element")
     return ds
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -17,16 +17,36 @@ from node.db.engine import Database
 from node.db.models import Instance, Patient, Series, Study
 from node.store.header import InstanceHeader
 
+# The statements are built once and run on the session's Core connection with bound
+# parameters: building them per instance and running them through the ORM layer cost about
+# 3 ms of CPU per instance (measured: bench/RESULTS.md, "Ingest (C-STORE)"), more than the
+# SQL itself. Same SQL, same single transaction as before.
+_patient, _study, _series, _instance = (m.__table__ for m in (Patient, Study, Series, Instance))
+_INSTANCE_BY_UID = select(_instance.c.id).where(_instance.c.sop_instance_uid == bindparam("b_uid"))
+_PATIENT_PK = select(_patient.c.id).where(_patient.c.patient_id == bindparam("b_pid"),
+                                          _patient.c.issuer == bindparam("b_issuer"))
+_STUDY_BY_UID = select(_study.c.id, _study.c.modalities).where(_study.c.study_instance_uid == bindparam("b_uid"))
+_SERIES_PK = select(_series.c.id).where(_series.c.series_instance_uid == bindparam("b_uid"))
+_STUDY_ADD = {  # touch_stability -> statement
+    True: update(_study).where(_study.c.id == bindparam("b_pk")).values(
+        instance_count=_study.c.instance_count + 1, modalities=bindparam("b_mods"),
+        last_arrival_at=bindparam("b_now"), stability_state="receiving"),
+    False: update(_study).where(_study.c.id == bindparam("b_pk")).values(
+        instance_count=_study.c.instance_count + 1, modalities=bindparam("b_mods")),
+}
+_INSERT_INSTANCE = insert(_instance)
+_INSERT_IGNORE = {  # is_sqlite -> table name -> INSERT ... ON CONFLICT DO NOTHING
+    is_sqlite: {t.name: ins(t).on_conflict_do_nothing() for t in (_patient, _study, _series)}
+    for is_sqlite, ins in ((True, sqlite_insert), (False, pg_insert))
+}
 
-def _upsert_ignore(db: Database, table, values: dict):  # type: ignore[no-untyped-def]
-    ins = (sqlite_insert if db.is_sqlite else pg_insert)(table).values(**values)
-    return ins.on_conflict_do_nothing()
+
+def _conn(session: Session | Connection) -> Connection:
+    return session.connection() if isinstance(session, Session) else session
 
 
-def instance_exists(session: Session, sop_instance_uid: str) -> bool:
-    return session.execute(
-        select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
-    ).first() is not None
+def instance_exists(session: Session | Connection, sop_instance_uid: str) -> bool:
+    return _conn(session).execute(_INSTANCE_BY_UID, {"b_uid": sop_instance_uid}).first() is not None
 
 
 def add_instance(db: Database, session: Session, h: InstanceHeader, *, rel_path: str, size: int,
@@ -38,43 +58,37 @@ def add_instance(db: Database, session: Session, h: InstanceHeader, *, rel_path:
     re-open the study, or every SR would trigger another triage.
     """
     now = now or datetime.now(timezone.utc)
-    if instance_exists(session, h.sop_instance_uid):
+    conn = _conn(session)
+    ignore = _INSERT_IGNORE[db.is_sqlite]
+    if instance_exists(conn, h.sop_instance_uid):
         return False
-    session.execute(_upsert_ignore(db, Patient.__table__, dict(
+    conn.execute(ignore["patient"], dict(
         patient_id=h.patient_id, issuer=h.issuer_of_patient_id, name=h.patient_name,
-        birth_date=h.patient_birth_date, sex=h.patient_sex)))
-    patient_pk = session.execute(select(Patient.id).where(
-        Patient.patient_id == h.patient_id, Patient.issuer == h.issuer_of_patient_id)).scalar_one()
+        birth_date=h.patient_birth_date, sex=h.patient_sex))
+    patient_pk = conn.execute(_PATIENT_PK, {"b_pid": h.patient_id, "b_issuer": h.issuer_of_patient_id}).scalar_one()
 
-    study = session.execute(select(Study.id, Study.modalities).where(
-        Study.study_instance_uid == h.study_instance_uid)).first()
+    study = conn.execute(_STUDY_BY_UID, {"b_uid": h.study_instance_uid}).first()
     if study is None:
-        session.execute(_upsert_ignore(db, Study.__table__, dict(
+        conn.execute(ignore["study"], dict(
             study_instance_uid=h.study_instance_uid, patient_pk=patient_pk, study_date=h.study_date,
             study_time=h.study_time, accession_number=h.accession_number[:16], study_id=h.study_id[:16],
             description=h.study_description, referring_physician=h.referring_physician,
-            modalities="", last_arrival_at=now, stability_state="receiving", instance_count=0)))
-        study = session.execute(select(Study.id, Study.modalities).where(
-            Study.study_instance_uid == h.study_instance_uid)).one()
+            modalities="", last_arrival_at=now, stability_state="receiving", instance_count=0))
+        study = conn.execute(_STUDY_BY_UID, {"b_uid": h.study_instance_uid}).one()
     study_pk, modalities = study
     mods = set(filter(None, (modalities or "").split("\\")))
     if h.modality:
         mods.add(h.modality)
-    values: dict = dict(instance_count=Study.instance_count + 1, modalities="\\".join(sorted(mods)))
-    if touch_stability:
-        values.update(last_arrival_at=now, stability_state="receiving")
-    session.execute(update(Study).where(Study.id == study_pk).values(**values))
+    conn.execute(_STUDY_ADD[touch_stability], {"b_pk": study_pk, "b_mods": "\\".join(sorted(mods)), "b_now": now})
 
-    series_pk = session.execute(select(Series.id).where(
-        Series.series_instance_uid == h.series_instance_uid)).scalar_one_or_none()
+    series_pk = conn.execute(_SERIES_PK, {"b_uid": h.series_instance_uid}).scalar_one_or_none()
     if series_pk is None:
-        session.execute(_upsert_ignore(db, Series.__table__, dict(
+        conn.execute(ignore["series"], dict(
             series_instance_uid=h.series_instance_uid, study_pk=study_pk, modality=h.modality,
-            series_number=h.series_number, description=h.series_description, body_part=h.body_part)))
-        series_pk = session.execute(select(Series.id).where(
-            Series.series_instance_uid == h.series_instance_uid)).scalar_one()
+            series_number=h.series_number, description=h.series_description, body_part=h.body_part))
+        series_pk = conn.execute(_SERIES_PK, {"b_uid": h.series_instance_uid}).scalar_one()
 
-    session.execute(insert(Instance).values(
+    conn.execute(_INSERT_INSTANCE, dict(
         sop_instance_uid=h.sop_instance_uid, series_pk=series_pk, sop_class_uid=h.sop_class_uid,
         instance_number=h.instance_number, transfer_syntax_uid=transfer_syntax_uid, size_bytes=size,
         path=rel_path, received_at=now, calling_ae=calling_ae))

@@ -437,7 +437,9 @@ def _explain(source: str, settings: ModelSettings, exc: BaseException) -> str:
             f"model {source!r} needs a Hugging Face token with access: accept the model's terms on the hub and "
             f"set ${settings.hf_token_env} ({text})"
         )
-    if settings.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    offline = settings.offline or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    # A local model.path never comes from the hub cache: a broken folder is not a missing download.
+    if offline and not settings.path:
         return (
             f"model {source!r} is not in the local Hugging Face cache and offline mode is on: download it first "
             f"(hf download {source}) or set model.path to a local folder ({text})"

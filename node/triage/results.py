@@ -49,9 +49,10 @@ def algorithm_info(identity: ModelIdentity | None, profile: TriageProfile, prepr
                    preprocessing_description: str) -> AlgorithmInfo:
     return AlgorithmInfo(
         name=ALGORITHM_NAME, version=__version__,
+        # No model loaded (a model-unavailable no-assist SR): say so; AlgorithmInfo needs non-empty text.
         model_id=identity.model_id if identity else "not loaded",
-        model_revision=identity.revision if identity else "",
-        weights_sha256=identity.weights_sha256 if identity else "",
+        model_revision=identity.revision if identity else "not loaded",
+        weights_sha256=identity.weights_sha256 if identity else "not loaded",
         profile_name=profile.name, profile_version=profile.version,
         preprocessing_version=preprocessing_version,
         preprocessing_description=preprocessing_description,

@@ -95,7 +95,8 @@ class TriageWorker:
         self._thread = threading.Thread(target=self._run, name="triage-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
+        """Let the current batch finish (bounded); a job cut short is retaken at the next start."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
