@@ -108,6 +108,12 @@ def answered(db, study_uids: list[str]) -> bool:  # type: ignore[no-untyped-def]
     return all(worklist_row(db, uid) for uid in study_uids)
 
 
+def _worklist(db):  # type: ignore[no-untyped-def]
+    from node.worklist import worklist
+
+    return worklist(db)
+
+
 def assert_valid_dicom(path: Path) -> None:
     report = run_dciodvfy(path)
     assert report.errors == (), report.output
@@ -270,12 +276,6 @@ def test_late_instance_leads_to_a_superseding_sr(healthy: Healthy, tmp_path: Pat
     assert len(items) == 1 and items[0]["sr_sop_instance_uid"] == second_sr
 
 
-def _worklist(db):  # type: ignore[no-untyped-def]
-    from node.worklist import worklist
-
-    return worklist(db)
-
-
 # =========================================================================== a model that cannot load
 def test_model_failing_to_load_gives_no_assist_srs_and_a_running_node(
         tmp_path: Path, inprocess_nodes) -> None:  # type: ignore[no-untyped-def]
@@ -291,11 +291,9 @@ def test_model_failing_to_load_gives_no_assist_srs_and_a_running_node(
                               age=60, study_uid=generate_uid(), patient_id="E2E-NOMODEL-LAT")
     storescu(cfg.port, [chest, lateral])
     chest_uid, lateral_uid = uid_of(chest)[0], uid_of(lateral)[0]
-    import time; T0=time.monotonic()
     db = node.db
     wait_until(lambda: answered(db, [chest_uid, lateral_uid]), WAIT_S, "no-assist answers for both studies")
 
-    print('answered', time.monotonic()-T0)
     for study_uid, reason in ((chest_uid, "model-unavailable"), (lateral_uid, "no-eligible-image")):
         row = worklist_row(db, study_uid)
         assert (row["assist"], row["reason"], row["priority"]) == (False, reason, "MEDIUM")
@@ -339,10 +337,8 @@ def _slow_study(folder: Path, n: int) -> list[Path]:
 def test_kill_during_a_job_then_restart_completes_it_exactly_once(
         tmp_path: Path, e2e_tiny_model: Path, serve_process) -> None:  # type: ignore[no-untyped-def]
     cfg = node_config(tmp_path / "node", e2e_tiny_model)
-    import time; T0=time.monotonic()
     server = serve_process(cfg)
     server.start()
-    print('started', time.monotonic()-T0)
     db = open_db(cfg.db_url)  # the server has migrated the schema by the time it listens
 
     sent: list[str] = []
@@ -365,14 +361,11 @@ def test_kill_during_a_job_then_restart_completes_it_exactly_once(
         (job,) = study_jobs(db, sent[-1])
         assert job.state == "running" and job.attempts == 1, "the killed job should be left running"
 
-    print('CAUGHT', caught, time.monotonic()-T0)
     server.start()  # the restart takes back the dead worker's job
     for study_uid in sent:
         wait_until(lambda: [j.state for j in study_jobs(db, study_uid)] == ["done"], WAIT_S,
                    f"the job to complete after the restart\n{server.log()}")
-    print('done', time.monotonic()-T0)
     assert server.stop() == 0
-    print('stopped', time.monotonic()-T0)
 
     for study_uid in sent:
         (job,) = study_jobs(db, study_uid)
