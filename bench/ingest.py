@@ -33,6 +33,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,7 +48,7 @@ NODE_BIN = REPO / ".venv" / "bin" / "triage-node"
 NODE_CONFIG = REPO / "config" / "node.toml"
 NAME = "triage-node"
 PORT = 11114
-STORESCP_PORT = 11115
+STORESCP_PORT = 11109
 AET = "TRIAGE_NODE"
 SCENARIOS = ("ct", "dx", "small", "dx-par4")
 
@@ -162,6 +163,30 @@ def table(paths: list[str], ours: str = NAME, ref: str = "orthanc") -> str:
 
 
 # ----------------------------------------------------------------------------- main
+def _run_bench(cmd: list[str], env: dict[str, str]) -> int:
+    """Run one bench.py call; on SIGTERM/SIGINT pass SIGINT on, so that bench.py's own cleanup
+    stops the receiver it started (bench.py stops receivers in a finally block)."""
+    # SIGINT back to default in the child: a job started with `&` inherits SIGINT ignored, and a
+    # Python started that way keeps ignoring it (no KeyboardInterrupt, so no cleanup).
+    proc = subprocess.Popen(cmd, env=env, cwd=OUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    stopping = []
+
+    def forward(signum, _frame):  # type: ignore[no-untyped-def]
+        stopping.append(signum)
+        proc.send_signal(signal.SIGINT)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stopping:
+        raise SystemExit(128 + stopping[0])
+    return rc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
@@ -201,7 +226,7 @@ def main() -> int:
         ours[name] = list(a.node_env) + [kv for kv in kvs.split(",") if kv]
     base = [PY, str(BENCH_PY), "run", "--tcp-nodelay", "--reps", "1", "--receivers", a.receivers,
             "--pause", str(a.pause)]
-    # storescp's default port 11112 is also triage-node's default: keep the harness off it.
+    # storescp's default port 11112 is also triage-node's default (and may be in use): keep off it.
     base += ["--receiver-port", f"storescp={STORESCP_PORT}"]
     for i, (name, env) in enumerate(ours.items()):
         base += ["--receiver-cmd", f"{name}={receiver_cmd(env)}",
@@ -219,7 +244,7 @@ def main() -> int:
     for rep in range(a.reps):
         for sc in a.scenarios.split(","):
             part = parts_dir / f"r{rep}-{sc}.json"
-            rc |= subprocess.run(base + ["--scenarios", sc, "--json", str(part)], env=env, cwd=OUT).returncode
+            rc |= _run_bench(base + ["--scenarios", sc, "--json", str(part)], env)
             if not part.exists():
                 continue
             with open(part) as f:

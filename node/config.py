@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "TRIAGE_NODE__"
 
@@ -43,6 +43,17 @@ class TlsSection(_Section):
     key_file: Path | None = None
     ca_file: Path | None = None  # when set, client certificates signed by it are required
     handshake_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _files(self) -> "TlsSection":
+        if self.enabled:
+            if self.cert_file is None or self.key_file is None:
+                raise ValueError("cert_file and key_file are required when enabled = true")
+            for key in ("cert_file", "key_file", "ca_file"):
+                path = getattr(self, key)
+                if path is not None and not Path(path).is_file():
+                    raise ValueError(f"{key} {path} does not exist")
+        return self
 
 
 def _check_ae_title(value: str) -> str:
@@ -134,8 +145,52 @@ class TriageSection(_Section):
     max_attempts: int = Field(default=3, ge=1)
 
 
+class RemoteTls(_Section):
+    enabled: bool = False
+    ca_file: Path | None = None  # verify the peer against this CA
+    cert_file: Path | None = None  # our client certificate, when the peer asks for one
+    key_file: Path | None = None
+
+
+class RemoteNode(_Section):
+    """A DICOM peer we connect to: a C-MOVE destination or a forwarding target."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str | None = None  # our AE title towards it (default dicom.ae_title)
+    tls: RemoteTls = RemoteTls()
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class ForwardDestination(RemoteNode):
+    send: Literal["sr", "study", "both"] = "sr"
+
+
+class ForwardingSection(_Section):
+    """Retry policy of the durable outbox (applies to every [[forward]] destination)."""
+
+    initial_backoff_seconds: float = Field(default=5.0, gt=0)
+    max_backoff_seconds: float = Field(default=600.0, gt=0)
+    max_age_seconds: float = Field(default=86400.0, gt=0)  # then: dead letter
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+
+class HttpSection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    token: str | None = None  # bearer token for every endpoint but /healthz; None = open (not for production)
+    max_body_bytes: int = Field(default=2 * 1024**3, gt=0)
+
+
 class Settings(_Section):
-    """All of the node's configuration. ``http`` and ``forward`` are reserved for the PACS-facing stage."""
+    """All of the node's configuration, one section per part of the flow."""
 
     node: NodeSection = NodeSection()
     dicom: DicomSection = DicomSection()
@@ -145,8 +200,10 @@ class Settings(_Section):
     audit: AuditSection = AuditSection()
     model: ModelSection = ModelSection()
     triage: TriageSection = TriageSection()
-    http: dict[str, Any] = Field(default_factory=dict)
-    forward: list[dict[str, Any]] = Field(default_factory=list)
+    http: HttpSection = HttpSection()
+    forward: tuple[ForwardDestination, ...] = ()
+    forwarding: ForwardingSection = ForwardingSection()
+    move_destinations: tuple[RemoteNode, ...] = ()  # C-MOVE targets besides the [[forward]] ones
     source: str = "<defaults>"  # where the settings came from, for the audit log
 
 

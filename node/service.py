@@ -16,6 +16,7 @@ from node.audit.events import APPLICATION_START, APPLICATION_STOP, SOFTWARE_CONF
 from node.config import Settings
 from node.db.engine import Database
 from node.dimse.server import DicomListener
+from node import metrics
 from node.oplog import get_logger, study_ref
 from node.stability.tick import queue_stable_studies
 from node.store.files import FileStore
@@ -82,6 +83,7 @@ class Node:
     def tick(self) -> None:
         try:
             for job in queue_stable_studies(self.db, self.settings.stability.quiet_seconds):
+                metrics.STUDIES_STABLE.inc()
                 self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome_desc="triage job queued",
                                   participants=[self._me],
                                   objects=[AuditObject(type="study", id=job.study_instance_uid,

@@ -211,6 +211,14 @@ class DicomFactory:
         return Patient(patient_id=f"PAT{i:05d}", name=f"TEST^PATIENT{i}^^MR",
                        birth_date=f"19{50 + i % 40:02d}0{1 + i % 9}1{i % 10}", sex="MF"[i % 2])
 
+    @staticmethod
+    def patient_of(path: Path) -> Patient:
+        """The patient of an instance written earlier (for late instances of the same study)."""
+        from pydicom import dcmread
+
+        ds = dcmread(path, stop_before_pixels=True)
+        return Patient(ds.PatientID, str(ds.PatientName), ds.PatientBirthDate, ds.PatientSex)
+
     def _base(self, sop_class: str, patient: Patient, study_uid: str, series_uid: str, modality: str,
               *, accession: str, study_desc: str, series_number: int, series_desc: str,
               body_part: str, instance_number: int, sop_uid: str | None = None) -> Dataset:

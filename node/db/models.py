@@ -119,3 +119,31 @@ class WorklistItem(Base):
     findings: Mapped[str] = mapped_column(Text, default="")  # JSON summary for dashboards
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     triaged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The same item as a DICOM Unified Procedure Step (UPS Pull / UPS-RS).
+    ups_sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    procedure_step_state: Mapped[str] = mapped_column(String(16), default="SCHEDULED")
+    transaction_uid: Mapped[str] = mapped_column(UID, default="")  # set while a reader holds it IN PROGRESS
+    state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class OutboxItem(Base):
+    """One instance to C-STORE to one destination; durable so that retries survive restarts (rule 3)."""
+
+    __tablename__ = "outbox_item"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    destination: Mapped[str] = mapped_column(String(128))  # "AET@host:port"
+    kind: Mapped[str] = mapped_column(String(16))  # "sr" | "instance"
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(400))  # relative to storage.path
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | sent | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (
+        UniqueConstraint("destination", "sop_instance_uid", name="uq_outbox_destination_sop"),
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+    )

@@ -17,9 +17,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import ACCESS_CONTROL_DECISION, MINOR_FAILURE, SUCCESS as AUDIT_SUCCESS
-from node.config import DicomSection
+from node.config import ConfigError, DicomSection
 from node.dimse.sockets import NODELAY_HANDLER
 from node.dimse.tls import NodeAssociationServer, server_context
+from node import metrics
 from node.oplog import get_logger, study_ref
 from node.store.ingest import Ingestor
 
@@ -91,8 +92,12 @@ class DicomListener:
         cfg = self.config
         ssl_ctx = server_context(cfg.tls) if cfg.tls.enabled else None
         NodeAssociationServer.handshake_timeout = cfg.tls.handshake_timeout_seconds
-        server = self.ae.make_server((cfg.host, cfg.port), ae_title=cfg.ae_title, ssl_context=ssl_ctx,
-                                     evt_handlers=self.handlers(), server_class=NodeAssociationServer)
+        try:
+            server = self.ae.make_server((cfg.host, cfg.port), ae_title=cfg.ae_title, ssl_context=ssl_ctx,
+                                         evt_handlers=self.handlers(), server_class=NodeAssociationServer)
+        except OSError as exc:  # port in use, address not ours: named for the operator, no traceback
+            raise ConfigError(f"dicom.host/dicom.port: cannot listen on {cfg.host}:{cfg.port} "
+                              f"({exc.strerror or exc})") from None
         self._server = server  # type: ignore[assignment]
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
         self._thread.start()
@@ -155,6 +160,7 @@ class DicomListener:
         return Participant(user_id=self.config.ae_title, role="destination")
 
     def _on_accepted(self, event: evt.Event) -> None:
+        metrics.ASSOCIATIONS.labels("accepted").inc()
         self.audit.record(EventCode.SECURITY_ALERT, event_type=ACCESS_CONTROL_DECISION, outcome=AUDIT_SUCCESS,
                           outcome_desc="association accepted",
                           participants=[self._peer(event), self._us()])
@@ -162,6 +168,7 @@ class DicomListener:
                  peer=str(event.assoc.requestor.address))
 
     def _on_rejected(self, event: evt.Event) -> None:
+        metrics.ASSOCIATIONS.labels("rejected").inc()
         self.audit.record(EventCode.SECURITY_ALERT, event_type=ACCESS_CONTROL_DECISION, outcome=MINOR_FAILURE,
                           outcome_desc="association rejected: calling or called AE title not allowed, "
                           "or association limit reached",

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydicom.dataset import FileMetaDataset
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from node import metrics
 from node.db.engine import Database
 from node.oplog import get_logger, study_ref
 from node.store.files import FileStore, UnsafeUID, encode_file_meta, relative_path
@@ -58,6 +59,22 @@ class Ingestor:
         self._inflight_lock = threading.Condition()
 
     def store(self, file_meta: FileMetaDataset, dataset_bytes: bytes | memoryview, *, calling_ae: str,
+              expected_sop_instance_uid: str | None = None, expected_sop_class_uid: str | None = None,
+              touch_stability: bool = True) -> IngestOutcome:
+        """Validate, write durably, index, and count the outcome for /metrics."""
+        outcome = self._store(file_meta, dataset_bytes, calling_ae=calling_ae,
+                              expected_sop_instance_uid=expected_sop_instance_uid,
+                              expected_sop_class_uid=expected_sop_class_uid, touch_stability=touch_stability)
+        if not outcome.ok:
+            metrics.INSTANCES_RECEIVED.labels("refused").inc()
+        elif outcome.duplicate:
+            metrics.INSTANCES_RECEIVED.labels("duplicate").inc()
+        else:
+            metrics.INSTANCES_RECEIVED.labels("stored").inc()
+            metrics.BYTES_RECEIVED.inc(outcome.size)
+        return outcome
+
+    def _store(self, file_meta: FileMetaDataset, dataset_bytes: bytes | memoryview, *, calling_ae: str,
               expected_sop_instance_uid: str | None = None,
               expected_sop_class_uid: str | None = None, touch_stability: bool = True) -> IngestOutcome:
         size = len(dataset_bytes)

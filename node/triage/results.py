@@ -134,7 +134,9 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
             WorklistItem.study_instance_uid == study_uid)).scalar_one_or_none()
         if item is None:
             item = WorklistItem(study_instance_uid=study_uid, job_id=job_id, queued_at=job_queued_at,
-                                triaged_at=now, priority=result.priority)
+                                triaged_at=now, priority=result.priority,
+                                ups_sop_instance_uid=generate_uid(entropy_srcs=["triage-node-ups", study_uid]),
+                                procedure_step_state="SCHEDULED", transaction_uid="", state_changed_at=now)
             session.add(item)
         item.priority = result.priority
         item.assist = result.assist

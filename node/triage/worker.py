@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
+from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS
 from node.config import Settings
@@ -260,6 +261,11 @@ class TriageWorker:
             self._fail_or_retry(work, exc)
             return
         finish_job(self.db, work.job_id, "done")
+        metrics.SRS_WRITTEN.labels(report.priority).inc()
+        if not report.assist:
+            metrics.NO_ASSIST.labels(report.reason).inc()
+        queued = work.queued_at if work.queued_at.tzinfo else work.queued_at.replace(tzinfo=timezone.utc)
+        metrics.TRIAGE_LATENCY.observe((datetime.now(timezone.utc) - queued).total_seconds())
         patient_id = str(work.headers[0].get("PatientID", ""))
         self.audit.record(
             EventCode.INSTANCES_TRANSFERRED, action="C", outcome=SUCCESS,
