@@ -69,6 +69,8 @@ def node_env(extra: list[str]) -> list[str]:
         # no job anyway, but at start it imports torch and tries to load the model (network), which
         # would steal CPU from the ingest being measured. Paths made absolute: the cwd is {root}.
         "TRIAGE_NODE__TRIAGE__ENABLED=false",
+        # The HTTP side (DICOMweb, /metrics) stays on as shipped, but on a free port: 8080 may be taken.
+        "TRIAGE_NODE__HTTP__PORT=0",
         f"TRIAGE_NODE__TRIAGE__PROFILES_DIR={REPO / 'config' / 'profiles'}",
     ]
     return env + list(extra)

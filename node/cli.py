@@ -63,6 +63,32 @@ def cmd_worklist(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from node.db.engine import Database
+    from node.forward.outbox import list_items, requeue
+
+    db = Database(_settings(args).database.url)
+    if args.retry is not None or args.retry_all_dead:
+        ids = requeue(db, None if args.retry_all_dead else [args.retry])
+        if args.retry is not None and not ids:
+            print(f"outbox item {args.retry} is not a dead letter", file=sys.stderr)
+            return 1
+        print(f"requeued {len(ids)} dead letter(s)" + (f": {', '.join(map(str, ids))}" if ids else ""),
+              file=sys.stderr if args.json else sys.stdout)
+    items = list_items(db)
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    if not items:
+        print("outbox has no pending or dead items")
+    for item in items:
+        when = f" next {item['next_attempt_at']}" if item["next_attempt_at"] else ""
+        print(f"{item['id']:>6} {item['state']:<7} {item['destination']} {item['kind']:<8} "
+              f"{item['sop_instance_uid']} attempts {item['attempts']}{when}"
+              + (f"  last error: {item['last_error']}" if item["last_error"] else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from node.demo import run_demo
 
@@ -127,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config(sub.add_parser("worklist", help="triaged studies, most urgent first"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_worklist)
+    p = with_config(sub.add_parser("outbox", help="forwarding outbox: pending and dead items; requeue dead letters"))
+    p.add_argument("--json", action="store_true")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--retry", type=int, metavar="ID", help="requeue the dead letter with this id")
+    group.add_argument("--retry-all-dead", action="store_true", help="requeue every dead letter")
+    p.set_defaults(func=cmd_outbox)
     p = sub.add_parser("demo", help="the whole path on synthetic studies with a random test model")
     p.add_argument("--keep", action="store_true", help="keep the demo's temp folder")
     p.set_defaults(func=cmd_demo)

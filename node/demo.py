@@ -127,6 +127,8 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
         "TRIAGE_NODE__DATABASE__URL": f"sqlite:///{root / 'data' / 'index.db'}",
         "TRIAGE_NODE__AUDIT__PATH": str(root / "data" / "audit.jsonl"),
         "TRIAGE_NODE__DICOM__HOST": "127.0.0.1",
+        "TRIAGE_NODE__HTTP__HOST": "127.0.0.1",
+        "TRIAGE_NODE__HTTP__PORT": "0",
         "TRIAGE_NODE__DICOM__PORT": str(port),
         "TRIAGE_NODE__DICOM__ALLOWED_PEERS": '["DEMO_MODALITY"]',
         "TRIAGE_NODE__STABILITY__QUIET_SECONDS": "1",

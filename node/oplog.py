@@ -19,8 +19,10 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 def configure(level: str = "info") -> None:
     logging.basicConfig(stream=sys.stderr, level=_LEVELS.get(level, logging.INFO), format="%(message)s")
     # pynetdicom's own logger is chatty at INFO and prints identifiers in its dumps.
-    for noisy in ("pynetdicom", "alembic", "apscheduler"):
+    for noisy in ("pynetdicom", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A tick skipped because the previous one still runs is normal under load, not a warning.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -40,12 +40,19 @@ class Node:
         self.files = FileStore(settings.storage.path, fsync=settings.storage.fsync)
         self.ingestor = Ingestor(self.db, self.files, max_dataset_bytes=settings.storage.max_dataset_bytes,
                                  min_free_bytes=settings.storage.min_free_bytes)
-        self.listener = DicomListener(settings.dicom, self.ingestor, self.audit)
+        self.listener = DicomListener(settings.dicom, self.ingestor, self.audit,
+                                      move_destinations=(*settings.move_destinations, *settings.forward))
         self.worker = None
         if settings.triage.enabled:
             from node.triage.worker import TriageWorker  # torch is imported only when triage is on
 
             self.worker = TriageWorker(settings, self.db, self.ingestor, self.audit)
+        self.forwarder = None
+        if settings.forward:
+            from node.forward.forwarder import Forwarder
+
+            self.forwarder = Forwarder(settings, self.db, self.audit)
+        self.http = None  # node.dicomweb.app.HttpServer while serving
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._stopped = threading.Event()
         self._me = Participant(user_id=settings.dicom.ae_title, role="application")
@@ -57,15 +64,27 @@ class Node:
                           participants=[self._me])
         self.recover()
         self.listener.start()
+        if self.settings.http.enabled:
+            from node.dicomweb.app import HttpServer  # fastapi/uvicorn only when HTTP is on
+
+            self.http = HttpServer(self)
+            self.http.start()
         self.scheduler.add_job(self.tick, "interval", seconds=self.settings.stability.tick_seconds,
                                id="stability", max_instances=1, coalesce=True)
         self.tick()  # studies whose quiet period ended while we were down
         self.scheduler.start()
         if self.worker is not None:
             self.worker.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         (self.data_dir / RUNNING_MARKER).write_text(str(os.getpid()))
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_START,
                           outcome_desc="triage-node started", participants=[self._me])
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound HTTP port (useful with [http] port = 0), None when HTTP is off."""
+        return self.http.port if self.http is not None else None
 
     def recover(self) -> None:
         """After an unclean stop: drop temp files, index renamed-but-unindexed files."""
@@ -98,10 +117,14 @@ class Node:
             return
         self._stopped.set()
         log.info("stopping")
+        if self.http is not None:
+            self.http.stop()
         self.listener.stop()
         self.scheduler.shutdown(wait=True)
         if self.worker is not None:
             self.worker.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_STOP,
                           outcome_desc="triage-node stopped", participants=[self._me])
         (self.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
@@ -114,7 +137,9 @@ class Node:
             signal.signal(sig, lambda *_: stop.set())
         self.start()
         print(f"triage-node listening as {self.settings.dicom.ae_title} on "
-              f"{self.settings.dicom.host}:{self.listener.port}; Ctrl-C to stop", flush=True)
+              f"{self.settings.dicom.host}:{self.listener.port}"
+              + (f", HTTP on {self.settings.http.host}:{self.http_port}" if self.http else "")
+              + "; Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             pass
         self.stop()

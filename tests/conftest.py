@@ -94,6 +94,8 @@ def settings_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "audit": {"path": str(data_dir / "audit.jsonl")},
         # The ingest tests watch jobs stay queued: no worker consumes them (and no model loads).
         "triage": {"enabled": False},
+        # HTTP (DICOMweb) only where a test asks for it: tests/web enable it on port 0.
+        "http": {"enabled": False, "host": "127.0.0.1", "port": 0},
     }
     return _deep_merge(base, overrides)
 

@@ -1,5 +1,6 @@
 """The node's DICOM listener: Verification + Storage SCP for every storage SOP class and
-transfer syntax pydicom knows, with peer checks, limits and audit.
+transfer syntax pydicom knows, with peer checks, limits and audit; plus Query/Retrieve
+(C-FIND, C-GET, C-MOVE) and the UPS Pull worklist, whose handlers live in node/dimse/qr.py.
 
 Handlers run in the association's thread; each C-STORE returns only after store.ingest has
 made the instance durable and indexed. Instances received are audited once per association
@@ -17,7 +18,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import ACCESS_CONTROL_DECISION, MINOR_FAILURE, SUCCESS as AUDIT_SUCCESS
-from node.config import ConfigError, DicomSection
+from node.config import ConfigError, DicomSection, RemoteNode
+from node.dimse.qr import QueryRetrieveSCP
 from node.dimse.sockets import NODELAY_HANDLER
 from node.dimse.tls import NodeAssociationServer, server_context
 from node import metrics
@@ -42,10 +44,13 @@ class _StudyTally:
 
 
 class DicomListener:
-    def __init__(self, config: DicomSection, ingestor: Ingestor, audit: AuditLog) -> None:
+    def __init__(self, config: DicomSection, ingestor: Ingestor, audit: AuditLog,
+                 move_destinations: tuple[RemoteNode, ...] | list[RemoteNode] = ()) -> None:
         self.config = config
         self.ingestor = ingestor
         self.audit = audit
+        # Query/Retrieve (C-FIND, C-GET, C-MOVE) and the UPS Pull worklist over the same index.
+        self.qr = QueryRetrieveSCP(config.ae_title, ingestor.db, ingestor.files.root, audit, move_destinations)
         self.ae = self._build_ae()
         self._server: NodeAssociationServer | None = None
         self._tallies: dict[int, dict[str, _StudyTally]] = defaultdict(dict)
@@ -68,9 +73,13 @@ class DicomListener:
                 ae.require_calling_aet = list(cfg.allowed_peers)
             else:
                 ae._require_calling_aet = [_NOBODY]  # bypasses the setter's 16-character check
+        # Storage: we are the SCP for C-STORE, and the SCU of C-GET sub-operations on the same
+        # association; accepting both roles (SCP/SCU Role Selection) keeps plain senders on the
+        # default roles and lets getscu-style peers act as Storage SCP.
         for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        self.qr.add_contexts(ae)
         return ae
 
     def handlers(self) -> list:  # type: ignore[type-arg]
@@ -83,6 +92,7 @@ class DicomListener:
             (evt.EVT_ABORTED, self._on_finished),
             (evt.EVT_CONN_CLOSE, self._on_finished),
         ]
+        hs.extend(self.qr.handlers())
         if self.config.tcp_nodelay:
             hs.append(NODELAY_HANDLER)
         return hs

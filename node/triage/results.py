@@ -9,6 +9,7 @@ from __future__ import annotations
 
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -22,7 +23,9 @@ import dicom_sr
 from dicom_sr import AlgorithmInfo, Code, FindingResult, ImageRef, SRReference, TriageResult
 from node import __version__
 from node.db.engine import Database
+from node.config import ForwardDestination
 from node.db.models import WorklistItem
+from node.forward.outbox import enqueue_study
 from node.store.ingest import Ingestor
 from node.triage.model import ModelIdentity
 from node.triage.policy import REASON_TEXT, NoAssistReason, StudyDecision
@@ -108,8 +111,10 @@ def current_report(db: Database, study_uid: str) -> WorklistItem | None:
 
 
 def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at: datetime, study_context: Dataset,
-                 evidence: list[Dataset], result: TriageResult, own_ae: str) -> StoredReport:
-    """Build the SR, store it durably and indexed (without re-opening the study), update the worklist."""
+                 evidence: list[Dataset], result: TriageResult, own_ae: str,
+                 forward: Sequence[ForwardDestination] = ()) -> StoredReport:
+    """Build the SR, store it durably and indexed (without re-opening the study), update the worklist
+    and, in the same transaction, queue the SR (and the study, per ``send``) for each [[forward]]."""
     study_uid = str(study_context.StudyInstanceUID)
     sop_uid = generate_uid(entropy_srcs=["triage-node-sr", study_uid, str(job_id)])
     series_uid = generate_uid(entropy_srcs=["triage-node-sr-series", study_uid, str(job_id)])
@@ -148,6 +153,8 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
         item.findings = summary
         item.queued_at = job_queued_at
         item.triaged_at = now
+        if forward:
+            enqueue_study(session, forward, study_uid=study_uid, sr_sop_instance_uid=sop_uid, now=now)
     return StoredReport(sop_uid, series_uid, result.priority, result.assist, reason)
 
 

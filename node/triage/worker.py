@@ -255,7 +255,7 @@ class TriageWorker:
             context = work.images[0] if work.images else work.headers[0]
             report = write_report(self.db, self.ingestor, job_id=work.job_id, job_queued_at=work.queued_at,
                                   study_context=context, evidence=evidence, result=result,
-                                  own_ae=self.settings.dicom.ae_title)
+                                  own_ae=self.settings.dicom.ae_title, forward=self.settings.forward)
         except Exception as exc:
             log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
             self._fail_or_retry(work, exc)

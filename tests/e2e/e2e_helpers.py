@@ -123,6 +123,7 @@ def node_config(root: Path, model_path: Path | str, **sections: dict[str, Any]) 
         "audit": {"path": data / "audit.jsonl"},
         "model": {"path": str(model_path), "device": "cpu", "offline": True, "batch_size": 8},
         "triage": {"profiles_dir": PROFILES_DIR, "poll_seconds": 0.2},
+        "http": {"enabled": False, "host": "127.0.0.1", "port": 0},
     }
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)

@@ -116,6 +116,7 @@ def unchecked_uids() -> Iterator[None]:
 def _ae(calling_ae: str) -> AE:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.connection_timeout = 15  # TCP connect + TLS handshake: a stalled node fails the test, not hangs it
     return ae
 
 

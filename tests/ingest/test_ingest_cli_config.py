@@ -4,6 +4,7 @@ traceback), TRIAGE_NODE__SECTION__KEY overrides work, SIGTERM/SIGINT stop cleanl
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,13 +42,59 @@ def data_env(tmp_path: Path, port: int) -> dict[str, object]:
 
 def serve_until_exit(tmp_path: Path, config_text: str, env: dict[str, object] | None = None,
                      free_port: int = 0) -> subprocess.CompletedProcess[str]:
-    """Run `serve` on a config that must be refused: it has to exit on its own, quickly."""
+    """Run `triage-node serve` (a real process) on a config that must be refused: it has to exit
+    on its own, quickly."""
     config = tmp_path / "node.toml"
     config.write_text(config_text, encoding="utf-8")
-    overrides = data_env(tmp_path, free_port)
+    overrides = {k: v for k, v in data_env(tmp_path, free_port).items() if not _set_in(config_text, k)}
     overrides.update(env or {})
     return subprocess.run(cli_command("serve", "--config", str(config)), env=node_env(overrides), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=30)
+
+
+def _set_in(config_text: str, dotted: str) -> bool:
+    """True when the TOML text sets ``section.key`` (our override must not hide the file's value)."""
+    section, key = dotted.rsplit(".", 1)
+    return f"[{section}]" in config_text and re.search(rf"^\s*{key}\s*=", config_text, re.M) is not None
+
+
+@pytest.fixture
+def main_in_process(tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-def]
+    """``run(args, config_text, env)`` -> (exit code, stdout, stderr) of node.cli.main in this process.
+
+    An exception escaping main() is the traceback an operator would see, so it fails the test.
+    A config wrongly accepted would start serving: Node.serve_forever is replaced by a check.
+    """
+    from node import cli
+    from node.service import Node
+
+    def accepted(self) -> None:  # type: ignore[no-untyped-def]
+        self.start()  # may still refuse (certificate, port): that must come out as a message
+        self.stop()
+        raise AssertionError("the configuration was accepted and the node started")
+
+    monkeypatch.setattr(Node, "serve_forever", accepted)
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith("TRIAGE_NODE__"):
+            monkeypatch.delenv(name)
+
+    def run(args: list[str], config_text: str | None = None, env: dict[str, object] | None = None,
+            port: int = 0):  # type: ignore[no-untyped-def]
+        config = tmp_path / "node.toml"
+        if config_text is not None:
+            config.write_text(config_text, encoding="utf-8")
+        overrides = {k: v for k, v in data_env(tmp_path, port).items() if not _set_in(config_text or "", k)}
+        overrides.update(env or {})
+        for name, value in node_env(overrides).items():
+            if name.startswith("TRIAGE_NODE__"):
+                monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        rc = cli.main([a.replace("{config}", str(config)) for a in args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
 
 
 BAD_CONFIGS = [
@@ -69,14 +116,22 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize(("name", "text", "expected"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config_fails_at_start_naming_the_key(name, text, expected, tmp_path, free_port) -> None:
+def test_bad_config_fails_at_start_naming_the_key(name, text, expected, tmp_path, free_port,
+                                                  main_in_process) -> None:
     (tmp_path / "junk.pem").write_text("not a certificate\n")
-    result = serve_until_exit(tmp_path, text, free_port=free_port)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr + result.stdout
+    rc, out, err = main_in_process(["serve", "--config", "{config}"], text, port=free_port)
+    assert rc != 0
     for fragment in expected:
-        assert fragment in result.stderr, result.stderr
+        assert fragment in err, err
     assert not (tmp_path / "data" / ".running").exists()
+
+
+def test_bad_config_in_a_real_serve_process(tmp_path, free_port) -> None:
+    """The same through the console script: exit code, message, no traceback."""
+    result = serve_until_exit(tmp_path, '[dicom]\nport = "abc"\ncolour = "blue"\n', free_port=free_port)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "dicom.port" in result.stderr and "dicom.colour: unknown key" in result.stderr
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [
@@ -85,32 +140,28 @@ def test_bad_config_fails_at_start_naming_the_key(name, text, expected, tmp_path
     ("storage.min_free_bytes", "-5", "storage.min_free_bytes"),
     ("dicom.tls.enabled", "maybe", "dicom.tls.enabled"),
 ])
-def test_bad_environment_override_names_the_key(variable, value, expected, tmp_path, free_port) -> None:
-    result = serve_until_exit(tmp_path, "", env={variable: value}, free_port=free_port)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert expected in result.stderr, result.stderr
+def test_bad_environment_override_names_the_key(variable, value, expected, free_port, main_in_process) -> None:
+    rc, out, err = main_in_process(["serve", "--config", "{config}"], "", env={variable: value}, port=free_port)
+    assert rc != 0
+    assert expected in err, err
 
 
-def test_missing_config_file_and_other_commands(tmp_path) -> None:
-    result = run_cli("serve", "--config", str(tmp_path / "nowhere.toml"), cwd=tmp_path)
-    assert result.returncode != 0 and "does not exist" in result.stderr and "Traceback" not in result.stderr
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[dicom]\nport = "abc"\n')
-    for args in (("status", "--json"), ("audit", "verify")):
-        result = run_cli(*args, "--config", str(bad), cwd=tmp_path)
-        assert result.returncode != 0, args
-        assert "dicom.port" in result.stderr and "Traceback" not in result.stderr
+def test_missing_config_file_and_other_commands(tmp_path, main_in_process) -> None:
+    rc, out, err = main_in_process(["serve", "--config", str(tmp_path / "nowhere.toml")])
+    assert rc != 0 and "does not exist" in err
+    for args in (["status", "--json"], ["audit", "verify"]):
+        rc, out, err = main_in_process([*args, "--config", "{config}"], '[dicom]\nport = "abc"\n')
+        assert rc != 0, args
+        assert "dicom.port" in err
 
 
-def test_port_in_use_fails_with_a_message(tmp_path) -> None:
+def test_port_in_use_fails_with_a_message(main_in_process) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = serve_until_exit(tmp_path, "", free_port=taken.getsockname()[1])
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert "dicom.port" in result.stderr and "in use" in result.stderr
+        rc, out, err = main_in_process(["serve", "--config", "{config}"], "", port=taken.getsockname()[1])
+    assert rc != 0
+    assert "dicom.port" in err and "in use" in err
 
 
 def test_environment_overrides_win_over_the_file(tmp_path, settings_dict, serve_factory, free_port) -> None:

@@ -1,0 +1,351 @@
+"""Query/Retrieve SCP (Study Root + Patient Root C-FIND, C-GET, C-MOVE) and the UPS Pull SCP
+(C-FIND, N-GET, N-ACTION change state) for the DICOM listener.
+
+Every handler runs in its association's thread. Matches are capped (C-FIND: FIND_LIMIT,
+retrievals: RETRIEVE_LIMIT = 65535, pynetdicom's own cap) and streamed; a C-CANCEL ends the
+operation with 0xFE00. Queries are audited as 110112 (the identifier as details) and
+retrievals as 110104 with action R, once per operation.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    UnifiedProcedureStepPull,
+    UnifiedProcedureStepPush,
+    UnifiedProcedureStepQuery,
+    UnifiedProcedureStepWatch,
+)
+
+from node import worklist_ups as ups
+from node.audit import AuditLog, AuditObject, EventCode, Participant
+from node.audit.events import MINOR_FAILURE, SUCCESS as AUDIT_SUCCESS
+from node.config import RemoteNode
+from node.db.engine import Database
+from node.oplog import get_logger
+from node.query.match import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    InvalidQuery,
+    find_identifier,
+    identifier_criteria,
+    instances_for_retrieve,
+)
+
+log = get_logger("qr")
+FIND_LIMIT = 10_000
+RETRIEVE_LIMIT = 65_535
+
+FIND_MODELS = {str(StudyRootQueryRetrieveInformationModelFind): STUDY_ROOT,
+               str(PatientRootQueryRetrieveInformationModelFind): PATIENT_ROOT}
+GET_MODELS = {str(StudyRootQueryRetrieveInformationModelGet): STUDY_ROOT,
+              str(PatientRootQueryRetrieveInformationModelGet): PATIENT_ROOT}
+MOVE_MODELS = {str(StudyRootQueryRetrieveInformationModelMove): STUDY_ROOT,
+               str(PatientRootQueryRetrieveInformationModelMove): PATIENT_ROOT}
+UPS_FIND = {str(UnifiedProcedureStepPull), str(UnifiedProcedureStepWatch), str(UnifiedProcedureStepQuery)}
+UPS_CLASSES = (UnifiedProcedureStepPush, UnifiedProcedureStepPull, UnifiedProcedureStepWatch,
+               UnifiedProcedureStepQuery)
+
+
+def _criteria_for_audit(identifier: Dataset | None) -> dict[str, Any]:
+    if identifier is None:
+        return {}
+    out: dict[str, Any] = {}
+    for elem in identifier:
+        if elem.keyword and elem.VR != "SQ":
+            out[elem.keyword] = "" if elem.value is None else (
+                [str(v) for v in elem.value] if elem.VM > 1 else str(elem.value))
+        elif elem.keyword:
+            out[elem.keyword] = "<sequence>"
+    return out
+
+
+def _client_tls(node: RemoteNode) -> tuple[ssl.SSLContext, str] | None:
+    if not node.tls.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                     cafile=str(node.tls.ca_file) if node.tls.ca_file else None)
+    if node.tls.cert_file and node.tls.key_file:
+        ctx.load_cert_chain(str(node.tls.cert_file), str(node.tls.key_file))
+    return ctx, node.host
+
+
+class QueryRetrieveSCP:
+    """The Q/R and UPS halves of the listener: contexts to add to the AE, handlers to bind."""
+
+    def __init__(self, ae_title: str, db: Database, storage_root: Path, audit: AuditLog,
+                 move_destinations: tuple[RemoteNode, ...] | list[RemoteNode] = ()) -> None:
+        self.ae_title = ae_title
+        self.db = db
+        self.storage_root = Path(storage_root)
+        self.audit = audit
+        self.destinations: dict[str, RemoteNode] = {}
+        for node in move_destinations:
+            self.destinations.setdefault(node.ae_title, node)
+
+    # ---------------------------------------------------------------- negotiation
+    def add_contexts(self, ae: Any) -> None:
+        for model in (*FIND_MODELS, *GET_MODELS, *MOVE_MODELS):
+            ae.add_supported_context(model, ALL_TRANSFER_SYNTAXES)
+        for cls in UPS_CLASSES:
+            ae.add_supported_context(cls, ALL_TRANSFER_SYNTAXES)
+
+    def handlers(self) -> list:  # type: ignore[type-arg]
+        return [
+            (evt.EVT_C_FIND, self.on_find),
+            (evt.EVT_C_GET, self.on_get),
+            (evt.EVT_C_MOVE, self.on_move),
+            (evt.EVT_N_GET, self.on_n_get),
+            (evt.EVT_N_ACTION, self.on_n_action),
+        ]
+
+    # ---------------------------------------------------------------- audit helpers
+    def _peer(self, event: evt.Event, role: str = "source") -> Participant:
+        return Participant(user_id=event.assoc.requestor.ae_title, role=role, is_requestor=True,
+                           network_address=str(event.assoc.requestor.address))
+
+    def _us(self, role: str) -> Participant:
+        return Participant(user_id=self.ae_title, role=role)
+
+    def _audit_query(self, event: evt.Event, sop_class: str, identifier: Dataset | None, matches: int,
+                     status: int) -> None:
+        self.audit.record(
+            EventCode.QUERY, action="E", outcome=AUDIT_SUCCESS if status in (0x0000, 0xFE00) else MINOR_FAILURE,
+            outcome_desc=f"C-FIND status 0x{status:04X}, {matches} matches",
+            participants=[self._peer(event), self._us("destination")],
+            objects=[AuditObject(type="query", id=sop_class,
+                                 details={"query": _criteria_for_audit(identifier), "matches": matches})])
+
+    def _audit_retrieve(self, event: evt.Event, operation: str, destination: str, matches: list[Any],
+                        status_desc: str, ok: bool) -> None:
+        by_study: dict[str, dict[str, Any]] = defaultdict(lambda: {"instances": 0, "patient_id": ""})
+        for m in matches:
+            entry = by_study[m.values.get("StudyInstanceUID", "")]
+            entry["instances"] += 1
+            entry["patient_id"] = m.values.get("PatientID", "")
+        objects = []
+        for study_uid, entry in by_study.items():
+            objects.append(AuditObject(type="patient", id=entry["patient_id"]))
+            objects.append(AuditObject(type="study", id=study_uid, details={"instances": entry["instances"],
+                                                                             "operation": operation}))
+        dest = Participant(user_id=destination, role="destination", is_requestor=destination ==
+                           event.assoc.requestor.ae_title,
+                           network_address=str(event.assoc.requestor.address) if operation == "C-GET" else "")
+        participants = [self._us("source"), dest]
+        if operation == "C-MOVE":
+            participants.append(self._peer(event, role="requestor"))
+        self.audit.record(EventCode.INSTANCES_TRANSFERRED, action="R",
+                          outcome=AUDIT_SUCCESS if ok else MINOR_FAILURE,
+                          outcome_desc=f"{operation}: {status_desc}", participants=participants, objects=objects)
+
+    # ---------------------------------------------------------------- C-FIND
+    def on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        sop_class = str(event.request.AffectedSOPClassUID)
+        if sop_class in UPS_FIND:
+            yield from self._ups_find(event, sop_class)
+            return
+        root = FIND_MODELS.get(sop_class)
+        matches, status = 0, 0x0000
+        identifier: Dataset | None = None
+        try:
+            try:
+                identifier = event.identifier
+            except Exception:  # undecodable identifier
+                status = 0xA900
+                yield status, None
+                return
+            if root is None:
+                status = 0xA900
+                yield status, None
+                return
+            with self.db.session() as session:
+                try:
+                    responses = find_identifier(session, identifier, root=root, limit=FIND_LIMIT,
+                                                retrieve_ae=self.ae_title)
+                    for response in responses:
+                        if event.is_cancelled:
+                            status = 0xFE00
+                            yield status, None
+                            return
+                        matches += 1
+                        yield 0xFF00, response
+                    if matches >= FIND_LIMIT:
+                        log.warning("c_find_capped", limit=FIND_LIMIT)
+                except InvalidQuery as exc:
+                    log.warning("c_find_invalid", reason=str(exc)[:200])
+                    status = 0xA900
+                    yield status, None
+                    return
+                except Exception as exc:
+                    log.error("c_find_failed", error=type(exc).__name__, detail=str(exc)[:200])
+                    status = 0xC001
+                    yield status, None
+                    return
+            yield 0x0000, None
+        finally:
+            self._audit_query(event, sop_class, identifier, matches, status)
+
+    def _ups_find(self, event: evt.Event, sop_class: str) -> Iterator[tuple[int, Dataset | None]]:
+        identifier: Dataset | None = None
+        matches, status = 0, 0x0000
+        try:
+            identifier = event.identifier
+            criteria = identifier_criteria(identifier)
+            for full in ups.find_workitems(self.db, criteria, limit=FIND_LIMIT, retrieve_ae=self.ae_title):
+                if event.is_cancelled:
+                    status = 0xFE00
+                    yield status, None
+                    return
+                matches += 1
+                yield 0xFF00, ups.project(full, identifier)
+            yield 0x0000, None
+        except Exception as exc:
+            log.error("ups_find_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            status = 0xC001
+            yield status, None
+        finally:
+            self._audit_query(event, sop_class, identifier, matches, status)
+
+    # ---------------------------------------------------------------- C-GET / C-MOVE
+    def _retrieve_matches(self, event: evt.Event, models: dict[str, str]) -> list[Any]:
+        sop_class = str(event.request.AffectedSOPClassUID)
+        root = models.get(sop_class)
+        if root is None:
+            raise InvalidQuery(f"not a retrieve model: {sop_class}")
+        identifier = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", "") or "").upper()
+        if root == STUDY_ROOT and level == "PATIENT":
+            raise InvalidQuery("PATIENT level is not part of the Study Root information model")
+        with self.db.session() as session:
+            return instances_for_retrieve(session, level, identifier_criteria(identifier), limit=RETRIEVE_LIMIT)
+
+    def _read(self, rel: str | None) -> Dataset:
+        assert rel is not None
+        return dcmread(self.storage_root / rel)
+
+    def _send(self, event: evt.Event, matches: list[Any], operation: str,
+              destination: str) -> Iterator[tuple[int, Dataset | None]]:
+        sent, status_desc, ok = 0, "completed", True
+        try:
+            for m in matches:
+                if event.is_cancelled:
+                    status_desc, ok = f"canceled after {sent} of {len(matches)}", True
+                    yield 0xFE00, None
+                    return
+                try:
+                    ds = self._read(m.instance_path)
+                except Exception as exc:
+                    log.error("retrieve_read_failed", error=type(exc).__name__, detail=str(exc)[:200])
+                    status_desc, ok = f"file unreadable after {sent} of {len(matches)}", False
+                    yield 0xA702, None
+                    return
+                sent += 1
+                yield 0xFF00, ds
+            status_desc = f"{sent} instances offered"
+        finally:
+            self._audit_retrieve(event, operation, destination, matches[:sent] if sent else matches[:0],
+                                 status_desc, ok)
+
+    def on_get(self, event: evt.Event) -> Iterator[Any]:
+        try:
+            matches = self._retrieve_matches(event, GET_MODELS)
+        except InvalidQuery as exc:
+            log.warning("c_get_invalid", reason=str(exc)[:200])
+            yield 0xA900, None
+            return
+        except Exception as exc:
+            log.error("c_get_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            yield 0xC411, None
+            return
+        yield len(matches)
+        yield from self._send(event, matches, "C-GET", event.assoc.requestor.ae_title)
+
+    def on_move(self, event: evt.Event) -> Iterator[Any]:
+        dest_ae = (event.move_destination or b"").decode("ascii", "replace").strip() \
+            if isinstance(event.move_destination, bytes) else str(event.move_destination or "").strip()
+        node = self.destinations.get(dest_ae)
+        if node is None:
+            log.warning("c_move_unknown_destination", destination=dest_ae)
+            self._audit_retrieve(event, "C-MOVE", dest_ae, [], "refused: unknown move destination", False)
+            yield None, None
+            return
+        try:
+            matches = self._retrieve_matches(event, MOVE_MODELS)
+        except InvalidQuery as exc:
+            log.warning("c_move_invalid", reason=str(exc)[:200])
+            yield 0xA900, None
+            return
+        except Exception as exc:
+            log.error("c_move_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            yield 0xC511, None
+            return
+        contexts = []
+        seen: set[tuple[str, str]] = set()
+        for m in matches:
+            key = (m.values.get("SOPClassUID", ""), m.transfer_syntax_uid or ExplicitVRLittleEndian)
+            if key in seen:
+                continue
+            seen.add(key)
+            syntaxes = list(dict.fromkeys([key[1], ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+            contexts.append(build_context(key[0], syntaxes))
+        kwargs: dict[str, Any] = {"ae_title": node.ae_title, "contexts": contexts[:128]}
+        tls = _client_tls(node)
+        if tls is not None:
+            kwargs["tls_args"] = tls
+        yield node.host, node.port, kwargs
+        yield len(matches)
+        yield from self._send(event, matches, "C-MOVE", node.ae_title)
+
+    # ---------------------------------------------------------------- UPS N-GET / N-ACTION
+    def on_n_get(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        uid = str(event.request.RequestedSOPInstanceUID)
+        try:
+            full = ups.get_workitem(self.db, uid, retrieve_ae=self.ae_title)
+        except Exception as exc:
+            log.error("ups_n_get_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            return 0x0110, None
+        if full is None:
+            return 0xC307, None
+        tags = list(event.attribute_identifiers or [])
+        if not tags:
+            return 0x0000, full
+        out = Dataset()
+        out.SpecificCharacterSet = full.SpecificCharacterSet
+        for tag in tags:
+            if tag in full:
+                out.add(full[tag])
+        return 0x0000, out
+
+    def on_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        uid = str(event.request.RequestedSOPInstanceUID)
+        action = int(event.action_type or 0)
+        if action != 1:
+            return 0x0123, None  # No Such Action (we support Change State only)
+        try:
+            info = event.action_information
+        except Exception:
+            return 0x0115, None
+        result = ups.change_state(self.db, uid, str(info.get("ProcedureStepState", "") or ""),
+                                  str(info.get("TransactionUID", "") or ""))
+        log.info("ups_change_state", status=f"0x{result.status:04X}", state=result.state, message=result.message,
+                 calling_ae=event.assoc.requestor.ae_title)
+        if result.status != 0x0000:
+            return result.status, None
+        reply = Dataset()
+        reply.ProcedureStepState = result.state
+        return 0x0000, reply

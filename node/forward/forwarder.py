@@ -1,0 +1,123 @@
+"""The forwarder: a background thread that drains the outbox every ``forwarding.poll_seconds``.
+
+Per round: claim due rows, group them by destination, one association per destination, record
+each row as sent or failed (backoff / dead letter), count attempts and dead letters for
+/metrics, and write one export audit event (110106) per destination with the studies and
+instance counts of the batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from node import metrics
+from node.audit import AuditLog, AuditObject, EventCode, Participant
+from node.audit.events import MINOR_FAILURE, SUCCESS
+from node.config import ForwardDestination, Settings
+from node.db.engine import Database
+from node.forward.outbox import Claimed, claim_due, destination_key, mark_failed, mark_sent, release
+from node.forward.sender import ItemResult, SendItem, send_batch
+from node.oplog import get_logger
+
+log = get_logger("forward")
+BATCH_LIMIT = 200
+
+
+class Forwarder:
+    def __init__(self, settings: Settings, db: Database, audit: AuditLog) -> None:
+        self.settings = settings
+        self.policy = settings.forwarding
+        self.db = db
+        self.audit = audit
+        self.storage_root = Path(settings.storage.path)
+        self.destinations: dict[str, ForwardDestination] = {destination_key(d): d for d in settings.forward}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # A claimed row is leased for longer than one batch can take; after a crash it is due again.
+        self.lease_seconds = max(60.0, self.policy.timeout_seconds * 4 + BATCH_LIMIT * 2)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+            except Exception as exc:  # the loop must survive a database or network hiccup
+                log.error("forward_loop_error", error=type(exc).__name__, detail=str(exc)[:300])
+                worked = False
+            if not worked:
+                self._stop.wait(self.policy.poll_seconds)
+
+    def run_once(self) -> bool:
+        """One round over the due rows. Returns False when nothing was due."""
+        claimed = claim_due(self.db, limit=BATCH_LIMIT, lease_seconds=self.lease_seconds)
+        if not claimed:
+            return False
+        by_dest: dict[str, list[Claimed]] = defaultdict(list)
+        for item in claimed:
+            by_dest[item.destination].append(item)
+        for key, items in by_dest.items():
+            if self._stop.is_set():
+                release(self.db, [i.id for i in items])  # not attempted: due again at the next start
+                continue
+            self._forward(key, items)
+        return True
+
+    def _forward(self, key: str, items: list[Claimed]) -> None:
+        dest = self.destinations.get(key)
+        if dest is None:
+            results = [ItemResult(i.id, False, None, f"destination {key} is no longer configured") for i in items]
+        else:
+            calling = dest.calling_ae_title or self.settings.dicom.ae_title
+            results = send_batch(dest, [SendItem(i.id, self.storage_root / i.path) for i in items],
+                                 calling_ae=calling, timeout=self.policy.timeout_seconds)
+        sent = [r.key for r in results if r.ok]
+        failures = {r.key: r.error or "failed" for r in results if not r.ok}
+        mark_sent(self.db, sent)
+        dead = mark_failed(self.db, failures, self.policy)
+        metrics.FORWARD_ATTEMPTS.labels(key, "success").inc(len(sent))
+        if failures:
+            metrics.FORWARD_ATTEMPTS.labels(key, "failure").inc(len(failures))
+        if dead:
+            metrics.FORWARD_DEAD_LETTERS.labels(key).inc(len(dead))
+        by_id = {i.id: i for i in items}
+        self._audit(key, dest, items, sent, failures, dead)
+        log.info("forward_batch", destination=key, sent=len(sent), failed=len(failures), dead=len(dead),
+                 first_error=next(iter(failures.values()), "")[:200])
+        for item_id in dead:
+            log.warning("forward_dead_letter", destination=key, outbox_id=item_id, kind=by_id[item_id].kind,
+                        error=failures[item_id][:200])
+
+    def _audit(self, key: str, dest: ForwardDestination | None, items: list[Claimed], sent: list[int],
+               failures: dict[int, str], dead: list[int]) -> None:
+        sent_set = set(sent)
+        per_study_sent: Counter[str] = Counter(i.study_instance_uid for i in items if i.id in sent_set)
+        per_study_all: Counter[str] = Counter(i.study_instance_uid for i in items)
+        outcome = SUCCESS if not failures else MINOR_FAILURE
+        desc = f"forwarded {len(sent)}/{len(items)} instances to {key}"
+        if failures:
+            desc += f"; {len(failures)} failed ({len(dead)} dead letters): {next(iter(failures.values()))[:200]}"
+        participants = [
+            Participant(user_id=(dest.calling_ae_title if dest and dest.calling_ae_title
+                                 else self.settings.dicom.ae_title), role="source", is_requestor=True),
+            Participant(user_id=dest.ae_title if dest else key.split("@", 1)[0], role="destination",
+                        network_address=f"{dest.host}:{dest.port}" if dest else key.split("@", 1)[-1]),
+        ]
+        objects = [AuditObject(type="study", id=uid, details={
+            "instances": per_study_sent.get(uid, 0), "attempted": n,
+            "sr": sum(1 for i in items if i.study_instance_uid == uid and i.kind == "sr" and i.id in sent_set)})
+            for uid, n in per_study_all.items()]
+        self.audit.record(EventCode.EXPORT, action="R", outcome=outcome, outcome_desc=desc,
+                          participants=participants, objects=objects)
+
+
+__all__ = ["Forwarder"]

@@ -1,0 +1,216 @@
+"""The outbox: one row per (destination, instance), states pending -> sent | dead.
+
+Claiming does not add a state: a claimed row keeps ``pending`` and gets ``next_attempt_at``
+pushed out by a lease, so a forwarder that dies mid-send leaves rows that simply become due
+again (a resend is safe: receivers accept the same SOP Instance UID twice). On PostgreSQL the
+claim uses SELECT ... FOR UPDATE SKIP LOCKED, so several node processes share one outbox; on
+SQLite the in-process writer lock serialises claims.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from node.config import ForwardDestination, ForwardingSection
+from node.db.engine import Database
+from node.db.models import Instance, OutboxItem, Series, Study
+
+PENDING, SENT, DEAD = "pending", "sent", "dead"
+
+
+def destination_key(dest: ForwardDestination) -> str:
+    """How a destination is named in the outbox: ``AET@host:port``."""
+    return f"{dest.ae_title}@{dest.host}:{dest.port}"
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed outbox row, detached from its session."""
+
+    id: int
+    destination: str
+    kind: str
+    study_instance_uid: str
+    sop_instance_uid: str
+    path: str
+    attempts: int
+    created_at: datetime
+
+
+def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING (the unique (destination, sop) key makes enqueue idempotent)."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    added = 0
+    for start in range(0, len(rows), 500):  # stay under SQLite's bound-parameter limit
+        stmt = insert(OutboxItem).values(rows[start:start + 500]).on_conflict_do_nothing(
+            index_elements=["destination", "sop_instance_uid"]).returning(OutboxItem.id)
+        added += len(session.execute(stmt).all())  # RETURNING lists only the rows really inserted
+    return added
+
+
+def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], *, study_uid: str,
+                  sr_sop_instance_uid: str, sr_path: str | None = None, now: datetime | None = None) -> int:
+    """Queue the study's SR (send sr|both) and its other instances (send study|both) for each
+    destination, inside the caller's transaction. Rows already queued (or sent) are left alone.
+    Returns the number of new rows."""
+    if not destinations:
+        return 0
+    now = now or _now()
+    rows_of_study = session.execute(
+        select(Instance.sop_instance_uid, Instance.path)
+        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
+        .where(Study.study_instance_uid == study_uid).order_by(Instance.id)).all()
+    paths = {sop: path for sop, path in rows_of_study}
+    if sr_path is None:
+        sr_path = paths.get(sr_sop_instance_uid)
+    if sr_path is None:
+        raise RuntimeError(f"SR {sr_sop_instance_uid} is not indexed; cannot queue it for forwarding")
+    rows: list[dict[str, Any]] = []
+    for dest in destinations:
+        key = destination_key(dest)
+
+        def row(kind: str, sop: str, path: str) -> dict[str, Any]:
+            return dict(destination=key, kind=kind, study_instance_uid=study_uid, sop_instance_uid=sop, path=path,
+                        state=PENDING, attempts=0, created_at=now, next_attempt_at=now, last_error="")
+
+        if dest.send in ("study", "both"):
+            rows.extend(row("instance", sop, path) for sop, path in rows_of_study if sop != sr_sop_instance_uid)
+        if dest.send in ("sr", "both"):
+            rows.append(row("sr", sr_sop_instance_uid, sr_path))
+    return _insert_ignoring_duplicates(session, rows)
+
+
+def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime | None = None) -> list[Claimed]:
+    """Take up to ``limit`` due pending rows (oldest first) and lease them for ``lease_seconds``."""
+    now = now or _now()
+    query = (select(OutboxItem).where(OutboxItem.state == PENDING, OutboxItem.next_attempt_at <= now)
+             .order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(limit))
+    if not db.is_sqlite:
+        query = query.with_for_update(skip_locked=True)
+    with db.write_lock, db.session() as session, session.begin():
+        items = list(session.execute(query).scalars().all())
+        lease_until = now + timedelta(seconds=lease_seconds)
+        for item in items:
+            item.next_attempt_at = lease_until
+        return [Claimed(i.id, i.destination, i.kind, i.study_instance_uid, i.sop_instance_uid, i.path, i.attempts,
+                        _utc(i.created_at)) for i in items]  # type: ignore[arg-type]
+
+
+def backoff_seconds(policy: ForwardingSection, attempts_before: int, *, jitter: bool = True) -> float:
+    """initial * 2^attempts, capped at max_backoff; up to 10 % jitter so retries do not march in step."""
+    delay = min(policy.initial_backoff_seconds * (2 ** min(attempts_before, 40)), policy.max_backoff_seconds)
+    if jitter:
+        delay *= 1 + random.uniform(0, 0.1)
+    return min(delay, policy.max_backoff_seconds * 1.1)
+
+
+def release(db: Database, ids: Iterable[int], now: datetime | None = None) -> None:
+    """Hand claimed rows back unattempted (due now), e.g. when the forwarder stops mid-round."""
+    ids = list(ids)
+    if not ids:
+        return
+    now = now or _now()
+    with db.write_lock, db.session() as session, session.begin():
+        for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids),
+                                                             OutboxItem.state == PENDING)).scalars():
+            item.next_attempt_at = now
+
+
+def mark_sent(db: Database, ids: Iterable[int], now: datetime | None = None) -> None:
+    ids = list(ids)
+    if not ids:
+        return
+    now = now or _now()
+    with db.write_lock, db.session() as session, session.begin():
+        for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids))).scalars():
+            item.state = SENT
+            item.attempts += 1
+            item.sent_at = now
+            item.last_attempt_at = now
+            item.last_error = ""
+
+
+def mark_failed(db: Database, failures: dict[int, str], policy: ForwardingSection,
+                now: datetime | None = None, *, jitter: bool = True) -> list[int]:
+    """Record a failed attempt per row: retry after a backoff, or dead once older than max_age.
+    Returns the ids that became dead letters."""
+    if not failures:
+        return []
+    now = now or _now()
+    dead: list[int] = []
+    with db.write_lock, db.session() as session, session.begin():
+        for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(list(failures)))
+                                    .order_by(OutboxItem.id)).scalars():
+            if item.state != PENDING:
+                continue
+            delay = backoff_seconds(policy, item.attempts, jitter=jitter)
+            item.attempts += 1
+            item.last_attempt_at = now
+            item.last_error = failures[item.id][:2000]
+            age = (now - _utc(item.created_at)).total_seconds()  # type: ignore[operator]
+            if age >= policy.max_age_seconds:
+                item.state = DEAD
+                dead.append(item.id)
+            else:
+                item.next_attempt_at = now + timedelta(seconds=delay)
+    return dead
+
+
+def _as_dict(item: OutboxItem) -> dict[str, Any]:
+    nxt = _utc(item.next_attempt_at)
+    return {"id": item.id, "destination": item.destination, "kind": item.kind,
+            "study_instance_uid": item.study_instance_uid, "sop_instance_uid": item.sop_instance_uid,
+            "state": item.state, "attempts": item.attempts, "last_error": item.last_error,
+            "next_attempt_at": nxt.isoformat() if nxt and item.state == PENDING else None,
+            "created_at": _utc(item.created_at).isoformat()}  # type: ignore[union-attr]
+
+
+def list_items(db: Database, states: Sequence[str] = (PENDING, DEAD)) -> list[dict[str, Any]]:
+    with db.session() as session:
+        items = session.execute(select(OutboxItem).where(OutboxItem.state.in_(list(states)))
+                                .order_by(OutboxItem.id)).scalars().all()
+        return [_as_dict(i) for i in items]
+
+
+def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None = None) -> list[int]:
+    """Give dead letters (all of them when ``ids`` is None) a fresh start: pending, due now, and a
+    new max-age window. Returns the ids requeued."""
+    now = now or _now()
+    query = select(OutboxItem).where(OutboxItem.state == DEAD).order_by(OutboxItem.id)
+    if ids is not None:
+        query = query.where(OutboxItem.id.in_(list(ids)))
+    with db.write_lock, db.session() as session, session.begin():
+        items = list(session.execute(query).scalars().all())
+        for item in items:
+            item.state = PENDING
+            item.attempts = 0
+            item.created_at = now
+            item.next_attempt_at = now
+        return [i.id for i in items]
+
+
+__all__ = ["Claimed", "DEAD", "PENDING", "SENT", "backoff_seconds", "claim_due", "destination_key",
+           "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "requeue"]

@@ -1,0 +1,170 @@
+"""The audit trail: what a day of activity writes, that `audit verify` accepts it, and that it
+names the first bad line after an edit, a byte flip, a swap, a deleted line or a cut tail."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from ingest_helpers import (
+    NODE_AE,
+    audit_entries,
+    py_echo,
+    run_cli,
+    wait_for,
+    write_node_config,
+)
+
+from node.audit.chain import GENESIS_HASH, entry_hash
+from node.dimse.scu import Destination, send
+
+
+@pytest.fixture
+def active_log(tmp_path, make_settings, node_factory, dicom_factory, capfd):  # type: ignore[no-untyped-def]
+    """A node that has accepted, refused, stored and queued, then stopped. Returns (settings,
+    config path, the sent CT paths, operational log text)."""
+    settings = make_settings(tmp_path, node={"log_level": "info"},
+                             stability={"quiet_seconds": 0.5, "tick_seconds": 0.1})
+    node = node_factory(settings)
+    from node import oplog
+
+    oplog.configure("info")
+    port = node.listener.port
+    assert py_echo(port, calling_ae="PYSCU") == 0
+    assert py_echo(port, calling_ae="INTRUDER") is None
+    ct = dicom_factory.ct_series(3, size=64)
+    assert [r.status for r in send(ct, Destination(NODE_AE, "127.0.0.1", port), calling_ae="TRIAGE_SCU")] == [0] * 3
+    wait_for(lambda: any(e["outcome_desc"] == "triage job queued" for e in audit_entries(settings.audit.path)),
+             20, message="the job queued line")
+    node.stop()
+    config = write_node_config(tmp_path / "node.toml", settings)
+    return settings, config, ct, capfd.readouterr().err
+
+
+def verify(config: Path):  # type: ignore[no-untyped-def]
+    return run_cli("audit", "verify", "--config", str(config))
+
+
+def test_activity_is_audited_as_a_hash_chain(active_log) -> None:
+    import pydicom
+
+    settings, config, ct, oplog_text = active_log
+    entries = audit_entries(settings.audit.path)
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    prev = GENESIS_HASH
+    for e in entries:
+        assert e["prev_hash"] == prev and e["hash"] == entry_hash(e)
+        prev = e["hash"]
+        assert datetime.fromisoformat(e["ts"]).utcoffset().total_seconds() == 0  # UTC
+        assert {"code", "meaning"} <= set(e["event_id"]) and "outcome" in e
+        assert {"participants", "objects", "source"} <= set(e)
+
+    def kinds(e: dict) -> str:
+        return e["event_type"]["code"] if e["event_type"] else e["event_id"]["code"]
+
+    codes = [kinds(e) for e in entries]
+    assert codes[0] == "110131"  # configuration loaded
+    assert "110120" in codes and codes[-1] == "110121"  # start ... stop
+    accepted = [e for e in entries if e["outcome_desc"] == "association accepted"]
+    rejected = [e for e in entries if e["event_id"]["code"] == "110113" and e["outcome"] != 0]
+    assert {p["user_id"] for e in accepted for p in e["participants"]} >= {"PYSCU", "TRIAGE_SCU", NODE_AE}
+    assert [p["user_id"] for e in rejected for p in e["participants"] if p["is_requestor"]] == ["INTRUDER"]
+    assert all(p["network_address"] == "127.0.0.1" for e in accepted + rejected
+               for p in e["participants"] if p["is_requestor"])
+
+    src = pydicom.dcmread(ct[0], stop_before_pixels=True)
+    transferred = [e for e in entries if e["event_id"]["code"] == "110104"]
+    assert len(transferred) == 1
+    objects = {o["type"]: o for o in transferred[0]["objects"]}
+    assert objects["patient"]["id"] == src.PatientID
+    assert objects["study"]["id"] == src.StudyInstanceUID
+    assert objects["study"]["details"]["instances"] == 3
+    assert {p["user_id"] for p in transferred[0]["participants"]} == {"TRIAGE_SCU", NODE_AE}
+    queued = [e for e in entries if e["outcome_desc"] == "triage job queued"]
+    assert [o["id"] for e in queued for o in e["objects"]] == [src.StudyInstanceUID]
+
+    # the operational log (stderr) carries no patient identifiers
+    assert "association_accepted" in oplog_text  # it was captured at all
+    for secret in (src.PatientID, str(src.PatientName), src.StudyInstanceUID, src.AccessionNumber):
+        assert secret not in oplog_text
+
+    result = verify(config)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(entries)} lines" in result.stdout
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(lines))
+
+
+def test_verify_names_an_edited_line(active_log) -> None:
+    settings, config, _, _ = active_log
+    path = Path(settings.audit.path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    n = len(lines) // 2  # a middle line, 0-based
+    entry = json.loads(lines[n])
+    entry["outcome_desc"] = entry["outcome_desc"] + " (edited)"
+    lines[n] = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    _rewrite(path, lines)
+    result = verify(config)
+    assert result.returncode != 0
+    assert re.search(rf"\bline {n + 1}\b", result.stderr), result.stderr
+    assert "edited" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_verify_names_the_truncated_tail(active_log) -> None:
+    settings, config, _, _ = active_log
+    path = Path(settings.audit.path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    _rewrite(path, lines[:-2])
+    result = verify(config)
+    assert result.returncode != 0
+    assert "truncated" in result.stderr
+    assert re.search(rf"\bline {len(lines) - 2}\b", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("tamper", ["flip_one_byte", "swap_two_lines", "delete_middle_line",
+                                    "insert_forged_line", "replace_last_line_rehashed", "empty_line"])
+def test_verify_fails_after_tampering(tamper, active_log, capfd) -> None:
+    from node import cli
+
+    settings, config, _, _ = active_log
+    path = Path(settings.audit.path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    n = len(lines) // 2
+    expect_line = n + 1
+    if tamper == "flip_one_byte":
+        i = lines[n].index(b'"outcome":') + len(b'"outcome":')
+        lines[n] = lines[n][:i] + bytes([lines[n][i] ^ 0x01]) + lines[n][i + 1:]  # 0 -> 1 / 4 -> 5
+    elif tamper == "swap_two_lines":
+        lines[n], lines[n + 1] = lines[n + 1], lines[n]
+    elif tamper == "delete_middle_line":
+        del lines[n]  # the line after it no longer links: that one is named
+    elif tamper == "insert_forged_line":
+        forged = json.loads(lines[n])
+        forged["outcome_desc"] = "forged"
+        forged["hash"] = entry_hash(forged)  # self-consistent, but the chain does not follow
+        lines.insert(n + 1, json.dumps(forged, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+        expect_line = n + 2
+    elif tamper == "replace_last_line_rehashed":
+        # a forger who recomputes the last line's hash is caught by the head kept in the database
+        last = json.loads(lines[-1])
+        last["outcome_desc"] = "rewritten"
+        last["hash"] = entry_hash(last)
+        lines[-1] = json.dumps(last, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        expect_line = None
+    elif tamper == "empty_line":
+        lines.insert(n, b"\n")
+    _rewrite(path, lines)
+    capfd.readouterr()
+    rc = cli.main(["audit", "verify", "--config", str(config)])
+    err = capfd.readouterr().err
+    assert rc != 0, err
+    if expect_line is not None:
+        assert re.search(rf"\bline {expect_line}\b", err), err
+    else:
+        assert "rewritten" in err or "head" in err, err
