@@ -129,10 +129,24 @@ def node_factory() -> Iterator[Callable[..., Any]]:
     nodes: list[Node] = []
 
     def start(settings) -> Node:  # type: ignore[no-untyped-def]
-        node = Node(settings)
-        nodes.append(node)
-        node.start()
-        return node
+        from node.config import ConfigError
+
+        for attempt in range(3):
+            node = Node(settings)
+            try:
+                node.start()
+            except ConfigError as exc:
+                node.audit.close()
+                node.db.dispose()
+                # the port picked for the settings was taken meanwhile by another process: pick again
+                if "cannot listen" not in str(exc) or attempt == 2:
+                    raise
+                dicom = settings.dicom.model_copy(update={"port": pick_free_port()})
+                settings = settings.model_copy(update={"dicom": dicom})
+                continue
+            nodes.append(node)
+            return node
+        raise AssertionError("unreachable")
 
     yield start
     for node in reversed(nodes):

@@ -37,6 +37,7 @@ def data_env(tmp_path: Path, port: int) -> dict[str, object]:
         "dicom.host": "127.0.0.1",
         "dicom.port": port,
         "triage.enabled": False,
+        "http.enabled": False,
     }
 
 

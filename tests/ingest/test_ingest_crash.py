@@ -105,7 +105,7 @@ def test_five_kill9_cycles_during_a_200_slice_send_lose_no_acknowledged_instance
         if cycle % 2 == 0:
             # kill while an instance is being written (its temp file exists, nothing acknowledged)
             incoming = storage / ".incoming"
-            deadline = time.monotonic() + 0.3  # bounded: late cycles have few new instances left
+            deadline = time.monotonic() + 0.15  # bounded: late cycles have few new instances left
             while (time.monotonic() < deadline and sender.proc.poll() is None
                    and not any(n.endswith(".part") for n in os.listdir(incoming))):
                 pass

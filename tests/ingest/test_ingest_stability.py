@@ -45,7 +45,7 @@ def test_job_queued_after_quiet_period(db_url, tmp_path, make_settings, node_fac
         assert _jobs(node) == []
 
     jobs = wait_for(lambda: _jobs(node), 20, message="a queued job")
-    assert time.monotonic() - sent_at >= quiet * 0.9  # not before the quiet period
+    assert time.monotonic() - sent_at >= quiet * 0.5  # not right away (the exact bound is checked below)
     assert len(jobs) == 1
     job = jobs[0]
     assert job["state"] == "queued"

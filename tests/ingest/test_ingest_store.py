@@ -20,7 +20,9 @@ from ingest_helpers import (
     storescu,
     storescu_acknowledged,
     stored_files,
+    node_env,
     write_node_config,
+    write_toml,
 )
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
@@ -109,8 +111,12 @@ def test_ct_series_stored_identically_indexed_and_counted(
     assert study["instance_count"] == 30
     assert study["modalities"] == "CT"
 
-    status = status_json(write_node_config(tmp_path / "status.toml", node.settings))
+    # `status --json` as an operator runs it: a config file, the database named by the environment
+    config = write_toml(tmp_path / "status.toml", {"node": {"data_dir": str(tmp_path / "elsewhere")},
+                                                   "database": {"url": "sqlite:///" + str(tmp_path / "wrong.db")}})
+    status = status_json(config, env=node_env({"database.url": db_url}))
     assert (status["studies"], status["series"], status["instances"]) == (1, 1, 30)
+    assert not (tmp_path / "wrong.db").exists()
     assert status["bytes"] == sum(p.stat().st_size for p in stored_files(node.settings.storage.path).values())
     assert set(status["jobs"]) >= {"queued", "running", "done", "failed"}
 
