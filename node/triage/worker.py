@@ -34,7 +34,7 @@ from node.triage.jobs import claim_jobs, finish_job, heartbeat, requeue_orphans
 from node.triage.model import LoadedModel, ModelSettings, ModelUnavailable, load_model
 from node.triage.policy import NoAssistReason, decide, embed_profile, no_assist
 from node.triage.preprocess import PREPROCESS_VERSION, PreprocessError, to_model_input
-from node.triage.profiles import TriageProfile, load_profiles
+from node.triage.profiles import ProfileError, TriageProfile, load_profiles
 from node.triage.results import algorithm_info, triage_result, write_report
 from node.triage.select import select_images
 
@@ -77,11 +77,15 @@ class TriageWorker:
         self._me = Participant(user_id=settings.dicom.ae_title, role="application")
 
     def _load_profiles(self) -> list[TriageProfile]:
-        available = load_profiles(Path(self.settings.triage.profiles_dir))
+        from node.config import ConfigError
+
+        directory = Path(self.settings.triage.profiles_dir)
+        try:
+            available = load_profiles(directory)
+        except (ProfileError, OSError) as exc:
+            raise ConfigError(f"triage.profiles_dir: cannot load triage profiles from {directory}: {exc}") from None
         missing = [name for name in self.settings.triage.profiles if name not in available]
         if missing:
-            from node.config import ConfigError
-
             raise ConfigError(f"triage.profiles: no profile named {', '.join(missing)} in "
                               f"{self.settings.triage.profiles_dir} (have: {', '.join(sorted(available))})")
         return [available[name] for name in self.settings.triage.profiles]
