@@ -4,7 +4,7 @@
 #   bash scripts/test.sh              # = pytest -q
 #   bash scripts/test.sh -k store -x  # any pytest arguments
 #
-# 1. installs the system tools the tests use (DCMTK, dicom3tools, PostgreSQL) if missing;
+# 1. installs the system tools the tests use (DCMTK, dicom3tools, PostgreSQL, Orthanc) if missing;
 # 2. installs the project into .venv (scripts/install.sh);
 # 3. starts a private PostgreSQL on 127.0.0.1 (free port, trust auth, data in /tmp),
 #    exports TRIAGE_TEST_POSTGRES_URL, and stops and deletes it on exit;
@@ -31,6 +31,7 @@ missing=()
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 [ -n "$(pg_bindir)" ] || missing+=(postgresql)
+command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then
@@ -38,14 +39,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
       SUDO="sudo"
     else
       echo "test.sh: missing system packages (${missing[*]}) and not root, no sudo;" \
-           "install: dcmtk dicom3tools postgresql" >&2
+           "install: ${missing[*]}" >&2
     fi
   fi
   if [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; then
-    echo "Installing system packages: dcmtk dicom3tools postgresql"
+    echo "Installing system packages: ${missing[*]}"
     $SUDO apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      --no-install-recommends dcmtk dicom3tools postgresql >/dev/null
+      --no-install-recommends "${missing[@]}" >/dev/null
   fi
 fi
 
