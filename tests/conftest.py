@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import os
+import shutil
 import socket
 import uuid
 import zlib
@@ -161,6 +162,23 @@ def running_node(tmp_path: Path, node_factory: Callable[..., Any]):  # type: ign
 # --------------------------------------------------------------------------- PostgreSQL
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@pytest.fixture(scope="session")
+def require_tools() -> Callable[..., None]:
+    """``require_tools("storescu", ...)``: skip when a command is missing, but fail under CI=true,
+    where scripts/test.sh installs every peer the suite uses (a green CI must mean they ran)."""
+
+    def check(*tools: str) -> None:
+        missing = [t for t in tools if shutil.which(t) is None]
+        if not missing:
+            return
+        message = f"needs {', '.join(missing)} on PATH"
+        if _truthy(os.environ.get("CI")):
+            pytest.fail(message + " and CI=true: these tests must not be skipped")
+        pytest.skip(message)
+
+    return check
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,22 +147,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def start_node() -> Iterator[Any]:
-    from node import oplog
-    from node.service import Node
-
-    oplog.configure("warning")
-    nodes: list[Any] = []
-
-    def start(cfg: NodeConfig) -> Any:
-        node = Node(cfg.settings())
-        nodes.append(node)
-        node.start()
-        return node
-
-    yield start
-    for node in reversed(nodes):
-        node.stop()
+def start_node(node_factory) -> Callable[[NodeConfig], Any]:  # type: ignore[no-untyped-def]
+    """``start_node(cfg)``: the shared in-process node fixture, fed from an e2e NodeConfig."""
+    return lambda cfg: node_factory(cfg.settings())
 
 
 def forwarding_node(root: Path, model: Path, orthanc: Orthanc, *, send: str = "sr",

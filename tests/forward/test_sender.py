@@ -82,11 +82,7 @@ _EXT = {
 
 
 def _pki(d: Path) -> Path:
-    import shutil
     import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not available")
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
@@ -102,10 +98,11 @@ def _pki(d: Path) -> Path:
     return d
 
 
-def test_tls_destination_with_client_certificate(tmp_path: Path) -> None:
+def test_tls_destination_with_client_certificate(tmp_path: Path, require_tools) -> None:  # type: ignore[no-untyped-def]
     from node.config import RemoteTls, TlsSection
     from node.dimse.tls import server_context
 
+    require_tools("openssl")
     pki = _pki(tmp_path)
     received: list[str] = []
     ae = AE(ae_title="TLSPACS")

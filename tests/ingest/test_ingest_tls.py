@@ -29,10 +29,9 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def pki(tmp_path_factory: pytest.TempPathFactory, require_tools) -> Path:  # type: ignore[no-untyped-def]
     """ca.crt/ca.key, server.crt/server.key (127.0.0.1), client.crt/client.key, made by openssl."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl command not available")
+    require_tools("openssl")
     d = tmp_path_factory.mktemp("pki")
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=Triage Test CA",

@@ -20,11 +20,8 @@ from qr_helpers import (
 
 
 @pytest.fixture(scope="session")
-def qr_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QRNode]:
-    import shutil
-
-    if not all(shutil.which(t) for t in ("storescu", "findscu", "getscu", "movescu", "storescp")):
-        pytest.skip("needs DCMTK (storescu, findscu, getscu, movescu, storescp)")
+def qr_node(tmp_path_factory: pytest.TempPathFactory, require_tools) -> Iterator[QRNode]:  # type: ignore[no-untyped-def]
+    require_tools("storescu", "findscu", "getscu", "movescu", "storescp")
     import torch
     from pydicom.uid import generate_uid
 
