@@ -24,6 +24,7 @@ STATIC = Path(__file__).parent / "static"
 def mount(app: FastAPI) -> None:
     """Add the console to the node's FastAPI app (its WebContext is ``app.state.ctx``)."""
     from node.console.routes import install_handlers, router
+    from node.console.samples import sampler
 
     app.state.console_sessions = SessionStore()
     app.state.console_renders = RenderCache()
@@ -31,6 +32,7 @@ def mount(app: FastAPI) -> None:
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="console-static")
     app.include_router(router)
     install_handlers(app)
+    sampler()  # the health page's last hour starts now, not at its first view
 
     @app.get("/ui", include_in_schema=False)
     def _ui() -> RedirectResponse:

@@ -282,8 +282,8 @@ def health(request: Request, viewer: Viewer = Depends(page_viewer)) -> Response:
     except OSError as exc:
         disk = dict(error=f"{type(exc).__name__}: {exc}")
     points = sampler().last_hour()
-    charts = [bar_chart("Ingest", "instances/min", points, lambda p: p.ingest_per_min),
-              bar_chart("Triage", "studies/min", points, lambda p: p.triage_per_min),
+    charts = [bar_chart("Ingest (instances stored, incl. the node's own SRs)", "instances/min", points, lambda p: p.ingest_per_min),
+              bar_chart("Triage (studies answered)", "studies/min", points, lambda p: p.triage_per_min),
               bar_chart("Triage latency (queued to SR stored, mean)", "s", points, lambda p: p.latency_s)]
     return render(request, "health.html", dict(
         _base(request, viewer, "health", refresh=REFRESH_SECONDS["health"]), status_code=status_code,

@@ -19,6 +19,23 @@ from node.console.queries import StudyFacts, instance_paths, study_facts, study_
 from node.dicomweb.context import WebContext
 
 MAX_THUMBNAILS = 24
+MAX_RECOMPUTED_SKIPS = 500  # instances read again (headers only) when the audit log has no skip list
+
+#: The selection's reason codes (node/triage/select.py) in words.
+SKIP_REASONS = {
+    "own-sr": "a report written by this node",
+    "not-an-image": "not an image (no pixel data, or a non-image object)",
+    "modality": "modality not accepted by the profile",
+    "sop-class": "SOP class not accepted by the profile",
+    "photometric": "photometric interpretation not accepted by the profile",
+    "body-part": "body part not accepted by the profile",
+    "body-part-unknown": "body part not given",
+    "view-position": "view position not accepted by the profile (e.g. a lateral view)",
+    "view-position-unknown": "view position not given",
+    "patient-age": "patient age outside the profile's range",
+    "patient-age-unknown": "patient age unknown, and the profile has an age range",
+    "duplicate": "the same SOP Instance UID was already accepted",
+}
 
 
 @functools.lru_cache(maxsize=4)
@@ -92,6 +109,25 @@ def _images(c: WebContext, facts: StudyFacts, result: Any, renders: RenderCache,
     return out
 
 
+def _recompute_skips(c: WebContext, study_uid: str, profile_name: str) -> list[dict[str, Any]]:
+    """The profile's selection over the study's stored headers (no pixel data read), own SRs left out."""
+    from node.console.queries import study_instance_paths
+    from node.triage.select import select_images
+
+    profile = profile_named(c, profile_name)
+    if profile is None:
+        return []
+    headers = []
+    for rel in study_instance_paths(c.db, study_uid, limit=MAX_RECOMPUTED_SKIPS):
+        try:
+            headers.append(pydicom.dcmread(Path(c.files.root) / rel, stop_before_pixels=True))
+        except Exception:  # noqa: BLE001 - an unreadable file is simply not listed
+            continue
+    selection = select_images(headers, profile, require_pixel_data=False)
+    return [dict(sop_instance_uid=s.sop_instance_uid, reason=s.reason, words=SKIP_REASONS.get(s.reason, ""))
+            for s in selection.skipped if s.reason != "own-sr"]
+
+
 def study_view(c: WebContext, study_uid: str, renders: RenderCache, *, show_identifiers: bool) -> dict[str, Any] | None:
     facts = study_facts(c.db, study_uid)
     if facts is None:
@@ -109,9 +145,15 @@ def study_view(c: WebContext, study_uid: str, renders: RenderCache, *, show_iden
     if result is not None:
         paths.update(instance_paths(c.db, study_uid, [a.image.sop_instance_uid for a in result.images]))
         images = _images(c, facts, result, renders, paths)
-    skipped = audit_read.skipped_images(events, current_sop) if current_sop else []
+    skipped = [dict(sop_instance_uid=sop, reason=why, words=SKIP_REASONS.get(why.split(":")[0], ""))
+               for sop, why in (audit_read.skipped_images(events, current_sop) if current_sop else [])]
+    skipped_source = "recorded by the triage that wrote the current SR" if skipped else ""
+    if not skipped and result is not None and facts.instance_count <= MAX_RECOMPUTED_SKIPS:
+        skipped = _recompute_skips(c, study_uid, result.algorithm.profile_name)
+        skipped_source = (f"worked out again now with profile {result.algorithm.profile_name} (the triage "
+                          "recorded no list: no image of the study was accepted)") if skipped else ""
     if not show_identifiers:
         events = [audit_read.redact(e) for e in events]
     return dict(facts=facts, result=result, predecessor=predecessor, sr_error=sr_error, current_sop=current_sop,
-                images=images, skipped=skipped, events=events, forwarding=study_forwarding(c.db, study_uid),
+                images=images, skipped=skipped, skipped_source=skipped_source, events=events, forwarding=study_forwarding(c.db, study_uid),
                 calibration=getattr(getattr(result, "algorithm", None), "calibration", None) if result else None)
