@@ -118,8 +118,7 @@ def worklist_page(db: Database, f: WorklistFilter, page: int = 1, per_page: int 
                        patient_name=name or "", patient_id=patient_id or "", sex=sex or "",
                        age=age_text(birth or "", study_date or ""), queued=_utc(item.queued_at))
             rows.append(row)
-        profiles = sorted(p for p in session.execute(select(WorklistItem.profile).distinct()).scalars() if p)
-    return WorklistPage(rows=rows, total=total, page=page, pages=pages, profiles=profiles)
+    return WorklistPage(rows=rows, total=total, page=page, pages=pages)
 
 
 @dataclass

@@ -103,6 +103,8 @@ def worklist(request: Request, viewer: Viewer = Depends(page_viewer), priority: 
     started = time.perf_counter()
     f = WorklistFilter.parse(priority, assist, profile, day)
     result = worklist_page(_ctx(request).db, f, int(page) if page.isdigit() else 1)
+    # The profiles the node runs (not a scan of every row): plus the one asked for, if another.
+    result.profiles = sorted({*_ctx(request).settings.triage.profiles, *([f.profile] if f.profile else [])})
     query = f.as_query()
     auto = refresh != "0"
     return render(request, "worklist.html", dict(
