@@ -292,7 +292,7 @@ def health(request: Request, viewer: Viewer = Depends(page_viewer)) -> Response:
         checks=checks, identity=identity, triage_enabled=c.worker is not None,
         model_error=getattr(c.worker, "model_error", "") if c.worker is not None else "",
         profiles=[(p.name, p.version) for p in getattr(c.worker, "profiles", None) or []],
-        depths=queue_depths(c.db), disk=disk, charts=charts, storage=str(storage)), started=started)
+        depths=queue_depths(c.db), disk=disk, charts=charts), started=started)
 
 
 def install_handlers(app: Any) -> None:
