@@ -145,7 +145,7 @@ def model_input_png(request: Request, study_uid: str, sop_uid: str, size: int = 
     """The preprocessed square image the model saw (size from the SR via the study page's link)."""
     c = _ctx(request)
     path = _image_path(request, study_uid, sop_uid)
-    chosen = size if 1 <= size <= 4096 else model_size(c)
+    chosen = size if 1 <= size <= 1024 else model_size(c)  # MedSigLIP sees 448; nothing needs more
     p = profile_named(c, profile) if profile else None
     try:
         rendered = request.app.state.console_renders.model_input(path, chosen, p.preprocessing if p else None)
