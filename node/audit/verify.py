@@ -1,4 +1,9 @@
-"""`triage-node audit verify`: recompute the chain and compare its end with the database head."""
+"""`triage-node audit verify`: recompute the chain and compare its end with the database head.
+
+Each process writes its own audit file (per host when several hosts share one database), each
+with its own head row; verify checks every file the database names, so a deleted or truncated
+file of any process is found from one place.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.audit.chain import GENESIS_HASH, entry_hash
+from sqlalchemy import select
+
 from node.db.engine import Database
 from node.db.models import AuditHead
 
@@ -62,3 +69,22 @@ def verify_log(path: Path, database: Database | None) -> VerifyResult:
             return VerifyResult(False, count, f"line with seq {head.seq} differs from the database head "
                                 "(the log was rewritten)", head.seq)
     return VerifyResult(True, count, f"audit chain intact: {count} lines, head seq {seq}")
+
+
+def audit_paths(database: Database | None, own: Path, extra: tuple[Path, ...] = ()) -> list[Path]:
+    """Every audit file of the deployment: ours, those listed in the config, and those named in
+    the database's audit_head table (one row per file, written by each process as it logs)."""
+    seen: dict[str, Path] = {}
+    for path in (own, *extra):
+        seen.setdefault(str(Path(path).resolve()), Path(path))
+    if database is not None:
+        with database.session() as session:
+            for log_path in session.scalars(select(AuditHead.log_path).order_by(AuditHead.log_path)):
+                seen.setdefault(str(Path(log_path).resolve()), Path(log_path))
+    return list(seen.values())
+
+
+def verify_all(paths: list[Path], database: Database | None) -> list[tuple[Path, VerifyResult]]:
+    """Verify each audit file against its own head row; a file named but absent here fails
+    (run the command on the host that writes it, or mount it and list it in audit.verify_paths)."""
+    return [(path, verify_log(path, database)) for path in paths]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -44,10 +44,22 @@ def upgrade_schema(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection_engine"] = engine
     with _MIGRATE_LOCK:
-        command.upgrade(cfg, "head")
+        if engine.dialect.name != "postgresql":
+            command.upgrade(cfg, "head")
+            return
+        # Several processes (hosts) may start at once on one database: one migrates, the others
+        # wait on a session advisory lock and then find the schema at head.
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATE_LOCK_KEY})
+            try:
+                command.upgrade(cfg, "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATE_LOCK_KEY})
+                conn.commit()
 
 
 _MIGRATE_LOCK = threading.Lock()
+_MIGRATE_LOCK_KEY = 0x7472_6961_6765  # "triage": the advisory lock that serialises migrations
 
 
 class Database:
