@@ -156,7 +156,7 @@ def cluster(tmp_path: Path, postgres_url: str, tiny_model: Path) -> Iterator[Cal
 
 def _split_study(folder: Path, factory: Any, n: int) -> tuple[str, list[Path]]:
     """``n`` large chest DX images of ONE study (large so that preprocessing takes a while)."""
-    first = pydicom.dcmread(factory.dx_image(rows=1536, cols=1536, out_dir="split"))
+    first = pydicom.dcmread(factory.dx_image(rows=1024, cols=1024, out_dir="split"))
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
@@ -204,7 +204,7 @@ def test_two_receivers_one_worker_killed_mid_job(cluster, dicom_factory, tmp_pat
     w1 = cluster("worker1", ["triage"])
     for p in (r1, r2, w1):
         p.start()
-    study_uid, paths = _split_study(tmp_path / "study", dicom_factory, 24)
+    study_uid, paths = _split_study(tmp_path / "study", dicom_factory, 16)
     for p in (r1, r2, w1):
         wait_for(p.ready, 90, f"{p.name} to start")
 
