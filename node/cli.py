@@ -140,16 +140,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from node.audit.verify import audit_paths, verify_all
+    from node.audit.verify import verify_all, verify_log
     from node.db.engine import Database
 
     settings = _settings(args)
     db = Database(settings.database.url)
     own = Path(settings.audit.path)
-    paths = [own] if args.this_process else audit_paths(db, own, settings.audit.verify_paths)
-    results = verify_all(paths, db)
-    for path, result in results:
-        line = result.message if len(results) == 1 else f"{path}: {result.message}"
+    if args.this_process:
+        results = [(str(own), verify_log(own, db))]
+    else:
+        results = verify_all(db, own, settings.audit.verify_paths)
+    for label, result in results:
+        line = result.message if len(results) == 1 else f"{label}: {result.message}"
         print(line, file=sys.stdout if result.ok else sys.stderr)
     if len(results) > 1:
         bad = sum(not r.ok for _, r in results)
