@@ -141,6 +141,11 @@ class StorageSection(_Section):
 class DatabaseSection(_Section):
     url: str = "sqlite:///./data/index.db"
     echo: bool = False
+    # SQLite only. "full": every commit is synced before Success. "normal" (WAL): the commit
+    # that follows the file's own fsync is not synced; after a power loss the last rows may be
+    # missing, and the start after an unclean stop re-indexes every file without a row (the files
+    # are durable), so a stored instance is still indexed before the node accepts anything again.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     @field_validator("url")
     @classmethod

@@ -45,7 +45,8 @@ class Node:
         self.settings = settings
         self.data_dir = Path(settings.node.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.database.url, settings.database.echo)
+        self.db = Database(settings.database.url, settings.database.echo,
+                           sqlite_synchronous=settings.database.sqlite_synchronous)
         self.audit = AuditLog(settings.audit.path, self.db, source_id=settings.audit.source_id,
                               fsync=settings.audit.fsync)
         self.roles = settings.node.roles
@@ -96,9 +97,25 @@ class Node:
             self.worker.start()
         if self.forwarder is not None:
             self.forwarder.start()
-        (self.data_dir / RUNNING_MARKER).write_text(str(os.getpid()))
+        self._write_running_marker()
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_START,
                           outcome_desc="triage-node started", participants=[self._me])
+
+    def _write_running_marker(self) -> None:
+        """Durably (fsync file and folder): after a power loss its presence is what makes the next
+        start re-index files whose index row was not synced (database.sqlite_synchronous)."""
+        marker = self.data_dir / RUNNING_MARKER
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     @property
     def http_port(self) -> int | None:

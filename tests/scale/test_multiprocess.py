@@ -282,17 +282,3 @@ def test_two_receivers_one_worker_killed_mid_job(cluster, dicom_factory, tmp_pat
                             capture_output=True, text=True, timeout=60, check=False)
     assert verify.returncode == 1 and "does not exist" in verify.stderr, verify.stderr
     engine.dispose()
-
-
-def test_roles_are_checked_at_start(tmp_path: Path) -> None:
-    from node.config import ConfigError, load_settings
-
-    config = tmp_path / "node.toml"
-    config.write_text('[node]\nroles = ["receive", "decode"]\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"node\.roles"):
-        load_settings(config, {})
-    config.write_text('[node]\nroles = []\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="at least one role"):
-        load_settings(config, {})
-    settings = load_settings(config, {"TRIAGE_NODE__NODE__ROLES": '["receive", "http"]'})
-    assert settings.node.roles == ("receive", "http")
