@@ -8,7 +8,6 @@ It survives every failure of the model: unavailable, error or timeout become a n
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
