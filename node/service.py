@@ -15,12 +15,11 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.audit import AuditLog, AuditObject, EventCode, Participant
-from typing import TYPE_CHECKING
-
 from node.audit.events import APPLICATION_START, APPLICATION_STOP, SOFTWARE_CONFIGURATION
 from node.config import Settings
 from node.db.engine import Database
