@@ -59,7 +59,7 @@ TAG="tn$(( $$ % 100000 ))"
 NET="10.$(( 100 + $$ % 100 )).$(( ($$ / 100) % 250 ))"
 SW="${TAG}-sw"; DB="${TAG}-db"; EDGE="${TAG}-edge"; GPU="${TAG}-gpu"; MOD="${TAG}-mod"
 DB_IP="$NET.10"; EDGE_IP="$NET.11"; GPU_IP="$NET.12"; MOD_IP="$NET.20"
-WORK="$(mktemp -d /tmp/netns-cluster.XXXXXX)"
+WORK="$(mktemp -d -t netns-cluster.XXXXXX)"
 chmod 755 "$WORK"
 PIDS=()
 PG_STARTED=0
