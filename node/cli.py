@@ -140,13 +140,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from node.audit.verify import verify_log
+    from node.audit.verify import verify_all, verify_log
     from node.db.engine import Database
 
     settings = _settings(args)
-    result = verify_log(settings.audit.path, Database(settings.database.url))
-    print(result.message, file=sys.stdout if result.ok else sys.stderr)
-    return 0 if result.ok else 1
+    db = Database(settings.database.url)
+    own = Path(settings.audit.path)
+    if args.this_process:
+        results = [(str(own), verify_log(own, db))]
+    else:
+        results = verify_all(db, own, settings.audit.verify_paths)
+    for label, result in results:
+        line = result.message if len(results) == 1 else f"{label}: {result.message}"
+        print(line, file=sys.stdout if result.ok else sys.stderr)
+    if len(results) > 1:
+        bad = sum(not r.ok for _, r in results)
+        print(f"{len(results)} audit files checked, {bad} with a problem",
+              file=sys.stdout if not bad else sys.stderr)
+    return 0 if all(r.ok for _, r in results) else 1
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
@@ -222,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    with_config(audit_sub.add_parser("verify", help="check the audit hash chain")).set_defaults(
-        func=cmd_audit_verify)
+    verify = with_config(audit_sub.add_parser(
+        "verify", help="check the audit hash chain of every audit file the database names"))
+    verify.add_argument("--this-process", action="store_true",
+                        help="check only this config's audit.path (not the other processes' files)")
+    verify.set_defaults(func=cmd_audit_verify)
 
     for name, func, help_text in (("echo", cmd_echo, "C-ECHO a DICOM node"),
                                   ("send", cmd_send, "C-STORE files or folders to a DICOM node")):

@@ -14,7 +14,10 @@ Relative paths are resolved against the working directory of the process.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +35,47 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Role = Literal["receive", "http", "stability", "triage", "forward"]
+ALL_ROLES: tuple[str, ...] = ("receive", "http", "stability", "triage", "forward")
+
+
 class NodeSection(_Section):
-    data_dir: Path = Path("./data")
+    data_dir: Path = Path("./data")  # per process: its run marker and caches (not shared)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # What this process does; several processes (on several hosts) split the roles and share one
+    # PostgreSQL and one storage path. A receive-only process never imports torch; a process
+    # without "receive" opens no DICOM port.
+    roles: tuple[Role, ...] = ALL_ROLES  # type: ignore[assignment]
+    # Names this process's temp files in the shared storage/.incoming (so that a restart clears
+    # only its own); default: host name + a hash of the absolute data_dir (stable across restarts).
+    instance_id: str | None = None
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one role is needed (receive, http, stability, triage, forward)")
+        if len(set(value)) != len(value):
+            raise ValueError("a role is listed twice")
+        return value
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+            raise ValueError("1-64 characters of A-Z a-z 0-9 _ . -")
+        return value
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+    def process_id(self) -> str:
+        """This process's stable name: ``instance_id``, or host name + hash of the data_dir."""
+        if self.instance_id:
+            return self.instance_id
+        host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40] or "host"
+        digest = hashlib.sha1(str(Path(self.data_dir).resolve()).encode()).hexdigest()[:8]
+        return f"{host}-{digest}"
 
 
 class TlsSection(_Section):
@@ -100,6 +141,11 @@ class StorageSection(_Section):
 class DatabaseSection(_Section):
     url: str = "sqlite:///./data/index.db"
     echo: bool = False
+    # SQLite only. "full": every commit is synced before Success. "normal" (WAL): the commit
+    # that follows the file's own fsync is not synced; after a power loss the last rows may be
+    # missing, and the start after an unclean stop re-indexes every file without a row (the files
+    # are durable), so a stored instance is still indexed before the node accepts anything again.
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     @field_validator("url")
     @classmethod
@@ -118,6 +164,9 @@ class AuditSection(_Section):
     path: Path = Path("./data/audit.jsonl")
     fsync: bool = True
     source_id: str = "triage-node"
+    # Other processes' audit files that `audit verify` checks besides those named in the
+    # database's audit_head table (e.g. a per-host file mounted here read-only).
+    verify_paths: tuple[Path, ...] = ()
 
 
 class ModelSection(_Section):
@@ -141,8 +190,17 @@ class TriageSection(_Section):
     profiles: tuple[str, ...] = ("cxr",)  # in order of preference
     poll_seconds: float = Field(default=1.0, gt=0)
     max_jobs_per_batch: int = Field(default=8, ge=1)
-    stale_job_seconds: float = Field(default=600.0, gt=0)  # a running job without heartbeat this long is retaken
+    # The lease of a running job: a job whose heartbeat is older than this is retaken by any
+    # worker (its process died). The worker heartbeats every heartbeat_seconds while it works.
+    stale_job_seconds: float = Field(default=600.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _lease(self) -> "TriageSection":
+        if self.heartbeat_seconds >= self.stale_job_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than stale_job_seconds (the lease)")
+        return self
 
 
 class RemoteTls(_Section):
@@ -179,6 +237,9 @@ class ForwardingSection(_Section):
     max_age_seconds: float = Field(default=86400.0, gt=0)  # then: dead letter
     timeout_seconds: float = Field(default=30.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+    # A claimed outbox row is leased this long (renewed while its batch is sent); a row whose
+    # process died becomes due again when the lease ends. Unset: 4 x timeout + 2 s per row, >= 60 s.
+    lease_seconds: float | None = Field(default=None, gt=0)
 
 
 class HttpSection(_Section):

@@ -1,5 +1,12 @@
-"""`triage-node serve`: one process running the DICOM listener, the stability timer and the
-triage worker, with a clean shutdown (stop accepting, finish in-flight stores, exit).
+"""`triage-node serve`: one process running the roles named in ``[node] roles`` (default all:
+DICOM listener, HTTP, stability timer, triage worker, forwarder), with a clean shutdown (stop
+accepting, finish in-flight stores, exit).
+
+Scaling out: several processes, on one host or several, share one PostgreSQL and one storage
+path and split the roles. Everything they coordinate on lives in the database (the stability
+clock per study, job and outbox claims with leases, one audit head row per audit file), so a
+process holds no state another one needs; imports follow the roles, so a receive-only process
+never loads torch and a process without "receive" opens no DICOM port.
 """
 
 from __future__ import annotations
@@ -8,6 +15,7 @@ import os
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -15,13 +23,15 @@ from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import APPLICATION_START, APPLICATION_STOP, SOFTWARE_CONFIGURATION
 from node.config import Settings
 from node.db.engine import Database
-from node.dimse.server import DicomListener
 from node import metrics
 from node.oplog import get_logger, study_ref
 from node.stability.tick import queue_stable_studies
 from node.store.files import FileStore
 from node.store.ingest import Ingestor, reindex_file
 from node.store.index import instance_exists
+
+if TYPE_CHECKING:
+    from node.dimse.server import DicomListener
 
 log = get_logger("service")
 RUNNING_MARKER = ".running"
@@ -34,21 +44,28 @@ class Node:
         self.settings = settings
         self.data_dir = Path(settings.node.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.database.url, settings.database.echo)
+        self.db = Database(settings.database.url, settings.database.echo,
+                           sqlite_synchronous=settings.database.sqlite_synchronous)
         self.audit = AuditLog(settings.audit.path, self.db, source_id=settings.audit.source_id,
                               fsync=settings.audit.fsync)
-        self.files = FileStore(settings.storage.path, fsync=settings.storage.fsync)
+        self.roles = settings.node.roles
+        self.process_id = settings.node.process_id()
+        self.files = FileStore(settings.storage.path, fsync=settings.storage.fsync, owner=self.process_id)
         self.ingestor = Ingestor(self.db, self.files, max_dataset_bytes=settings.storage.max_dataset_bytes,
                                  min_free_bytes=settings.storage.min_free_bytes)
-        self.listener = DicomListener(settings.dicom, self.ingestor, self.audit,
-                                      move_destinations=(*settings.move_destinations, *settings.forward))
+        self.listener: DicomListener | None = None
+        if "receive" in self.roles:
+            from node.dimse.server import DicomListener  # pynetdicom only where DICOM is served
+
+            self.listener = DicomListener(settings.dicom, self.ingestor, self.audit,
+                                          move_destinations=(*settings.move_destinations, *settings.forward))
         self.worker = None
-        if settings.triage.enabled:
+        if settings.triage.enabled and "triage" in self.roles:
             from node.triage.worker import TriageWorker  # torch is imported only when triage is on
 
             self.worker = TriageWorker(settings, self.db, self.ingestor, self.audit)
         self.forwarder = None
-        if settings.forward:
+        if settings.forward and "forward" in self.roles:
             from node.forward.forwarder import Forwarder
 
             self.forwarder = Forwarder(settings, self.db, self.audit)
@@ -63,23 +80,41 @@ class Node:
                           outcome_desc=f"configuration loaded from {self.settings.source}",
                           participants=[self._me])
         self.recover()
-        self.listener.start()
-        if self.settings.http.enabled:
+        if self.listener is not None:
+            self.listener.start()
+        if self.settings.http.enabled and "http" in self.roles:
             from node.dicomweb.app import HttpServer  # fastapi/uvicorn only when HTTP is on
 
             self.http = HttpServer(self)
             self.http.start()
-        self.scheduler.add_job(self.tick, "interval", seconds=self.settings.stability.tick_seconds,
-                               id="stability", max_instances=1, coalesce=True)
-        self.tick()  # studies whose quiet period ended while we were down
-        self.scheduler.start()
+        if "stability" in self.roles:
+            self.scheduler.add_job(self.tick, "interval", seconds=self.settings.stability.tick_seconds,
+                                   id="stability", max_instances=1, coalesce=True)
+            self.tick()  # studies whose quiet period ended while we were down
+            self.scheduler.start()
         if self.worker is not None:
             self.worker.start()
         if self.forwarder is not None:
             self.forwarder.start()
-        (self.data_dir / RUNNING_MARKER).write_text(str(os.getpid()))
+        self._write_running_marker()
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_START,
                           outcome_desc="triage-node started", participants=[self._me])
+
+    def _write_running_marker(self) -> None:
+        """Durably (fsync file and folder): after a power loss its presence is what makes the next
+        start re-index files whose index row was not synced (database.sqlite_synchronous)."""
+        marker = self.data_dir / RUNNING_MARKER
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     @property
     def http_port(self) -> int | None:
@@ -87,7 +122,9 @@ class Node:
         return self.http.port if self.http is not None else None
 
     def recover(self) -> None:
-        """After an unclean stop: drop temp files, index renamed-but-unindexed files."""
+        """After an unclean stop: drop this process's temp files, index renamed-but-unindexed files.
+
+        Only our own temp files: other processes sharing the storage may be writing theirs now."""
         removed = self.files.clear_incoming()
         unclean = (self.data_dir / RUNNING_MARKER).exists()
         reindexed = 0
@@ -119,8 +156,10 @@ class Node:
         log.info("stopping")
         if self.http is not None:
             self.http.stop()
-        self.listener.stop()
-        self.scheduler.shutdown(wait=True)
+        if self.listener is not None:
+            self.listener.stop()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
         if self.worker is not None:
             self.worker.stop()
         if self.forwarder is not None:
@@ -136,10 +175,11 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         self.start()
-        print(f"triage-node listening as {self.settings.dicom.ae_title} on "
-              f"{self.settings.dicom.host}:{self.listener.port}"
-              + (f", HTTP on {self.settings.http.host}:{self.http_port}" if self.http else "")
-              + "; Ctrl-C to stop", flush=True)
+        head = (f"triage-node listening as {self.settings.dicom.ae_title} on "
+                f"{self.settings.dicom.host}:{self.listener.port}" if self.listener is not None
+                else "triage-node running without a DICOM port")
+        print(head + (f", HTTP on {self.settings.http.host}:{self.http_port}" if self.http else "")
+              + f"; process {self.process_id}, roles: {', '.join(self.roles)}; Ctrl-C to stop", flush=True)
         if self.http is not None:
             from node.console import console_url
 

@@ -24,6 +24,7 @@ import structlog
 from node.audit.chain import GENESIS_HASH, canonical, entry_hash
 from node.audit.events import EventCode
 from node.db.engine import Database
+from node.audit.verify import head_key
 from node.db.models import AuditHead
 
 
@@ -144,13 +145,16 @@ class AuditLog:
             return entry
 
     def _store_head(self) -> None:
-        key = str(self.path.resolve())
+        """Upsert this file's head row (keyed by host and path: several processes, one database)."""
+        key = head_key(self.host, self.path)
+        values = {"log_path": key, "seq": self._seq, "hash": self._prev}
         with self.database.write_lock, self.database.session() as session, session.begin():
-            head = session.get(AuditHead, key)
-            if head is None:
-                session.add(AuditHead(log_path=key, seq=self._seq, hash=self._prev))
+            if self.database.is_sqlite:
+                from sqlalchemy.dialects.sqlite import insert
             else:
-                head.seq, head.hash = self._seq, self._prev
+                from sqlalchemy.dialects.postgresql import insert
+            session.execute(insert(AuditHead).values(values).on_conflict_do_update(
+                index_elements=["log_path"], set_={"seq": values["seq"], "hash": values["hash"]}))
 
     def close(self) -> None:
         with self._lock:

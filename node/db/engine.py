@@ -12,13 +12,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str, echo: bool = False) -> Engine:
+def make_engine(url: str, echo: bool = False, sqlite_synchronous: str = "full") -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -29,7 +29,7 @@ def make_engine(url: str, echo: bool = False) -> Engine:
         def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA synchronous=NORMAL" if sqlite_synchronous == "normal" else "PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
@@ -44,18 +44,30 @@ def upgrade_schema(engine: Engine) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection_engine"] = engine
     with _MIGRATE_LOCK:
-        command.upgrade(cfg, "head")
+        if engine.dialect.name != "postgresql":
+            command.upgrade(cfg, "head")
+            return
+        # Several processes (hosts) may start at once on one database: one migrates, the others
+        # wait on a session advisory lock and then find the schema at head.
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATE_LOCK_KEY})
+            try:
+                command.upgrade(cfg, "head")
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATE_LOCK_KEY})
+                conn.commit()
 
 
 _MIGRATE_LOCK = threading.Lock()
+_MIGRATE_LOCK_KEY = 0x7472_6961_6765  # "triage": the advisory lock that serialises migrations
 
 
 class Database:
     """Engine + session factory + the writer lock SQLite needs across association threads."""
 
-    def __init__(self, url: str, echo: bool = False, migrate: bool = True) -> None:
+    def __init__(self, url: str, echo: bool = False, migrate: bool = True, sqlite_synchronous: str = "full") -> None:
         self.url = url
-        self.engine = make_engine(url, echo)
+        self.engine = make_engine(url, echo, sqlite_synchronous)
         if migrate:
             upgrade_schema(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

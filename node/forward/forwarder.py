@@ -17,7 +17,8 @@ from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS
 from node.config import ForwardDestination, Settings
 from node.db.engine import Database
-from node.forward.outbox import Claimed, claim_due, destination_key, mark_failed, mark_sent, release
+from node.forward.outbox import (Claimed, claim_due, destination_key, mark_failed, mark_sent, release,
+                                 renew_lease)
 from node.forward.sender import ItemResult, SendItem, send_batch
 from node.oplog import get_logger
 
@@ -35,8 +36,9 @@ class Forwarder:
         self.destinations: dict[str, ForwardDestination] = {destination_key(d): d for d in settings.forward}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # A claimed row is leased for longer than one batch can take; after a crash it is due again.
-        self.lease_seconds = max(60.0, self.policy.timeout_seconds * 4 + BATCH_LIMIT * 2)
+        # A claimed row is leased (renewed before each destination's part of the batch); after
+        # this process dies the row is due again for any forwarder once the lease has run out.
+        self.lease_seconds = self.policy.lease_seconds or max(60.0, self.policy.timeout_seconds * 4 + BATCH_LIMIT * 2)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
@@ -69,6 +71,7 @@ class Forwarder:
             if self._stop.is_set():
                 release(self.db, [i.id for i in items])  # not attempted: due again at the next start
                 continue
+            renew_lease(self.db, [i.id for i in items], self.lease_seconds)  # heartbeat: still ours
             self._forward(key, items)
         return True
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from node.config import ForwardDestination, ForwardingSection
@@ -139,6 +139,17 @@ def release(db: Database, ids: Iterable[int], now: datetime | None = None) -> No
             item.next_attempt_at = now
 
 
+def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: datetime | None = None) -> None:
+    """Push the lease of rows this process is about to send (the forwarder's heartbeat)."""
+    ids = list(ids)
+    if not ids:
+        return
+    until = (now or _now()) + timedelta(seconds=lease_seconds)
+    with db.write_lock, db.session() as session, session.begin():
+        session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == PENDING)
+                        .values(next_attempt_at=until))
+
+
 def mark_sent(db: Database, ids: Iterable[int], now: datetime | None = None) -> None:
     ids = list(ids)
     if not ids:
@@ -213,4 +224,4 @@ def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None
 
 
 __all__ = ["Claimed", "DEAD", "PENDING", "SENT", "backoff_seconds", "claim_due", "destination_key",
-           "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "requeue"]
+           "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "renew_lease", "requeue"]

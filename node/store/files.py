@@ -1,7 +1,10 @@
 """Where an instance is fsynced: temp file -> fsync -> rename -> fsync the folder (rule 1).
 
 Layout: <root>/<study uid>/<series uid>/<sop uid>.dcm, every component a validated UID.
-Temp files live in <root>/.incoming on the same filesystem, so the rename is atomic.
+Temp files live in <root>/.incoming on the same filesystem, so the rename is atomic. Their names
+start with the writing process's id (``owner``): several processes may share one storage path
+(a shared volume), and a restarted process clears only its own leftovers, never a temp file
+another process is writing right now.
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
 
 
 class FileStore:
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True, owner: str = "node") -> None:
         self.root = Path(root)
         self.fsync = fsync
+        self.owner = owner
         self.incoming = self.root / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
         self._fsync_dir(self.root)
@@ -55,7 +59,7 @@ class FileStore:
     def write(self, rel: Path, header: bytes, body: bytes | memoryview) -> int:
         """Write header+body durably at ``rel``; returns the size. Raises OSError on failure."""
         final = self.root / rel
-        tmp = self.incoming / f"{uuid.uuid4().hex}.part"
+        tmp = self.incoming / f"{self.owner}.{uuid.uuid4().hex}.part"
         size = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -101,9 +105,10 @@ class FileStore:
             os.close(fd)
 
     def clear_incoming(self) -> int:
-        """Remove half-written temp files left by a crash (never acknowledged, so never needed)."""
+        """Remove this owner's half-written temp files left by a crash (never acknowledged, so never
+        needed); other processes' temp files on a shared storage path are left alone."""
         removed = 0
-        for tmp in self.incoming.glob("*.part"):
+        for tmp in self.incoming.glob(f"{self.owner}.*.part"):
             tmp.unlink(missing_ok=True)
             removed += 1
         return removed

@@ -2,6 +2,12 @@
 
 The same transaction moves the study's quiet-period clock (last_arrival_at) and re-opens a
 study that was already stable (rule 4), so clock and index can never disagree.
+
+Several receivers (processes or hosts) may index instances of one study at once on PostgreSQL
+(READ COMMITTED): parent rows are created with INSERT ... ON CONFLICT DO NOTHING and then read
+back, and the study row is read FOR UPDATE, so the second receiver waits for the first one's
+commit and then sees its count, modalities and clock (no lost update; the stability tick skips
+the locked row). SQLite has one writer at a time, so there the lock clause is simply omitted.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ _patient, _study, _series, _instance = (m.__table__ for m in (Patient, Study, Se
 _INSTANCE_BY_UID = select(_instance.c.id).where(_instance.c.sop_instance_uid == bindparam("b_uid"))
 _PATIENT_PK = select(_patient.c.id).where(_patient.c.patient_id == bindparam("b_pid"),
                                           _patient.c.issuer == bindparam("b_issuer"))
-_STUDY_BY_UID = select(_study.c.id, _study.c.modalities).where(_study.c.study_instance_uid == bindparam("b_uid"))
+_STUDY_BY_UID = (select(_study.c.id, _study.c.modalities).where(_study.c.study_instance_uid == bindparam("b_uid"))
+                 .with_for_update())
 _SERIES_PK = select(_series.c.id).where(_series.c.series_instance_uid == bindparam("b_uid"))
 _STUDY_ADD = {  # touch_stability -> statement
     True: update(_study).where(_study.c.id == bindparam("b_pk")).values(

@@ -121,7 +121,16 @@ class Ingestor:
                     added = add_instance(self.db, session, h, rel_path=rel.as_posix(), size=written,
                                          transfer_syntax_uid=ts, calling_ae=calling_ae,
                                          touch_stability=touch_stability)
-            except (IntegrityError, OperationalError) as exc:
+            except IntegrityError:
+                # Another receiver (process or host) indexed the same SOP Instance UID between
+                # our check and our commit: its row is the first copy, ours is a duplicate.
+                with self.db.session() as session:
+                    if instance_exists(session, h.sop_instance_uid):
+                        return IngestOutcome(SUCCESS, "duplicate SOP Instance UID: kept the first copy",
+                                             duplicate=True, header=h)
+                log.error("index_write_failed", error="IntegrityError", study_ref=study_ref(h.study_instance_uid))
+                return IngestOutcome(OUT_OF_RESOURCES, "cannot index the instance")
+            except OperationalError as exc:
                 log.error("index_write_failed", error=type(exc).__name__, study_ref=study_ref(h.study_instance_uid))
                 return IngestOutcome(OUT_OF_RESOURCES, "cannot index the instance")
         return IngestOutcome(SUCCESS, "" if added else "duplicate", duplicate=not added, header=h, size=written)

@@ -1,12 +1,21 @@
 """Job rows for the worker: claim (row lock; SKIP LOCKED on PostgreSQL), heartbeat, finish,
 and take back jobs whose worker died (rule 3: a running job of a dead worker is retaken).
+
+Several worker processes (on several hosts) share the table. A claimed job is leased: its
+worker renews ``heartbeat_at`` while it works, and any worker retakes a running job whose
+heartbeat is older than the lease (``triage.stale_job_seconds``). A worker that was only slow
+and finishes after its job was retaken writes the same SR (its UIDs derive from the job id, so
+the second store is a duplicate) and its ``finish_job`` no longer matches (the row names
+another worker), so each job's answer exists once.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import or_, select, update
+import os
+
+from sqlalchemy import select, update
 
 from node.db.engine import Database
 from node.db.models import TriageJob
@@ -34,39 +43,78 @@ def claim_jobs(db: Database, worker_id: str, limit: int) -> list[TriageJob]:
         return [job for job in claimed if job is not None]
 
 
-def heartbeat(db: Database, job_ids: list[int]) -> None:
+def heartbeat(db: Database, job_ids: list[int], worker_id: str | None = None) -> int:
+    """Renew the lease of our running jobs; returns how many still belong to us."""
+    if not job_ids:
+        return 0
+    mine = (TriageJob.worker == worker_id) if worker_id is not None else True
     with db.write_lock, db.session() as session, session.begin():
-        session.execute(update(TriageJob).where(TriageJob.id.in_(job_ids), TriageJob.state == "running")
-                        .values(heartbeat_at=_now()))
+        return session.execute(update(TriageJob).where(TriageJob.id.in_(job_ids), TriageJob.state == "running", mine)
+                               .values(heartbeat_at=_now())).rowcount
 
 
-def finish_job(db: Database, job_id: int, state: str, error: str = "") -> None:
+def finish_job(db: Database, job_id: int, state: str, error: str = "", worker_id: str | None = None) -> bool:
+    """Mark the job done/failed. With ``worker_id`` only while the job is still ours (not retaken)."""
+    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == "running")) if worker_id is not None else True
     with db.write_lock, db.session() as session, session.begin():
-        session.execute(update(TriageJob).where(TriageJob.id == job_id)
-                        .values(state=state, finished_at=_now(), error=error[:2000]))
+        return bool(session.execute(update(TriageJob).where(TriageJob.id == job_id, fence)
+                                    .values(state=state, finished_at=_now(), error=error[:2000])).rowcount)
 
 
-def requeue_job(db: Database, job_id: int, error: str) -> None:
+def requeue_job(db: Database, job_id: int, error: str, worker_id: str | None = None) -> None:
     """Back to the queue after a failure to write the answer: not finished, so no ``finished_at``."""
+    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == "running")) if worker_id is not None else True
     with db.write_lock, db.session() as session, session.begin():
-        session.execute(update(TriageJob).where(TriageJob.id == job_id)
+        session.execute(update(TriageJob).where(TriageJob.id == job_id, fence)
                         .values(state="queued", finished_at=None, error=error[:2000]))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _dead_here(worker: str, host_prefix: str) -> bool:
+    """A worker id of this host (``host:pid:obj``) whose process no longer exists."""
+    if not worker.startswith(host_prefix):
+        return False
+    try:
+        pid = int(worker[len(host_prefix):].split(":", 1)[0])
+    except ValueError:
+        return False
+    return pid != os.getpid() and not _pid_alive(pid)
 
 
 def requeue_orphans(db: Database, *, host_prefix: str, worker_id: str, stale_seconds: float,
                     max_attempts: int) -> tuple[int, int]:
     """Running jobs of a dead worker go back to the queue (or to failed after max_attempts).
 
-    A worker is dead when its id names this host but not this process (we restarted), or
-    when its heartbeat is older than ``stale_seconds`` (another host died).
+    A worker is dead when its lease ran out (no heartbeat for ``stale_seconds``: another host
+    or process died), or at once when its id names this host and a process id that no longer
+    exists (we restarted). Another live process on this host keeps its jobs.
     """
     cutoff = _now() - timedelta(seconds=stale_seconds)
-    orphan = (TriageJob.state == "running") & (TriageJob.worker != worker_id) & or_(
-        TriageJob.worker.startswith(host_prefix), TriageJob.heartbeat_at < cutoff)
     with db.write_lock, db.session() as session, session.begin():
-        failed = session.execute(update(TriageJob).where(orphan, TriageJob.attempts >= max_attempts)
-                                 .values(state="failed", finished_at=_now(),
-                                         error="worker died too often on this job")).rowcount
-        requeued = session.execute(update(TriageJob).where(orphan)
-                                   .values(state="queued", finished_at=None)).rowcount
+        rows = session.execute(
+            select(TriageJob.id, TriageJob.worker, TriageJob.heartbeat_at, TriageJob.attempts)
+            .where(TriageJob.state == "running", TriageJob.worker != worker_id)
+            .with_for_update(skip_locked=True)).all()
+        requeued = failed = 0
+        for job_id, worker, beat, attempts in rows:
+            beat = beat if beat is None or beat.tzinfo else beat.replace(tzinfo=timezone.utc)
+            if not ((beat is not None and beat < cutoff) or _dead_here(worker or "", host_prefix)):
+                continue
+            if attempts >= max_attempts:
+                session.execute(update(TriageJob).where(TriageJob.id == job_id).values(
+                    state="failed", finished_at=_now(), error="worker died too often on this job"))
+                failed += 1
+            else:
+                session.execute(update(TriageJob).where(TriageJob.id == job_id).values(
+                    state="queued", finished_at=None))
+                requeued += 1
     return requeued, failed

@@ -8,9 +8,10 @@ It survives every failure of the model: unavailable, error or timeout become a n
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -80,7 +81,8 @@ class TriageWorker:
         self.audit = audit
         self.storage_root = Path(settings.storage.path)
         self.profiles = self._load_profiles()
-        self.host_prefix = f"{socket.gethostname()}:"
+        # This process slot (host + data_dir): a restart of the same slot retakes its jobs at once.
+        self.host_prefix = f"{settings.node.process_id()}:"
         self.worker_id = f"{self.host_prefix}{os.getpid()}:{id(self):x}"
         self._model_loader = model_loader
         self.model: LoadedModel | None = None
@@ -89,6 +91,7 @@ class TriageWorker:
         self._loading: threading.Thread | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_retake = 0.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._me = Participant(user_id=settings.dicom.ae_title, role="application")
 
@@ -108,11 +111,7 @@ class TriageWorker:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        requeued, failed = requeue_orphans(
-            self.db, host_prefix=self.host_prefix, worker_id=self.worker_id,
-            stale_seconds=self.settings.triage.stale_job_seconds, max_attempts=self.settings.triage.max_attempts)
-        if requeued or failed:
-            log.info("jobs_retaken", requeued=requeued, failed=failed)
+        self.retake_orphans()
         self._thread = threading.Thread(target=self._run, name="triage-worker", daemon=True)
         self._thread.start()
 
@@ -123,11 +122,22 @@ class TriageWorker:
             self._thread.join(timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def retake_orphans(self) -> None:
+        """Requeue running jobs whose worker died (lease expired, or a dead process of this host)."""
+        requeued, failed = requeue_orphans(
+            self.db, host_prefix=self.host_prefix, worker_id=self.worker_id,
+            stale_seconds=self.settings.triage.stale_job_seconds, max_attempts=self.settings.triage.max_attempts)
+        self._last_retake = time.monotonic()
+        if requeued or failed:
+            log.info("jobs_retaken", requeued=requeued, failed=failed)
+
     def _run(self) -> None:
         self.ensure_model()  # the first load is waited for: jobs queued at start-up get the model
         while not self._stop.is_set():
             try:
                 self.ensure_model(wait=False)  # later retries load in the background
+                if time.monotonic() - self._last_retake >= self.settings.triage.heartbeat_seconds:
+                    self.retake_orphans()  # another worker process may have died holding jobs
                 worked = self.run_once()
             except Exception as exc:  # never let the loop die; the jobs stay visible as running/failed
                 log.error("worker_loop_error", error=type(exc).__name__, detail=str(exc)[:300])
@@ -197,15 +207,36 @@ class TriageWorker:
         # another size than 448 must not fail as model-error), and without a model no pixel
         # needs decoding at all.
         model = self.ensure_model(wait=False)
-        works = []
-        for job in jobs:
-            self._audit_job(job.study_instance_uid, job.id, "triage job started")
-            works.append(self._prepare(job, model))
-        heartbeat(self.db, [w.job_id for w in works])
-        decisions = self._infer(works)
-        for work in works:
-            self._answer(work, decisions[work.job_id])
+        with self._lease([job.id for job in jobs]):
+            works = []
+            for job in jobs:
+                self._audit_job(job.study_instance_uid, job.id, "triage job started")
+                works.append(self._prepare(job, model))
+            decisions = self._infer(works)
+            for work in works:
+                self._answer(work, decisions[work.job_id])
         return True
+
+    @contextmanager
+    def _lease(self, job_ids: list[int]) -> Iterator[None]:
+        """Renew the claimed jobs' lease every heartbeat_seconds while the batch is worked on, so
+        that other workers retake them only when this process is really gone."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.settings.triage.heartbeat_seconds):
+                try:
+                    heartbeat(self.db, job_ids, self.worker_id)
+                except Exception as exc:  # a database hiccup: the next beat tries again
+                    log.warning("heartbeat_failed", error=type(exc).__name__)
+
+        beater = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beater.join(5)
 
     def _study_headers(self, study_uid: str) -> list[Dataset]:
         with self.db.session() as session:
@@ -267,8 +298,14 @@ class TriageWorker:
             assert model is not None and profile is not None
             stack = np.stack([p for w in group for p in w.pixels])
             try:
+                deadline = self.settings.model.timeout_seconds
+                started = time.monotonic()
                 future = self._executor.submit(model.embed_images, stack)
-                embeddings = future.result(timeout=self.settings.model.timeout_seconds)
+                embeddings = future.result(timeout=deadline)
+                if time.monotonic() - started > deadline:
+                    # The answer came, but after the deadline (this thread woke late): a timeout is
+                    # decided by the clock, not by which thread the scheduler ran first.
+                    raise FutureTimeout
                 prompts = embed_profile(model, profile)
             except FutureTimeout:
                 log.error("model_timeout", images=len(stack))
@@ -307,7 +344,11 @@ class TriageWorker:
             log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
             self._fail_or_retry(work, exc)
             return
-        finish_job(self.db, work.job_id, "done")
+        if not finish_job(self.db, work.job_id, "done", worker_id=self.worker_id):
+            # Our lease ran out and another worker retook the job: it writes the same SR (same
+            # UIDs), so the answer still exists once; the row is theirs to finish.
+            log.warning("job_retaken_meanwhile", job_id=work.job_id)
+            return
         metrics.SRS_WRITTEN.labels(report.priority).inc()
         if not report.assist:
             metrics.NO_ASSIST.labels(report.reason).inc()
@@ -339,9 +380,9 @@ class TriageWorker:
             job = session.get(TriageJob, work.job_id)
             attempts = job.attempts if job else self.settings.triage.max_attempts
         if attempts >= self.settings.triage.max_attempts:
-            finish_job(self.db, work.job_id, "failed", f"{type(exc).__name__}: {exc}")
+            finish_job(self.db, work.job_id, "failed", f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
         else:
-            requeue_job(self.db, work.job_id, f"{type(exc).__name__}: {exc}")
+            requeue_job(self.db, work.job_id, f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
         self._audit_job(work.study_uid, work.job_id, f"triage job error: {type(exc).__name__}", outcome=MINOR_FAILURE)
 
     def _audit_job(self, study_uid: str, job_id: int, what: str, outcome: int = SUCCESS) -> None:

@@ -36,8 +36,10 @@ def test_without_weights_one_clear_line_naming_the_remedies(tmp_path: Path, monk
     serve.start()
     try:
         line = wait_until(lambda: next((json.loads(x) for x in serve.log().splitlines()
-                                        if '"model_unavailable"' in x), None), 20, "the model_unavailable line")
-        assert time.monotonic() - started < 20
+                                        if '"model_unavailable"' in x), None), 40, "the model_unavailable line")
+        # ~5 s on an idle machine (the hub connect deadline); the bound leaves room for a loaded CI
+        # machine while still refusing half a minute of hub retries on top of start-up
+        assert time.monotonic() - started < 30
         detail = line["detail"]
         for remedy in ("HF_TOKEN", "model.path", "model.offline = true", "triage-node demo"):
             assert remedy in detail, detail

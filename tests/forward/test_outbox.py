@@ -119,3 +119,23 @@ def test_enqueue_study_follows_send_and_is_idempotent(db_url: str, tmp_path) -> 
                              + [(both_d, "sr", sr)] + [(both_d, "instance", u) for u in (img1, img2, img3)])
     finally:
         db.dispose()
+
+
+def test_a_dead_forwarders_rows_are_due_again_after_the_lease(db_url: str) -> None:
+    """Rows claimed by a process that then died are claimed by another after the lease; a renewal
+    (the forwarder's heartbeat before each send) keeps them with their live owner."""
+    from node.forward.outbox import renew_lease
+
+    db = Database(db_url)
+    try:
+        t0 = datetime.now(timezone.utc) - timedelta(seconds=1)
+        ids = _rows(db, 2, t0)
+        held = claim_due(db, limit=2, lease_seconds=30, now=t0)  # process A claims both, then dies
+        assert [c.id for c in held] == ids
+        assert claim_due(db, limit=10, lease_seconds=30, now=t0 + timedelta(seconds=29)) == []
+        renew_lease(db, [ids[0]], 30, now=t0 + timedelta(seconds=20))  # A was still alive for row 0
+        later = t0 + timedelta(seconds=31)
+        assert [c.id for c in claim_due(db, limit=10, lease_seconds=30, now=later)] == [ids[1]]
+        assert [c.id for c in claim_due(db, limit=10, lease_seconds=30, now=t0 + timedelta(seconds=51))] == [ids[0]]
+    finally:
+        db.dispose()
