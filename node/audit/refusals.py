@@ -42,8 +42,11 @@ class RefusalLedger:
         self._tallies: dict[tuple[str, str], _Tally] = {}
         self._window_start = time.monotonic()
 
-    def note(self, kind: str, client: str, detail: str, *, user: str = "") -> None:
-        """Record one refusal of ``kind`` ("association_timeout", "http_401", ...) by ``client``."""
+    def note(self, kind: str, client: str, detail: str, *, user: str = "") -> bool:
+        """Record one refusal of ``kind`` ("association_timeout", "http_401", ...) by ``client``.
+
+        True when this was the first of its window (written at once; callers log only those).
+        """
         first = False
         with self._lock:
             if time.monotonic() - self._window_start >= self.window_seconds:
@@ -66,6 +69,7 @@ class RefusalLedger:
             self._write_summary(*args)
         if first:
             self._write(kind, key[1], detail, 1, user=user, summary=False)
+        return first
 
     def flush(self) -> None:
         """Write the summaries of the window and start a new one."""

@@ -236,8 +236,8 @@ class DicomListener:
 
     def _on_gate_refusal(self, kind: str, host: str, detail: str) -> None:
         metrics.ASSOCIATIONS.labels(kind.removeprefix("association_")).inc()
-        self.refusals.note(kind, host, detail)
-        log.warning(kind, detail=detail)
+        if self.refusals.note(kind, host, detail):  # the operational log gets the first of a window
+            log.warning(kind, detail=detail)
 
     def _on_aborted(self, event: evt.Event) -> None:
         reason = getattr(event.assoc.dul.socket, "refusal", None)
