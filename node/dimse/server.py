@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class  # type: ignore[attr-defined]
 
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import ACCESS_CONTROL_DECISION, MINOR_FAILURE, SUCCESS as AUDIT_SUCCESS
@@ -40,11 +41,19 @@ UNPARSED = ""  # tally key of refusals whose data set gave no Study Instance UID
 
 def storage_sop_classes() -> list[str]:
     """Every storage SOP class pydicom knows, retired ones included (old modalities still send
-    e.g. the retired Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6), plus pynetdicom's list."""
-    uids = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
-    for uid, (name, kind, *_rest) in UID_dictionary.items():
-        if kind == "SOP Class" and "Storage" in name and "Commitment" not in name:
-            uids.add(uid)
+    e.g. the retired Ultrasound Image Storage 1.2.840.10008.5.1.4.1.1.6), plus pynetdicom's list.
+
+    The ones pynetdicom does not list are registered with its Storage service class (else it
+    aborts the association on the first C-STORE: "No supported service class available").
+    """
+    known = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
+    uids = set(known)
+    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
+        if kind != "SOP Class" or "Storage" not in name or "Commitment" in name:
+            continue
+        uids.add(uid)
+        if uid not in known and uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, f"TriageNode{keyword or 'Storage' + uid.replace('.', '_')}", StorageServiceClass)
     return sorted(uids)
 
 
