@@ -4,16 +4,20 @@ triage worker, with a clean shutdown (stop accepting, finish in-flight stores, e
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import threading
 from pathlib import Path
+from typing import IO
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import APPLICATION_START, APPLICATION_STOP, SOFTWARE_CONFIGURATION
-from node.config import Settings
+from node.audit.log import AuditLogBusy
+from node.audit.refusals import RefusalLedger
+from node.config import ConfigError, Settings
 from node.db.engine import Database
 from node.dimse.server import DicomListener
 from node import metrics
@@ -25,6 +29,32 @@ from node.store.index import instance_exists
 
 log = get_logger("service")
 RUNNING_MARKER = ".running"
+LOCK_FILE = ".lock"
+REFUSAL_WINDOW_SECONDS = 60.0
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Take the data dir for this process (flock, released by the kernel when the process dies).
+
+    Why first: a second `serve` on the same data dir used to append to the live node's audit
+    file and run crash recovery, deleting the live node's in-flight temp files, before failing
+    to bind. Now it stops here, having written nothing but (maybe) an empty lock file.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise ConfigError(f"node.data_dir: {data_dir} is in use by another triage-node"
+                          + (f" (pid {holder})" if holder else "") + "; nothing was written") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 class Node:
@@ -33,15 +63,25 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = Path(settings.node.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.database.url, settings.database.echo)
-        self.audit = AuditLog(settings.audit.path, self.db, source_id=settings.audit.source_id,
-                              fsync=settings.audit.fsync)
+        self._lock = lock_data_dir(self.data_dir)
+        try:
+            self.db = Database(settings.database.url, settings.database.echo)
+            self.audit = AuditLog(settings.audit.path, self.db, source_id=settings.audit.source_id,
+                                  fsync=settings.audit.fsync)
+        except AuditLogBusy as exc:
+            self._lock.close()
+            raise ConfigError(str(exc)) from None
+        except BaseException:
+            self._lock.close()
+            raise
+        self.refusals = RefusalLedger(self.audit, node_ae=settings.dicom.ae_title,
+                                      window_seconds=REFUSAL_WINDOW_SECONDS)
         self.files = FileStore(settings.storage.path, fsync=settings.storage.fsync)
         self.ingestor = Ingestor(self.db, self.files, max_dataset_bytes=settings.storage.max_dataset_bytes,
                                  min_free_bytes=settings.storage.min_free_bytes)
         self.listener = DicomListener(settings.dicom, self.ingestor, self.audit,
-                                      move_destinations=(*settings.move_destinations, *settings.forward))
+                                      move_destinations=(*settings.move_destinations, *settings.forward),
+                                      refusals=self.refusals)
         self.worker = None
         if settings.triage.enabled:
             from node.triage.worker import TriageWorker  # torch is imported only when triage is on
@@ -62,8 +102,13 @@ class Node:
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=SOFTWARE_CONFIGURATION,
                           outcome_desc=f"configuration loaded from {self.settings.source}",
                           participants=[self._me])
+        self.warn_below_floor()
         self.recover()
-        self.listener.start()
+        try:
+            self.listener.start()
+        except BaseException:
+            self.release()  # a node that could not start leaves the data dir to the next try
+            raise
         if self.settings.http.enabled:
             from node.dicomweb.app import HttpServer  # fastapi/uvicorn only when HTTP is on
 
@@ -71,6 +116,8 @@ class Node:
             self.http.start()
         self.scheduler.add_job(self.tick, "interval", seconds=self.settings.stability.tick_seconds,
                                id="stability", max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.refusals.flush, "interval", seconds=REFUSAL_WINDOW_SECONDS,
+                               id="refusal-summaries", max_instances=1, coalesce=True)
         self.tick()  # studies whose quiet period ended while we were down
         self.scheduler.start()
         if self.worker is not None:
@@ -85,6 +132,21 @@ class Node:
     def http_port(self) -> int | None:
         """The bound HTTP port (useful with [http] port = 0), None when HTTP is off."""
         return self.http.port if self.http is not None else None
+
+    def warn_below_floor(self) -> None:
+        """Say at start-up, not at the first refused C-STORE, that free space is below the floor."""
+        free, floor = self.files.free_bytes(), self.settings.storage.min_free_bytes
+        metrics.STORAGE_FREE_BYTES.set(free)
+        metrics.STORAGE_FLOOR_BYTES.set(floor)
+        if free < floor:
+            log.warning("storage_below_floor", free_bytes=free, min_free_bytes=floor,
+                        detail="every C-STORE will be refused with 0xA700 until space is freed")
+
+    def release(self) -> None:
+        """Close the audit log, the database and the data-dir lock (idempotent)."""
+        self.audit.close()
+        self.db.dispose()
+        self._lock.close()
 
     def recover(self) -> None:
         """After an unclean stop: drop temp files, index renamed-but-unindexed files."""
@@ -125,11 +187,11 @@ class Node:
             self.worker.stop()
         if self.forwarder is not None:
             self.forwarder.stop()
+        self.refusals.flush()
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_STOP,
                           outcome_desc="triage-node stopped", participants=[self._me])
         (self.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
-        self.audit.close()
-        self.db.dispose()
+        self.release()
 
     def serve_forever(self) -> None:
         stop = threading.Event()

@@ -2,12 +2,20 @@
 
 Why a file *and* a database row: the file is what operators tail and ship; the head row
 lets `audit verify` notice a file whose tail was cut off (a truncated chain is otherwise
-still a valid chain). Identifiers (patient id, study UID) belong here, never in the
-operational log.
+still a valid chain) and lines appended after it. Identifiers (patient id, study UID) belong
+here, never in the operational log.
+
+At start the writer takes an exclusive lock on the file (one writer, ever), then looks at the
+tail: a torn last line (a crash mid-write) is moved aside to ``<log>.torn-<time>`` and the
+chain continues from the last complete line, with an audit event saying so; one complete line
+after the database head (a crash between the file's fsync and the head's commit) is anchored.
+More than one is not: that is for `audit verify` to report.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import socket
 import threading
@@ -43,6 +51,34 @@ class AuditObject:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+class AuditLogBusy(RuntimeError):
+    """Another process holds the audit log (a second node on the same files)."""
+
+
+def last_line_span(f: Any) -> tuple[int, int]:
+    """(start, end) of the last line of a binary file however long it is (end excludes "\n")."""
+    f.seek(0, os.SEEK_END)
+    end = f.tell()
+    if end and _byte_at(f, end - 1) == b"\n":
+        end -= 1
+    pos = end
+    step = 65536
+    while pos > 0:
+        start = max(0, pos - step)
+        f.seek(start)
+        chunk = f.read(pos - start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1, end
+        pos = start
+    return 0, end
+
+
+def _byte_at(f: Any, offset: int) -> bytes:
+    f.seek(offset)
+    return f.read(1)
+
+
 class AuditLog:
     """Thread-safe appender. Reopens the existing chain at start (continues seq and hash)."""
 
@@ -55,31 +91,76 @@ class AuditLog:
         self.host = socket.gethostname()
         self._lock = threading.Lock()
         self._log = structlog.get_logger("audit")
-        self._seq, self._prev = self._read_tail()
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the process lifetime
-
-    def _read_tail(self) -> tuple[int, str]:
-        """Last seq and hash in the file (the chain continues from the file, the source of truth)."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return 0, GENESIS_HASH
-        import json
-
-        last = b""
-        with open(self.path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            end = f.tell()
-            pos = max(0, end - 65536)
-            f.seek(pos)
-            lines = [line for line in f.read().splitlines() if line.strip()]
-            last = lines[-1] if lines else b""
-        if not last:
-            return 0, GENESIS_HASH
         try:
-            entry = json.loads(last)
-            return int(entry["seq"]), str(entry["hash"])
-        except (ValueError, KeyError):
-            # A torn last line (crash mid-write): `audit verify` reports it; continue after it.
-            return 0, GENESIS_HASH
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise AuditLogBusy(f"audit.path: {self.path} is held by another running triage-node") from None
+        self._last_ts = ""
+        torn = self._move_torn_tail()
+        self._seq, self._prev, self._last_ts = self._read_tail()
+        anchored = self._anchor_crash_line()
+        if torn is not None:
+            aside, size = torn
+            self.record(EventCode.APPLICATION_ACTIVITY, outcome=4,
+                        outcome_desc=f"torn last audit line ({size} bytes, a crash mid-write) moved aside "
+                        f"to {aside.name}; the chain continues from seq {self._seq}",
+                        participants=[Participant(user_id=source_id, role="application")])
+        if anchored:
+            self._log.info("audit_line_anchored", seq=self._seq)
+
+    def _move_torn_tail(self) -> tuple[Path, int] | None:
+        """A last line that is not a complete JSON entry is cut off the log and kept beside it."""
+        with open(self.path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return None
+            start, end = last_line_span(f)
+            f.seek(start)
+            last = f.read(end - start)
+            complete = size == end + 1  # ends with its newline
+        if complete and _parses(last):
+            return None
+        aside = self.path.with_name(f"{self.path.name}.torn-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}")
+        with open(aside, "wb") as out:
+            out.write(last)
+            out.flush()
+            os.fsync(out.fileno())
+        os.truncate(self.path, start)
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._log.warning("audit_torn_line_moved_aside", size=len(last))
+        return aside, len(last)
+
+    def _read_tail(self) -> tuple[int, str, str]:
+        """Last seq, hash and ts in the file (the chain continues from the file, the source of truth)."""
+        with open(self.path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return 0, GENESIS_HASH, ""
+            start, end = last_line_span(f)
+            f.seek(start)
+            entry = json.loads(f.read(end - start))
+        return int(entry["seq"]), str(entry["hash"]), str(entry.get("ts", ""))
+
+    def _anchor_crash_line(self) -> bool:
+        """Anchor the file's last line when it is exactly one after the head and links to it."""
+        key = str(self.path.resolve())
+        with self.database.session() as session:
+            head = session.get(AuditHead, key)
+            if head is None or head.seq + 1 != self._seq:
+                return False
+        with open(self.path, "rb") as f:
+            start, end = last_line_span(f)
+            f.seek(start)
+            entry = json.loads(f.read(end - start))
+        if entry.get("prev_hash") != head.hash:
+            return False
+        self._store_head()
+        return True
 
     def record(
         self,
@@ -116,7 +197,7 @@ class AuditLog:
             self._file.flush()
             if self.fsync:
                 os.fsync(self._file.fileno())
-            self._seq, self._prev = entry["seq"], entry["hash"]
+            self._seq, self._prev, self._last_ts = entry["seq"], entry["hash"], entry["ts"]
             self._store_head()
             return entry
 
@@ -125,10 +206,18 @@ class AuditLog:
         with self.database.write_lock, self.database.session() as session, session.begin():
             head = session.get(AuditHead, key)
             if head is None:
-                session.add(AuditHead(log_path=key, seq=self._seq, hash=self._prev))
+                session.add(AuditHead(log_path=key, seq=self._seq, hash=self._prev, last_ts=self._last_ts))
             else:
-                head.seq, head.hash = self._seq, self._prev
+                head.seq, head.hash, head.last_ts = self._seq, self._prev, self._last_ts
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            self._file.close()  # also releases the lock
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "seq" in entry and "hash" in entry
