@@ -137,8 +137,13 @@ class NodeAssociationServer(ThreadedAssociationServer):
             self._associations.add(assoc)
 
     def active_count(self) -> int:
+        """Associations holding a slot: established, or handed over and still negotiating (ms).
+
+        One that was released, aborted or rejected frees its slot at once, while its thread
+        winds down (a peer that releases and re-associates at once is not refused)."""
         with self._assoc_lock:
-            return sum(1 for a in list(self._associations) if a.is_alive())
+            return sum(1 for a in list(self._associations)
+                       if a.is_alive() and not (a.is_released or a.is_aborted or a.is_rejected))
 
     def pending_count(self) -> int:
         return len(self._pending)
