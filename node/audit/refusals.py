@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from node.audit.events import MINOR_FAILURE, EventCode
+from node.audit.events import ACCESS_CONTROL_DECISION, MINOR_FAILURE, EventCode
 from node.audit.log import AuditLog, AuditObject, Participant
 
 OTHER_CLIENTS = "other clients"
@@ -93,7 +93,8 @@ class RefusalLedger:
         desc = (f"{kind}: {count} more refusal(s) from this client in the last window" if summary
                 else f"{kind}: {detail}")
         self.audit.record(
-            EventCode.SECURITY_ALERT, outcome=MINOR_FAILURE, outcome_desc=desc[:500],
+            EventCode.SECURITY_ALERT, event_type=ACCESS_CONTROL_DECISION, outcome=MINOR_FAILURE,
+            outcome_desc=desc[:500],
             participants=[Participant(user_id=user or "unknown", role="source", is_requestor=True,
                                       network_address=client),
                           Participant(user_id=self.node_ae, role="destination")],

@@ -234,14 +234,15 @@ class DicomListener:
                  peer=str(event.assoc.requestor.address))
 
     def _on_rejected(self, event: evt.Event) -> None:
+        """AE title refused (or pynetdicom's own limit): audited through the ledger, so a peer
+        that retries with a wrong title thousands of times writes two lines a minute, not thousands."""
         metrics.ASSOCIATIONS.labels("rejected").inc()
-        self.audit.record(EventCode.SECURITY_ALERT, event_type=ACCESS_CONTROL_DECISION, outcome=MINOR_FAILURE,
-                          outcome_desc="association rejected: calling or called AE title not allowed, "
-                          "or association limit reached",
-                          participants=[self._peer(event), self._us()],
-                          objects=[AuditObject(type="node", id=str(event.assoc.requestor.address))])
-        log.warning("association_rejected", calling_ae=event.assoc.requestor.ae_title,
-                    peer=str(event.assoc.requestor.address))
+        calling = event.assoc.requestor.ae_title
+        host = str(event.assoc.requestor.address)
+        if self.refusals.note("association_rejected", host,
+                              f"calling AE title {calling!r} or called AE title not allowed, or limit reached",
+                              user=calling):
+            log.warning("association_rejected", calling_ae=calling, peer=host)
 
     def _on_gate_refusal(self, kind: str, host: str, detail: str) -> None:
         metrics.ASSOCIATIONS.labels(kind.removeprefix("association_")).inc()
