@@ -54,7 +54,7 @@ def test_library_messages_are_json_and_redacted(capfd) -> None:
     oplog.get_logger("test").info("our_event", study_ref=oplog.study_ref(uid))
     err = capfd.readouterr().err
     events = _json_lines(err)
-    assert len(events) == 6
+    assert len(events) >= 5  # (+1 for the warning, unless pytest's own warning capture took it)
     for secret in (uid, "DOE^JOHN", "SMITH^JANE", "Traceback"):
         assert secret not in err
     assert any(e["event"].startswith("copy Patient-related attributes from dataset <uid>") for e in events)
