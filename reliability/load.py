@@ -54,6 +54,7 @@ def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[
     acked: dict[str, tuple[str, str, bytes]] = {}
     lock = threading.Lock()
     failures = [0]
+    no_response = [0]
     # warm-up: one association, a few stores, then the baseline RSS
     a = association(node.port)
     study, series = generate_uid(), generate_uid()
@@ -78,12 +79,18 @@ def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[
                     break
                 number += 1
                 ds = ct_instance(study, series, number)
-                if int(assoc.send_c_store(ds).Status) == 0:
+                response = assoc.send_c_store(ds)
+                if "Status" not in response:  # no answer within the DIMSE timeout: counted, not hidden
+                    with lock:
+                        no_response[0] += 1
+                    break
+                if int(response.Status) == 0:
                     with lock:
                         acked[str(ds.SOPInstanceUID)] = (study, series, dataset_bytes(ds))
                 else:
                     failures[0] += 1
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
 
     threads = [threading.Thread(target=send) for _ in range(count)]
     start = time.monotonic()
@@ -97,7 +104,8 @@ def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[
     report = check_store(node, acked)
     lost = len(report["missing"]) + len(report["different"])
     return {"senders": count, "seconds": round(elapsed, 1), "acknowledged": len(acked),
-            "instances_per_s": round(len(acked) / elapsed, 1), "failures": failures[0], "lost": lost,
+            "instances_per_s": round(len(acked) / elapsed, 1), "failures": failures[0],
+            "no_response_within_timeout": no_response[0], "lost": lost,
             "rss_baseline_mib": round(baseline / 1024, 1), "rss_max_mib": round(max(sampler.rss) / 1024, 1),
             "rss_last_mib": round(sampler.rss[-1] / 1024, 1), "rss_samples": len(sampler.rss),
             "threads_max": max(sampler.threads), "ok": lost == 0 and failures[0] == 0}
