@@ -87,7 +87,9 @@ def cmd_worklist_clear(args: argparse.Namespace) -> int:
     if cleared is None:
         print(f"triage-node: no worklist entry for study {args.study_uid}", file=sys.stderr)
         return 1
-    audit = AuditLog(Path(settings.audit.path), db, source_id=settings.audit.source_id, fsync=settings.audit.fsync)
+    # a person beside the live node: append to its log without taking ownership of it
+    audit = AuditLog(Path(settings.audit.path), db, source_id=settings.audit.source_id, fsync=settings.audit.fsync,
+                     exclusive=False)
     try:
         audit.record(
             EventCode.PROCEDURE_RECORD, action="U", outcome=0,

@@ -117,6 +117,11 @@ class DicomSection(_Section):
     acse_timeout_seconds: float = Field(default=30.0, gt=0)
     dimse_timeout_seconds: float = Field(default=60.0, gt=0)
     network_timeout_seconds: float = Field(default=120.0, gt=0)
+    # From accept to a complete A-ASSOCIATE-RQ (TLS handshake included); also the deadline of
+    # every later PDU from its first byte is network_timeout_seconds.
+    handshake_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Connections still negotiating (no thread, no slot); when full, the oldest is dropped.
+    max_pending_connections: int = Field(default=64, ge=1)
     tcp_nodelay: bool = True
     tls: TlsSection = TlsSection()
 

@@ -28,3 +28,14 @@ FORWARD_ATTEMPTS = Counter("triage_node_forward_attempts", "C-STORE forward atte
                            ["destination", "outcome"], registry=REGISTRY)  # success | failure
 FORWARD_DEAD_LETTERS = Counter("triage_node_forward_dead_letters", "Outbox items given up on, by destination",
                                ["destination"], registry=REGISTRY)
+ASSOCIATIONS_ACTIVE = Gauge("triage_node_associations_active", "DICOM associations established now",
+                            registry=REGISTRY)
+CONNECTIONS_PENDING = Gauge("triage_node_connections_pending",
+                            "TCP connections on the DICOM port still negotiating (no association yet)",
+                            registry=REGISTRY)
+STORAGE_FREE_BYTES = Gauge("triage_node_storage_free_bytes", "Free bytes on the storage volume",
+                           registry=REGISTRY)
+STORAGE_FLOOR_BYTES = Gauge("triage_node_storage_floor_bytes",
+                            "storage.min_free_bytes: below it C-STORE answers 0xA700", registry=REGISTRY)
+MODEL_STATE = Gauge("triage_node_model_state", "Triage model state (1 for the current one)", ["state"],
+                    registry=REGISTRY)  # loaded | not_loaded | disabled

@@ -11,17 +11,20 @@ never loads torch and a process without "receive" opens no DICOM port.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import APPLICATION_START, APPLICATION_STOP, SOFTWARE_CONFIGURATION
-from node.config import Settings
+from node.audit.log import AuditLogBusy
+from node.audit.refusals import RefusalLedger
+from node.config import ConfigError, Settings
 from node.db.engine import Database
 from node import metrics
 from node.oplog import get_logger, study_ref
@@ -35,6 +38,32 @@ if TYPE_CHECKING:
 
 log = get_logger("service")
 RUNNING_MARKER = ".running"
+LOCK_FILE = ".lock"
+REFUSAL_WINDOW_SECONDS = 60.0
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Take the data dir for this process (flock, released by the kernel when the process dies).
+
+    Why first: a second `serve` on the same data dir used to append to the live node's audit
+    file and run crash recovery, deleting the live node's in-flight temp files, before failing
+    to bind. Now it stops here, having written nothing but (maybe) an empty lock file.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        raise ConfigError(f"node.data_dir: {data_dir} is in use by another triage-node"
+                          + (f" (pid {holder})" if holder else "") + "; nothing was written") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 class Node:
@@ -43,11 +72,20 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.data_dir = Path(settings.node.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.db = Database(settings.database.url, settings.database.echo,
-                           sqlite_synchronous=settings.database.sqlite_synchronous)
-        self.audit = AuditLog(settings.audit.path, self.db, source_id=settings.audit.source_id,
-                              fsync=settings.audit.fsync)
+        self._lock = lock_data_dir(self.data_dir)
+        try:
+            self.db = Database(settings.database.url, settings.database.echo,
+                               sqlite_synchronous=settings.database.sqlite_synchronous)
+            self.audit = AuditLog(settings.audit.path, self.db, source_id=settings.audit.source_id,
+                                  fsync=settings.audit.fsync)
+        except AuditLogBusy as exc:
+            self._lock.close()
+            raise ConfigError(str(exc)) from None
+        except BaseException:
+            self._lock.close()
+            raise
+        self.refusals = RefusalLedger(self.audit, node_ae=settings.dicom.ae_title,
+                                      window_seconds=REFUSAL_WINDOW_SECONDS)
         self.roles = settings.node.roles
         self.process_id = settings.node.process_id()
         self.files = FileStore(settings.storage.path, fsync=settings.storage.fsync, owner=self.process_id)
@@ -58,7 +96,8 @@ class Node:
             from node.dimse.server import DicomListener  # pynetdicom only where DICOM is served
 
             self.listener = DicomListener(settings.dicom, self.ingestor, self.audit,
-                                          move_destinations=(*settings.move_destinations, *settings.forward))
+                                          move_destinations=(*settings.move_destinations, *settings.forward),
+                                          refusals=self.refusals)
         self.worker = None
         if settings.triage.enabled and "triage" in self.roles:
             from node.triage.worker import TriageWorker  # torch is imported only when triage is on
@@ -79,19 +118,27 @@ class Node:
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=SOFTWARE_CONFIGURATION,
                           outcome_desc=f"configuration loaded from {self.settings.source}",
                           participants=[self._me])
+        self.warn_below_floor()
         self.recover()
         if self.listener is not None:
-            self.listener.start()
+            try:
+                self.listener.start()
+            except BaseException:
+                self.release()  # a node that could not start leaves the data dir to the next try
+                raise
         if self.settings.http.enabled and "http" in self.roles:
             from node.dicomweb.app import HttpServer  # fastapi/uvicorn only when HTTP is on
 
             self.http = HttpServer(self)
             self.http.start()
+        if "receive" in self.roles:
+            self.scheduler.add_job(self.refusals.flush, "interval", seconds=REFUSAL_WINDOW_SECONDS,
+                                   id="refusal-summaries", max_instances=1, coalesce=True)
         if "stability" in self.roles:
             self.scheduler.add_job(self.tick, "interval", seconds=self.settings.stability.tick_seconds,
                                    id="stability", max_instances=1, coalesce=True)
             self.tick()  # studies whose quiet period ended while we were down
-            self.scheduler.start()
+        self.scheduler.start()
         if self.worker is not None:
             self.worker.start()
         if self.forwarder is not None:
@@ -120,6 +167,21 @@ class Node:
     def http_port(self) -> int | None:
         """The bound HTTP port (useful with [http] port = 0), None when HTTP is off."""
         return self.http.port if self.http is not None else None
+
+    def warn_below_floor(self) -> None:
+        """Say at start-up, not at the first refused C-STORE, that free space is below the floor."""
+        free, floor = self.files.free_bytes(), self.settings.storage.min_free_bytes
+        metrics.STORAGE_FREE_BYTES.set(free)
+        metrics.STORAGE_FLOOR_BYTES.set(floor)
+        if free < floor:
+            log.warning("storage_below_floor", free_bytes=free, min_free_bytes=floor,
+                        detail="every C-STORE will be refused with 0xA700 until space is freed")
+
+    def release(self) -> None:
+        """Close the audit log, the database and the data-dir lock (idempotent)."""
+        self.audit.close()
+        self.db.dispose()
+        self._lock.close()
 
     def recover(self) -> None:
         """After an unclean stop: drop this process's temp files, index renamed-but-unindexed files.
@@ -164,11 +226,11 @@ class Node:
             self.worker.stop()
         if self.forwarder is not None:
             self.forwarder.stop()
+        self.refusals.flush()
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_STOP,
                           outcome_desc="triage-node stopped", participants=[self._me])
         (self.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
-        self.audit.close()
-        self.db.dispose()
+        self.release()
 
     def serve_forever(self) -> None:
         stop = threading.Event()

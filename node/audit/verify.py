@@ -42,6 +42,7 @@ def verify_log(path: Path, database: Database | None, *, key: str | None = None)
                 if head is not None:
                     break
     hash_at_head: str | None = None
+    ts_last = ""
     prev = GENESIS_HASH
     seq = 0
     count = 0
@@ -65,10 +66,21 @@ def verify_log(path: Path, database: Database | None, *, key: str | None = None)
             if entry["seq"] != seq + 1:
                 return VerifyResult(False, count, f"line {number}: sequence {entry['seq']} follows {seq}", number)
             prev, seq, count = entry["hash"], entry["seq"], count + 1
+            ts_last = str(entry.get("ts", ""))
             if head is not None and seq == head.seq:
                 hash_at_head = prev
+            if head is not None and seq > head.seq:
+                return VerifyResult(
+                    False, count - 1, f"line {number} (seq {seq}): after the database head (seq {head.seq}): "
+                    "a line not anchored by the node (appended outside it)", number)
     if head is not None:
         if head.seq > seq:
+            if head.last_ts and ts_last and ts_last >= head.last_ts:
+                # The log still ends with the head's event: lines were taken out before it.
+                return VerifyResult(
+                    False, count, f"log holds {seq} lines but the database head is seq {head.seq}, and its "
+                    f"last line is the head's event: {head.seq - seq} line(s) were deleted before it "
+                    "and the rest re-chained", None)
             return VerifyResult(
                 False, count, f"log ends at seq {seq} (line {count}) but the database head is seq "
                 f"{head.seq}: the tail was truncated", count + 1)

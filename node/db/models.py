@@ -101,6 +101,8 @@ class AuditHead(Base):
     log_path: Mapped[str] = mapped_column(String(400), primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+    # "ts" of the last line: tells a deletion (log still ends with this event) from a truncation
+    last_ts: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class WorklistItem(Base):

@@ -67,7 +67,9 @@ class HttpServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((cfg.host, cfg.port))
         self.port: int = self.sock.getsockname()[1]
+        # log_config=None: uvicorn keeps its hands off logging, its records reach our JSON handler
         self.server = uvicorn.Server(uvicorn.Config(create_app(context), log_level="warning", access_log=False,
+                                                    log_config=None,
                                                     lifespan="off"))
         self._thread: threading.Thread | None = None
 

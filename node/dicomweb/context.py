@@ -22,6 +22,8 @@ class WebContext:
     ingestor: Ingestor
     audit: AuditLog | None = None
     worker: Any = None  # node.triage.worker.TriageWorker or None
+    listener: Any = None  # node.dimse.server.DicomListener or None (association gauges, /healthz)
+    refusals: Any = None  # node.audit.refusals.RefusalLedger or None (HTTP 401s)
 
     @classmethod
     def of(cls, node_or_parts: Any) -> "WebContext":
@@ -31,7 +33,8 @@ class WebContext:
             return cls(**node_or_parts)
         n = node_or_parts
         return cls(settings=n.settings, db=n.db, files=n.files, ingestor=n.ingestor,
-                   audit=getattr(n, "audit", None), worker=getattr(n, "worker", None))
+                   audit=getattr(n, "audit", None), worker=getattr(n, "worker", None),
+                   listener=getattr(n, "listener", None), refusals=getattr(n, "refusals", None))
 
 
 def ctx(request: Request) -> WebContext:

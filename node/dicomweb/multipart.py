@@ -38,7 +38,8 @@ def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
 
 def parse_multipart(body: bytes, boundary: str) -> list[Part]:
     """Split a multipart body into parts. Raises MultipartError when it is malformed."""
-    if not boundary or len(boundary) > 200:
+    # RFC 2046 boundaries are 7-bit; an RFC 2231-encoded parameter can smuggle in anything else.
+    if not boundary or len(boundary) > 200 or not boundary.isascii():
         raise MultipartError("missing or invalid boundary")
     data = memoryview(body)
     raw = bytes(body) if not isinstance(body, bytes) else body

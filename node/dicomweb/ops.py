@@ -20,16 +20,45 @@ public = APIRouter()  # no token
 router = APIRouter()
 
 
-@public.get("/healthz", summary="Liveness and readiness: database, storage, model")
+def model_state(worker: Any) -> tuple[str, str]:
+    """("loaded" | "not_loaded" | "disabled", detail) from what the triage worker exposes."""
+    if worker is None:
+        return "disabled", "triage disabled"
+    if getattr(worker, "model", None) is not None:
+        return "loaded", "loaded"
+    return "not_loaded", f"not loaded ({getattr(worker, 'model_error', '') or 'unknown'})"
+
+
+def update_gauges(c: Any) -> dict[str, Any]:
+    """Refresh the gauges read at scrape time; returns the figures /healthz judges."""
+    free = c.files.free_bytes()
+    floor = c.settings.storage.min_free_bytes
+    metrics.STORAGE_FREE_BYTES.set(free)
+    metrics.STORAGE_FLOOR_BYTES.set(floor)
+    state, detail = model_state(c.worker)
+    for name in ("loaded", "not_loaded", "disabled"):
+        metrics.MODEL_STATE.labels(name).set(1 if name == state else 0)
+    active = c.listener.active_associations() if c.listener is not None else 0
+    return {"free": free, "floor": floor, "model": state, "model_detail": detail, "active": active,
+            "max_associations": c.settings.dicom.max_associations}
+
+
+@public.get("/healthz", summary="Liveness and readiness: database, storage, free space, DICOM slots, model")
 def healthz(request: Request) -> Response:
+    """200 "ok"; 200 "degraded" when the node receives but cannot triage (model not loaded);
+    503 "unhealthy" when it cannot receive: database or storage failing, free space below the
+    floor (every C-STORE gets 0xA700), every association slot taken. Reasons are listed."""
     c = ctx(request)
     checks: dict[str, Any] = {}
+    unhealthy: list[str] = []
+    degraded: list[str] = []
     try:
         with c.db.session() as session:
             session.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["database"] = f"error: {type(exc).__name__}"
+        unhealthy.append("database unreachable")
     probe = c.files.incoming / f"healthz-{uuid.uuid4().hex}.tmp"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -41,16 +70,20 @@ def healthz(request: Request) -> Response:
         checks["storage"] = "ok"
     except OSError as exc:
         checks["storage"] = f"error: {type(exc).__name__}"
-    worker = c.worker
-    if worker is None:
-        checks["model"] = "triage disabled"
-    elif getattr(worker, "model", None) is not None:
-        checks["model"] = "loaded"
-    else:
-        checks["model"] = f"not loaded ({getattr(worker, 'model_error', '') or 'unknown'})"
-    healthy = checks["database"] == "ok" and checks["storage"] == "ok"
-    return JSONResponse({"status": "ok" if healthy else "unhealthy", "checks": checks},
-                        status_code=200 if healthy else 503)
+        unhealthy.append("storage not writable")
+    figures = update_gauges(c)
+    checks["free_bytes"], checks["min_free_bytes"] = figures["free"], figures["floor"]
+    if figures["free"] < figures["floor"]:
+        unhealthy.append("free disk space below storage.min_free_bytes: C-STORE answers 0xA700")
+    checks["associations"] = {"active": figures["active"], "max": figures["max_associations"]}
+    if figures["active"] >= figures["max_associations"]:
+        unhealthy.append("every DICOM association slot is taken")
+    checks["model"] = figures["model_detail"]
+    if figures["model"] == "not_loaded":
+        degraded.append(f"triage model {figures['model_detail']}: studies get no AI assessment")
+    status = "unhealthy" if unhealthy else "degraded" if degraded else "ok"
+    return JSONResponse({"status": status, "reasons": unhealthy + degraded, "checks": checks},
+                        status_code=503 if unhealthy else 200)
 
 
 @router.get("/metrics", summary="Prometheus metrics")
@@ -60,6 +93,7 @@ def prometheus(request: Request) -> Response:
             depth = session.execute(select(func.count()).where(
                 TriageJob.state.in_(("queued", "running")))).scalar_one()
         metrics.QUEUE_DEPTH.set(depth)
+        update_gauges(ctx(request))
     except Exception:  # noqa: BLE001 - the scrape must still answer
         pass
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -31,6 +31,15 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug must still answer as a problem document, and the operational log gets the type
+        # and place, never the request's values (they may carry identifiers).
+        from node.oplog import get_logger
+
+        get_logger("http").error("http_unhandled_error", error=type(exc).__name__, path=request.url.path)
+        return problem_response(500, f"internal error ({type(exc).__name__})")
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())

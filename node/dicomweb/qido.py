@@ -38,11 +38,17 @@ def _keyword(name: str) -> str:
     return name if tag_for_keyword(name) is not None else ""
 
 
+MAX_QUERY_INT = 2**31 - 1  # larger offsets overflow the database's integer (was a 500)
+
+
 def _int(name: str, value: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise Problem(400, f"{name} must be an integer") from None
+    if not 0 <= number <= MAX_QUERY_INT:
+        raise Problem(400, f"{name} must be between 0 and {MAX_QUERY_INT}")
+    return number
 
 
 def _parse(request: Request) -> tuple[dict[str, Any], int, int, list[str]]:

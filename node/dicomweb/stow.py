@@ -72,7 +72,7 @@ def _store_part(request: Request, body: bytes | memoryview, content_type: str, s
     dataset_bytes = memoryview(data)[fp.tell():]
     if study is not None:
         try:
-            ds = parse_header(dataset_bytes, ts)
+            ds = parse_header(dataset_bytes, ts, max_inflated_bytes=ctx(request).ingestor.max_dataset_bytes)
         except BadDataset:
             return False, _failure(sop_class, sop_uid, CANNOT_UNDERSTAND), ""
         if str(ds.get("StudyInstanceUID", "")) != study:

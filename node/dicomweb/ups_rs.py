@@ -43,11 +43,17 @@ def _keyword(name: str) -> str:
     return name if tag_for_keyword(name) is not None else ""
 
 
+MAX_QUERY_INT = 2**31 - 1
+
+
 def _int(value: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise Problem(400, "limit and offset must be integers") from None
+    if not 0 <= number <= MAX_QUERY_INT:
+        raise Problem(400, f"limit and offset must be between 0 and {MAX_QUERY_INT}")
+    return number
 
 
 def _search(request: Request) -> list[dict[str, Any]]:
@@ -94,8 +100,12 @@ def _value(payload: Any, tag: str) -> str:
     if not isinstance(payload, dict):
         raise Problem(400, "the body must be a DICOM JSON data set (or an array of one)")
     element = payload.get(tag) or {}
-    values = element.get("Value") or [] if isinstance(element, dict) else []
-    return str(values[0]).strip() if values else ""
+    if not isinstance(element, dict):
+        raise Problem(400, f"attribute {tag} must be a DICOM JSON element (an object)")
+    values = element.get("Value") or []
+    if not isinstance(values, list) or (values and not isinstance(values[0], str)):
+        raise Problem(400, f"attribute {tag}: Value must be an array of strings")
+    return values[0].strip() if values else ""
 
 
 @router.put("/workitems/{uid}/state", summary="UPS-RS: change a workitem's state (claim, complete, cancel)")
@@ -103,8 +113,8 @@ async def put_state(request: Request, uid: str) -> Response:
     body = await read_body(request, 1024 * 1024)
     try:
         payload = json.loads(body or b"null")
-    except ValueError:
-        raise Problem(400, "the body is not JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+        raise Problem(400, "the body is not JSON (or is nested too deeply)") from None
     new_state = _value(payload, "00741000").upper()
     transaction_uid = _value(payload, "00081195")
     client = request.client.host if request.client else "unknown"

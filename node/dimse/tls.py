@@ -1,18 +1,13 @@
-"""DICOM TLS whose handshake cannot stall the accept loop.
+"""DICOM TLS context of the listener.
 
-pynetdicom's AssociationServer wraps the accepted socket and handshakes inside the accept
-thread, so one client that opens TCP and never speaks TLS blocks every later connection.
-We wrap with do_handshake_on_connect=False and handshake in the connection's own thread,
-under a timeout.
+The handshake itself runs non-blocking in the accept gate (node/dimse/gate.py), under the
+handshake deadline, so a client that opens TCP and never speaks TLS stalls nothing.
 """
 
 from __future__ import annotations
 
-import socket
 import ssl
 from pathlib import Path
-
-from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import ConfigError, TlsSection
 
@@ -34,27 +29,3 @@ def server_context(tls: TlsSection) -> ssl.SSLContext:
             raise ConfigError(f"dicom.tls.ca_file: cannot load ({exc})") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
-
-
-class NodeAssociationServer(ThreadedAssociationServer):
-    """Threaded server with a deferred, time-limited TLS handshake."""
-
-    handshake_timeout: float = 10.0
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:  # type: ignore[override]
-        client_socket, address = self.socket.accept()  # type: ignore[union-attr]
-        if self.ssl_context:
-            client_socket = self.ssl_context.wrap_socket(
-                client_socket, server_side=True, do_handshake_on_connect=False)
-        return client_socket, address
-
-    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def,override]
-        if isinstance(request, ssl.SSLSocket):
-            try:
-                request.settimeout(self.handshake_timeout)
-                request.do_handshake()
-                request.settimeout(None)
-            except (OSError, ssl.SSLError):
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from node.db.models import Instance, Patient, Series, Study
 
@@ -168,11 +168,12 @@ def _condition(keyword: str, key: _Key, value: Any) -> ColumnElement[bool] | Non
     if key.kind == "uid":
         return col.in_(values) if len(values) > 1 else col == values[0]
     if key.kind == "modalities":  # any of the listed modalities in one of the study's series
-        parts = []
-        for mod in values:
-            parts.append(Series.modality.like(_like_pattern(mod), escape=ESCAPE) if ("*" in mod or "?" in mod)
-                         else Series.modality == mod)
-        return exists().where(Series.study_pk == Study.id, or_(*parts))
+        # An aliased Series: at SERIES or IMAGE level the outer query selects from Series too, and
+        # auto-correlation would leave the sub-query without a FROM clause (a 500 found by fuzzing).
+        other = aliased(Series)
+        parts = [other.modality.like(_like_pattern(mod), escape=ESCAPE) if ("*" in mod or "?" in mod)
+                 else other.modality == mod for mod in values]
+        return exists().where(other.study_pk == Study.id, or_(*parts))
     if key.kind == "int":
         try:
             ints = [int(v) for v in values]

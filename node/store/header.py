@@ -1,26 +1,213 @@
 """Read what the index needs from a received data set without decoding pixel data, and
-refuse data sets that are truncated or garbage before anything is written.
+refuse data sets that a conformant reader could not read back, before anything is written.
 
-Why our own completeness check: pydicom reads a truncated value silently (short read), so a
-data set cut off mid-Pixel-Data would otherwise be stored and acknowledged.
+How: pydicom's own element reader walks the whole data set (sequences parsed, large values
+skipped), and we check where it ended. Why the checks: pydicom reads a truncated value
+silently (short read), ends silently when fewer than 8 bytes remain, and accepts implicit-VR
+bytes in an explicit-VR data set (switching to implicit on the fly); DCMTK and other readers do
+not, so such a data set would be stored, acknowledged, and then unreadable downstream.
+
+Deflated data sets are inflated in bounded steps: never more than ``max_bytes`` of output and
+never longer than ``deadline_seconds``, so a small "deflate bomb" cannot take the memory or
+the CPU (the size limit applies to what the data set really is, not to its compressed form).
 """
 
 from __future__ import annotations
 
-import io
-import zlib
+import time
 from dataclasses import dataclass
+import zlib
+from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
+from pydicom.datadict import dictionary_VR
+from pydicom.filereader import data_element_generator, read_sequence
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
-_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+_INFLATE_STEP = 1 << 20
+PARSE_SECONDS = 10.0  # a data set that takes longer to walk is refused (garbage, not a slow disk)
 
 
 class BadDataset(ValueError):
     """The bytes do not form a complete DICOM data set in the stated transfer syntax."""
+
+
+class DatasetTooLarge(BadDataset):
+    """The data set (inflated, for deflated transfer syntaxes) is larger than the limit."""
+
+
+class _BufferReader:
+    """Read-only file over a buffer without copying it (pydicom needs read, seek and tell).
+
+    Seeking past the end is allowed, as on a file; the caller checks positions afterwards.
+    """
+
+    name = "<received data set>"
+
+    def __init__(self, buffer: Any) -> None:
+        self._view = memoryview(buffer)
+        self._pos = 0
+        self.size = self._view.nbytes
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        out = self._view[self._pos:end].tobytes() if end > self._pos else b""
+        self._pos = max(self._pos, end)
+        return out
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, self.size)[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def slice(self, start: int, end: int) -> bytes:
+        return self._view[max(0, start):min(end, self.size)].tobytes()
+
+
+def inflate(data: Any, *, max_bytes: int, deadline_seconds: float = PARSE_SECONDS) -> bytearray:
+    """Inflate a raw deflate stream (PS3.5 A.5) to at most ``max_bytes``, within the deadline."""
+    view = memoryview(data)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    start = time.monotonic()
+    pos = 0
+    pending = b""
+    try:
+        while True:
+            if not pending:
+                if pos >= view.nbytes:
+                    break
+                pending = view[pos:pos + _INFLATE_STEP].tobytes()
+                pos += _INFLATE_STEP
+            room = max_bytes - len(out) + 1
+            out += inflater.decompress(pending, min(room, _INFLATE_STEP))
+            pending = inflater.unconsumed_tail
+            if len(out) > max_bytes:
+                raise DatasetTooLarge(f"deflated data set inflates to more than {max_bytes} bytes")
+            if time.monotonic() - start > deadline_seconds:
+                raise BadDataset(f"deflated data set does not inflate within {deadline_seconds:g} s")
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise BadDataset(f"deflated data set does not inflate: {exc}") from None
+    if not inflater.eof:
+        raise BadDataset("deflated data set truncated (the deflate stream does not end)")
+    # Bytes after the end of the deflate stream (a pad byte, some writers' gzip-style trailer)
+    # are ignored, as every reader does.
+    return out
+
+
+def _delimiter(little_endian: bool) -> bytes:
+    return (b"\xfe\xff\xdd\xe0" if little_endian else b"\xff\xfe\xe0\xdd") + b"\x00" * 4
+
+
+def _implicit_inside(items: Sequence) -> bool:
+    """True when an item of an explicit-VR sequence was read as implicit VR (VR unknown)."""
+    for item in items:
+        for elem in item.elements():
+            if isinstance(elem, RawDataElement) and elem.VR is None:
+                return True
+            value = getattr(elem, "value", None)
+            if isinstance(value, Sequence) and _implicit_inside(value):
+                return True
+    return False
+
+
+def _is_sequence(elem: RawDataElement) -> bool:
+    if elem.VR is not None:
+        return bool(elem.VR == "SQ")
+    try:
+        return bool(dictionary_VR(elem.tag) == "SQ")
+    except KeyError:
+        return False
+
+
+def _check_sequence(fp: _BufferReader, elem: RawDataElement, implicit: bool, little: bool) -> None:
+    """Parse a defined-length sequence where it lies and check it ends where its length says."""
+    resume = fp.tell()
+    fp.seek(elem.value_tell)
+    items = read_sequence(fp, implicit, little, elem.length, "iso8859")  # type: ignore[arg-type]
+    if fp.tell() != elem.value_tell + elem.length:
+        raise BadDataset(f"sequence {Tag(elem.tag)} does not end where its length says")
+    if not implicit and _implicit_inside(items):
+        raise BadDataset(f"sequence {Tag(elem.tag)} holds implicit VR items in an explicit VR transfer syntax")
+    fp.seek(resume)
+
+
+def parse_header(dataset_bytes: Any, transfer_syntax_uid: str, *,
+                 max_inflated_bytes: int = 2 * 1024**3) -> Dataset:
+    """Walk the whole data set (large values skipped) and refuse what is incomplete or mis-encoded.
+
+    ``dataset_bytes``: bytes, bytearray or memoryview (not copied). Raises BadDataset, or
+    DatasetTooLarge for a deflated data set that inflates past ``max_inflated_bytes``.
+    """
+    ts = UID(transfer_syntax_uid)
+    if not ts.is_transfer_syntax:
+        raise BadDataset("unknown transfer syntax")
+    data: Any = dataset_bytes
+    if ts == DeflatedExplicitVRLittleEndian:
+        data = inflate(data, max_bytes=max_inflated_bytes)
+    implicit, little = ts.is_implicit_VR, ts.is_little_endian
+    fp = _BufferReader(data)
+    elements: dict[Any, Any] = {}
+    last_end = 0
+    start = time.monotonic()
+    try:
+        for elem in data_element_generator(fp, implicit, little, defer_size=4096):
+            end = fp.tell()
+            tag = int(elem.tag)
+            if isinstance(elem, RawDataElement):
+                if elem.VR is None and not implicit:
+                    raise BadDataset(f"element {Tag(tag)} is implicit VR in an explicit VR transfer syntax")
+                if elem.length == _UNDEFINED:
+                    if tag == _PIXEL_DATA and not ts.is_encapsulated:
+                        raise BadDataset("native (uncompressed) Pixel Data with undefined length")
+                    if fp.slice(end - 8, end) != _delimiter(little):
+                        raise BadDataset(f"data set truncated inside undefined-length element {Tag(tag)}")
+                elif elem.value is None:
+                    if elem.value_tell + elem.length > fp.size:
+                        raise BadDataset(f"data set truncated: element {Tag(tag)} needs "
+                                         f"{elem.value_tell + elem.length - fp.size} more bytes")
+                elif len(elem.value) != elem.length:
+                    raise BadDataset(f"data set truncated inside element {Tag(tag)}")
+            else:  # a sequence, parsed by pydicom down to its last item
+                if getattr(elem, "is_undefined_length", False):
+                    if fp.slice(end - 8, end) != _delimiter(little):
+                        raise BadDataset(f"data set truncated inside sequence {Tag(tag)}")
+                elif end > fp.size:
+                    raise BadDataset(f"data set truncated inside sequence {Tag(tag)}")
+                if not implicit and _implicit_inside(elem.value):
+                    raise BadDataset(f"sequence {Tag(tag)} holds implicit VR items in an explicit VR "
+                                     "transfer syntax")
+            if isinstance(elem, RawDataElement) and elem.length not in (0, _UNDEFINED) and _is_sequence(elem):
+                _check_sequence(fp, elem, implicit, little)
+            elements[tag] = elem
+            last_end = end
+            if time.monotonic() - start > PARSE_SECONDS:
+                raise BadDataset(f"data set not parsed within {PARSE_SECONDS:g} s")
+        if last_end != fp.size:
+            raise BadDataset(f"data set truncated: {fp.size - last_end} bytes after the last complete element")
+        if not elements:
+            raise BadDataset("empty data set")
+        ds = Dataset(elements)
+        ds.set_original_encoding(implicit, little, None)  # type: ignore[arg-type]
+        # Touch the attributes the index reads, so a malformed value fails here.
+        for keyword in ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
+                        "SeriesInstanceUID", "PatientID", "PatientName", "Modality"):
+            ds.get(keyword)
+    except (BadDataset, DatasetTooLarge):
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage
+        raise BadDataset(f"cannot parse the data set: {type(exc).__name__}") from None
+    return ds
 
 
 @dataclass(frozen=True)
@@ -60,54 +247,6 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return None
-
-
-def parse_header(dataset_bytes: bytes | memoryview, transfer_syntax_uid: str) -> Dataset:
-    """Parse all elements (large values deferred) and check that the data set is complete."""
-    ts = UID(transfer_syntax_uid)
-    data = bytes(dataset_bytes) if isinstance(dataset_bytes, memoryview) else dataset_bytes
-    if ts == DeflatedExplicitVRLittleEndian:
-        try:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise BadDataset(f"deflated data set does not inflate: {exc}") from None
-    if not ts.is_transfer_syntax:
-        raise BadDataset("unknown transfer syntax")
-    try:
-        ds = read_dataset(io.BytesIO(data), ts.is_implicit_VR, ts.is_little_endian, defer_size=4096)
-        last_end = 0
-        last_undefined = False
-        for tag in ds.keys():
-            elem = ds.get_item(tag, keep_deferred=True)
-            tell = getattr(elem, "value_tell", None)
-            length = getattr(elem, "length", None)
-            if tell is None or length is None:
-                continue
-            if length == _UNDEFINED:
-                last_undefined = True
-                last_end = len(data)
-            else:
-                last_undefined = False
-                last_end = tell + length
-        # Touch the attributes the index reads, so a malformed value fails here.
-        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-                        "PatientID", "Modality"):
-            ds.get(keyword)
-    except BadDataset:
-        raise
-    except Exception as exc:  # pydicom raises many types on garbage
-        raise BadDataset(f"cannot parse the data set: {type(exc).__name__}") from None
-    if len(ds) == 0:
-        raise BadDataset("empty data set")
-    if last_end > len(data):
-        raise BadDataset(f"data set truncated: last element needs {last_end - len(data)} more bytes")
-    if last_undefined and not data.endswith(_SEQ_DELIMITER):
-        raise BadDataset("data set truncated inside an undefined-length element")
-    # pydicom ends a data set silently when fewer than 8 bytes (an element header) remain, so a
-    # data set cut inside its last element header would otherwise parse as complete.
-    if not last_undefined and last_end < len(data):
-        raise BadDataset(f"data set truncated: {len(data) - last_end} bytes after the last element")
-    return ds
 
 
 def instance_header(ds: Dataset) -> InstanceHeader:

@@ -8,8 +8,11 @@ the request, 0xC000 cannot understand (garbage / truncated), 0xC001 UID unsafe a
 
 from __future__ import annotations
 
+import io
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Iterator
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
@@ -19,7 +22,7 @@ from node import metrics
 from node.db.engine import Database
 from node.oplog import get_logger, study_ref
 from node.store.files import FileStore, UnsafeUID, encode_file_meta, relative_path
-from node.store.header import BadDataset, InstanceHeader, instance_header, parse_header
+from node.store.header import BadDataset, DatasetTooLarge, InstanceHeader, instance_header, parse_header
 from node.store.index import add_instance, instance_exists
 from node.uids import is_valid_uid
 
@@ -58,13 +61,24 @@ class Ingestor:
         self._inflight: set[str] = set()
         self._inflight_lock = threading.Condition()
 
-    def store(self, file_meta: FileMetaDataset, dataset_bytes: bytes | memoryview, *, calling_ae: str,
-              expected_sop_instance_uid: str | None = None, expected_sop_class_uid: str | None = None,
-              touch_stability: bool = True) -> IngestOutcome:
-        """Validate, write durably, index, and count the outcome for /metrics."""
-        outcome = self._store(file_meta, dataset_bytes, calling_ae=calling_ae,
-                              expected_sop_instance_uid=expected_sop_instance_uid,
-                              expected_sop_class_uid=expected_sop_class_uid, touch_stability=touch_stability)
+    def store(self, file_meta: FileMetaDataset, dataset_bytes: bytes | bytearray | memoryview | io.BytesIO, *,
+              calling_ae: str, expected_sop_instance_uid: str | None = None,
+              expected_sop_class_uid: str | None = None, touch_stability: bool = True) -> IngestOutcome:
+        """Validate, write durably, index, and count the outcome for /metrics.
+
+        ``dataset_bytes`` may be the BytesIO pynetdicom received into: it is read through a
+        memoryview, never copied (a data set is held in memory once, not twice).
+        """
+        with _view(dataset_bytes) as view:
+            outcome = self._store(file_meta, view, calling_ae=calling_ae,
+                                  expected_sop_instance_uid=expected_sop_instance_uid,
+                                  expected_sop_class_uid=expected_sop_class_uid, touch_stability=touch_stability)
+        self.count(outcome)
+        return outcome
+
+    @staticmethod
+    def count(outcome: IngestOutcome) -> None:
+        """The outcome in /metrics (also for refusals decided before the store, e.g. by the PDU guard)."""
         if not outcome.ok:
             metrics.INSTANCES_RECEIVED.labels("refused").inc()
         elif outcome.duplicate:
@@ -72,9 +86,8 @@ class Ingestor:
         else:
             metrics.INSTANCES_RECEIVED.labels("stored").inc()
             metrics.BYTES_RECEIVED.inc(outcome.size)
-        return outcome
 
-    def _store(self, file_meta: FileMetaDataset, dataset_bytes: bytes | memoryview, *, calling_ae: str,
+    def _store(self, file_meta: FileMetaDataset, dataset_bytes: memoryview, *, calling_ae: str,
               expected_sop_instance_uid: str | None = None,
               expected_sop_class_uid: str | None = None, touch_stability: bool = True) -> IngestOutcome:
         size = len(dataset_bytes)
@@ -82,7 +95,9 @@ class Ingestor:
             return IngestOutcome(DATASET_TOO_LARGE, f"data set of {size} bytes exceeds the limit")
         ts = str(file_meta.get("TransferSyntaxUID", ""))
         try:
-            ds = parse_header(dataset_bytes, ts)
+            ds = parse_header(dataset_bytes, ts, max_inflated_bytes=self.max_dataset_bytes)
+        except DatasetTooLarge as exc:
+            return IngestOutcome(DATASET_TOO_LARGE, str(exc))
         except BadDataset as exc:
             return IngestOutcome(CANNOT_UNDERSTAND, str(exc))
         h = instance_header(ds)
@@ -151,6 +166,17 @@ class Ingestor:
                     ingestor._inflight_lock.notify_all()
 
         return _Claim()
+
+
+@contextmanager
+def _view(data: Any) -> Iterator[memoryview]:
+    """A memoryview of the data set, released afterwards (a BytesIO cannot grow while one is out)."""
+    if isinstance(data, io.BytesIO):
+        with data.getbuffer() as view:
+            yield view
+    else:
+        with memoryview(data) as view:
+            yield view
 
 
 def reindex_file(db: Database, files: FileStore, rel: Path) -> bool:

@@ -18,6 +18,8 @@ from ingest_helpers import (
     write_node_config,
 )
 
+from node import oplog
+from node.audit import EventCode
 from node.audit.chain import GENESIS_HASH, entry_hash
 from node.dimse.scu import Destination, send
 
@@ -168,3 +170,90 @@ def test_verify_fails_after_tampering(tamper, active_log, capfd) -> None:
         assert re.search(rf"\bline {expect_line}\b", err), err
     else:
         assert "rewritten" in err or "head" in err, err
+
+
+def _line(entry: dict) -> bytes:  # type: ignore[type-arg]
+    return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def test_verify_refuses_a_correctly_chained_line_appended_after_the_head(active_log) -> None:
+    settings, config, _, _ = active_log
+    path = Path(settings.audit.path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    last = json.loads(lines[-1])
+    forged = dict(last, seq=last["seq"] + 1, prev_hash=last["hash"], outcome_desc="forged, well chained")
+    forged["hash"] = entry_hash(forged)
+    _rewrite(path, lines + [_line(forged)])
+    result = verify(config)
+    assert result.returncode != 0
+    assert re.search(rf"\bline {len(lines) + 1}\b", result.stderr) and "not anchored" in result.stderr
+
+
+def test_verify_reports_a_deletion_with_the_rest_rechained_as_a_deletion(active_log) -> None:
+    settings, config, _, _ = active_log
+    path = Path(settings.audit.path)
+    entries = [json.loads(line) for line in path.read_bytes().splitlines()]
+    del entries[len(entries) // 2]
+    prev = GENESIS_HASH
+    for seq, entry in enumerate(entries, start=1):  # a careful forger re-chains everything after it
+        entry["seq"], entry["prev_hash"] = seq, prev
+        entry["hash"] = prev = entry_hash(entry)
+    _rewrite(path, [_line(e) for e in entries])
+    result = verify(config)
+    assert result.returncode != 0
+    assert "deleted" in result.stderr and "truncated" not in result.stderr, result.stderr
+
+
+def test_torn_last_line_is_moved_aside_and_the_chain_continues(active_log, node_factory) -> None:
+    settings, config, _, _ = active_log
+    path = Path(settings.audit.path)
+    good = path.read_bytes()
+    last_seq = json.loads(good.splitlines()[-1])["seq"]
+    torn = b'{"action":"E","detail":"","event_id":{"code":"110100"'  # a crash mid-write
+    path.write_bytes(good + torn)
+    oplog.configure("warning")  # the fixture's captured stderr is closed by now
+    node = node_factory(settings)
+    node.stop()
+    aside = list(path.parent.glob(path.name + ".torn-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == torn
+    entries = audit_entries(path)
+    assert entries[last_seq]["seq"] == last_seq + 1  # continued, not restarted at 1
+    assert "torn last audit line" in entries[last_seq]["outcome_desc"]
+    result = verify(config)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_last_line_longer_than_64_kib_is_read_correctly(active_log, node_factory) -> None:
+    from node.audit import AuditLog
+    from node.db.engine import Database
+
+    settings, config, _, _ = active_log
+    db = Database(settings.database.url)
+    writer = AuditLog(settings.audit.path, db, source_id="test")
+    long_seq = writer.record(EventCode.APPLICATION_ACTIVITY, outcome_desc="x" * 200_000)["seq"]
+    writer.close()
+    db.dispose()
+    oplog.configure("warning")
+    node_factory(settings).stop()
+    seqs = [e["seq"] for e in audit_entries(settings.audit.path)]
+    assert seqs == list(range(1, len(seqs) + 1)) and long_seq + 1 in seqs  # continued after the long line
+    assert verify(config).returncode == 0
+
+
+def test_second_serve_on_the_same_data_dir_exits_and_writes_nothing(tmp_path, settings_dict, serve_factory) -> None:
+    data = settings_dict(tmp_path)
+    first = serve_factory(data).start()
+    data_dir = Path(data["node"]["data_dir"])
+    part = data_dir / "storage" / ".incoming" / "inflight.part"  # a store the live node has in flight
+    part.write_bytes(b"half an instance")
+    audit_before = Path(data["audit"]["path"]).read_bytes()
+    second_data = dict(data, dicom=dict(data["dicom"], port=data["dicom"]["port"] + 1))
+    second = serve_factory(second_data, name="second")
+    second.start(wait=False)
+    rc = second.proc.wait(timeout=60)  # type: ignore[union-attr]
+    assert rc == 2
+    assert "in use by another triage-node" in second.output() and "Traceback" not in second.output()
+    assert Path(data["audit"]["path"]).read_bytes() == audit_before
+    assert part.read_bytes() == b"half an instance"
+    assert first.running
+    assert py_echo(data["dicom"]["port"]) == 0

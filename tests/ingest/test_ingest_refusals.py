@@ -23,6 +23,7 @@ from ingest_helpers import (
     storescu,
     stored_files,
     unchecked_uids,
+    wait_for,
     write_raw_part10,
 )
 
@@ -195,3 +196,18 @@ def test_disk_floor_refusal_seen_by_storescu(tmp_path, make_settings, node_facto
     assert result.stdout.count("Received Store Response (Refused: OutOfResources)") == 2, result.stdout[-2000:]
     assert "Received Store Response (Success)" not in result.stdout
     assert_nothing_stored(node, tmp_path, before)
+
+
+def test_refused_c_stores_are_audited_with_their_statuses(tmp_path, running_node, dicom_factory) -> None:
+    """A refusal before the data set yields identifiers is still counted in the association's
+    110104 line, by status (it used to count 0: failures carried no header)."""
+    src = dicom_factory.ct_series(1, size=64)[0]
+    garbage = write_raw_part10(tmp_path / "garbage.dcm", sop_class=CT, sop_uid=file_sop_uid(src),
+                               transfer_syntax=EXPLICIT_LE, body=b"this is not a DICOM data set\n" * 20)
+    assert send_file_as_is(running_node.listener.port, garbage) == 0xC000
+    lines = wait_for(lambda: [e for e in audit_entries(running_node.settings.audit.path)
+                              if e["event_id"]["code"] == "110104" and e["outcome"] != 0], 10,
+                     message="the 110104 line of the refused C-STORE")
+    details = lines[-1]["objects"][-1]["details"]
+    assert details["failures"] == 1 and details["failure_statuses"] == {"0xC000": 1}
+    assert "0xC000 x1" in lines[-1]["outcome_desc"]

@@ -5,14 +5,14 @@ Without an index every page load scans the whole worklist_item table, whose rows
 findings JSON; with this index SQLite reads only the narrow index (bench/console.py).
 
 Revision ID: 0020
-Revises: 0004
+Revises: 0010
 Create Date: 2026-12-01 15:00:00
 """
 from alembic import op
 
 
 revision = '0020'
-down_revision = '0004'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
