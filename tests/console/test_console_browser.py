@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SCRIPT_NAME, TOKEN, ConsoleNode, wait_until
+from console_helpers import SCRIPT_NAME, TOKEN, ConsoleNode, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 RANK = {"HIGH": 0, "MEDIUM": 1, "LOW": 2}

@@ -22,7 +22,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from conftest import TOKEN, ConsoleNode, wait_until
+from console_helpers import TOKEN, ConsoleNode, wait_until
 
 PAGES = ["/ui/", "/ui/outbox", "/ui/audit", "/ui/health"]
 

@@ -89,7 +89,9 @@ def test_serve_stderr_under_attack_is_json_without_identifiers(tmp_path, setting
         stalled.sendall(b"\x01")
         wait_for(lambda: "association_timeout" in node.output(), 10, message="the stalled connection timed out")
     assert node.terminate() == 0
-    stderr = "\n".join(line for line in node.output().splitlines() if not line.startswith("triage-node listening"))
+    # the two banner lines go to stdout (merged into this output): everything else must be JSON
+    stderr = "\n".join(line for line in node.output().splitlines()
+                       if not line.startswith(("triage-node listening", "operator console:")))
     events = _json_lines(stderr)
     assert len(events) > 5
     for secret in (src.PatientID, str(src.PatientName), src.StudyInstanceUID, src.SOPInstanceUID,
