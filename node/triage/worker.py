@@ -28,6 +28,7 @@ from node.audit.events import MINOR_FAILURE, SUCCESS
 from node.config import Settings
 from node.db.engine import Database
 from node.db.models import Instance, Series, Study, TriageJob
+from node.embeddings import keep_batch_embeddings
 from node.oplog import get_logger, study_ref
 from node.store.ingest import Ingestor
 from node.triage.jobs import claim_jobs, finish_job, heartbeat, requeue_orphans
@@ -240,6 +241,7 @@ class TriageWorker:
                 for w in group:
                     decisions[w.job_id] = no_assist(NoAssistReason.MODEL_ERROR)
                 continue
+            keep_batch_embeddings(self.db, group, embeddings, model.identity.weights_sha256)  # rule 8
             start = 0
             for w in group:
                 n = len(w.pixels)
