@@ -34,7 +34,7 @@ def _png(fig) -> str:  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=72)  # no bbox_inches="tight": it draws the figure twice
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -54,6 +54,7 @@ def _finding_figure(key: str, a: FindingAnalysis, threshold: float | None) -> st
 
     p = a.plot
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.9, wspace=0.25)
     ax = axes[0]
     if "fpr" in p:
         if "band" in p:
@@ -90,7 +91,8 @@ def _forest(key: str, subgroups: list[dict[str, Any]], cohort_auroc: float | Non
     rows = [s for s in subgroups if s.get("auroc") is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.2))
+    fig.subplots_adjust(left=0.38, right=0.97, bottom=0.6 / (0.28 * len(rows) + 1.2), top=0.9)
     y = np.arange(len(rows))[::-1]
     for yi, s in zip(y, rows):
         colour = "tab:red" if s["flagged"] else "tab:blue"
