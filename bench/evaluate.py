@@ -14,7 +14,7 @@ stored embeddings"); the bench asserts it.
 
 Setup (not timed): a SQLite index with one DX study per patient, one small DICOM file per study
 (headers are read from disk as in real use), and one 1152-dim float32 embedding per image, built
-so that the finding scores depend on synthetic labels (AUROC around 0.8, prevalence 5-30 %).
+so that the finding scores depend on synthetic labels (AUROC 0.75-0.9, prevalence 5-30 %).
 
 Also in the same run, the peer for the bootstrap: scikit-learn's ``roc_auc_score`` called once
 per resample (the obvious implementation), for one finding, against our count-matrix bootstrap.
@@ -99,7 +99,8 @@ def build(root: Path, n: int, seed: int) -> tuple[object, Path]:
     for j, key in enumerate(keys):
         a, p = (v.numpy().astype(np.float64) for v in prompts.findings[key])
         direction = (p - a) / np.linalg.norm(p - a)
-        x += np.outer(labels[:, j] * 0.012 + rng.normal(0, 0.01, n), direction)
+        effect = 0.02 + 0.02 * j / (len(keys) - 1)  # AUROC from about 0.75 to 0.9 across findings
+        x += np.outer(labels[:, j] * effect + rng.normal(0, 0.01, n), direction)
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
     sexes, makers, views = np.array(["F", "M", "O"]), np.array(["ACME", "Globex", "Initech"]), np.array(["PA", "AP"])

@@ -28,4 +28,15 @@ def worklist(db: Database) -> list[dict[str, Any]]:
             "findings": json.loads(r.findings or "[]"),
             "queued_at": r.queued_at.isoformat() if r.queued_at else None,
             "triaged_at": r.triaged_at.isoformat() if r.triaged_at else None,
+            **calibration_fields(r.calibration),
         } for r in rows]
+
+
+def calibration_fields(statement: str) -> dict[str, Any]:
+    """What a worklist row says of its operating points (issue 13): calibrated or not, in words.
+
+    Rows written before the node recorded it (empty statement) count as not calibrated."""
+    from node.triage.profiles import NOT_CALIBRATED_TEXT
+
+    text = statement or NOT_CALIBRATED_TEXT
+    return {"calibrated": not text.startswith(NOT_CALIBRATED_TEXT), "calibration": text}

@@ -22,8 +22,8 @@ from node.evaluate.analysis import FindingAnalysis
 __all__ = ["write_report"]
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222;font-size:13px}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}
 th{background:#f0f0f0}td.l,th.l{text-align:left}.warn{color:#b00;font-weight:bold}
 tr.flag td{background:#fde2e2}.banner{background:#fff3cd;border:2px solid #b00;padding:0.8em;margin:1em 0}
 img{max-width:100%;border:1px solid #eee}h2{border-bottom:2px solid #ddd;padding-bottom:4px}
@@ -189,7 +189,9 @@ def write_report(path: Path, metrics: dict[str, Any], analyses: dict[str, dict[s
     if flagged:
         parts.append('<div class="banner"><p class="warn">Subgroups clearly below the whole cohort:</p><ul>' + "".join(
             f"<li>{e(k)}: {e(s['by'])}={e(s['value'])} ({e('; '.join(s['flag_reasons']))})</li>"
-            for k, s in flagged) + "</ul></div>")
+            for k, s in flagged) + "</ul><p>Clearly below: the subgroup's 95 % interval lies wholly under the "
+            "cohort's estimate. Across many findings and subgroups a few such flags arise by chance: look at "
+            "the subgroup's size and at whether the same subgroup is flagged for several findings.</p></div>")
     if len(versions) > 1:
         keys = list(metrics["findings"])
         rows = [[k] + [metrics["preprocessing"][v]["findings"][k]["auroc"] for v in versions] for k in keys]
