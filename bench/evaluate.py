@@ -215,9 +215,11 @@ def main() -> int:
     model = SyntheticTextModel()
     opts = EvaluationOptions(labels=labels, out_dir=root / "evaluation", by=["site"], bootstrap=args.bootstrap,
                              seed=args.seed, progress=False)
-    t0 = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
     metrics = run_evaluation(settings, opts, model_loader=lambda *a, **k: model)
-    total_s = time.perf_counter() - t0
+    total_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    load_after = os.getloadavg()[0]
     assert model.vision_calls == 0 and metrics["n_studies"] == args.studies
 
     # the same analysis step alone, and the bootstrap peer, on the pneumothorax column of scores.csv
@@ -233,12 +235,14 @@ def main() -> int:
 
     cpu = platform.processor() or platform.machine()
     print(f"machine: {os.cpu_count()} cores ({cpu}), torch threads {torch.get_num_threads()}, "
-          f"python {platform.python_version()}")
+          f"python {platform.python_version()}; 1-min load average {load_before:.1f} before, "
+          f"{load_after:.1f} after")
     print(f"cohort: {args.studies} studies x 13 findings, {args.bootstrap} bootstrap resamples, "
           f"6 subgroup columns (setup {setup_s:.0f} s, not timed)")
     print()
     print(f"{'step':<58} {'seconds':>9}")
     print(f"{'triage-node evaluate, end to end (run_evaluation)':<58} {total_s:>9.1f}")
+    print(f"{'  the same, CPU seconds of this process (all threads)':<58} {cpu_s:>9.1f}")
     for label, seconds in stages.items():
         print(f"{'  ' + label:<58} {seconds:>9.1f}")
     print(f"{'  bootstrap AUROC, 1 finding, count matrices (ours)':<58} {ours_s:>9.2f}")

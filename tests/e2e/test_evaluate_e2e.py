@@ -213,10 +213,10 @@ def test_evaluate_json_matches_sklearn_and_the_srs(cohort: Cohort, first_run: tu
     assert any("too few positives" in w for w in metrics["warnings"])  # 24 positives < 30: loud warning
 
 
-def test_report_plots_render_in_headless_chromium(first_run: tuple[dict, Path], tmp_path: Path) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is needed to check the report (scripts/test.sh installs it)")
+def test_report_plots_render_in_headless_chromium(first_run: tuple[dict, Path], tmp_path: Path,
+                                                  require_tools) -> None:  # type: ignore[no-untyped-def]
+    require_tools("chromium")  # scripts/test.sh installs it; under CI a missing one fails
+    chromium = shutil.which("chromium")
     _, out = first_run
     html = (out / "report.html").read_text()
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained
