@@ -88,6 +88,14 @@ def cohort(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path, inpro
         # pleural_effusion: the same label, unknown for every fifth study (left out for that finding only)
         rows.append({"study_instance_uid": uid, "pneumothorax": int(positive),
                      "pleural_effusion": "" if i % 5 == 0 else int(positive), "site": "north" if i % 3 else "south"})
+    # Not dropped silently: a lateral view the profile does not take, and a study the node never got.
+    lateral = synthetic_image(root / "src" / "lateral.dcm", modality="DX", sop_class=DigitalXRayImageStorageForPresentation,
+                              view="LL", body_part="CHEST", age=60, study_uid=generate_uid(), patient_id="EVAL-LL",
+                              rows=64, cols=64)
+    lateral_uid = str(pydicom.dcmread(lateral, stop_before_pixels=True).StudyInstanceUID)
+    files.append(lateral)
+    rows += [{"study_instance_uid": lateral_uid, "pneumothorax": 1, "pleural_effusion": 0, "site": "north"},
+             {"study_instance_uid": generate_uid(), "pneumothorax": 0, "pleural_effusion": 0, "site": "south"}]
     results = send(files, Destination(NODE_AE, "127.0.0.1", cfg.port), calling_ae=SCU_AE)
     assert all(r.status == 0 for r in results)
     labels = root / "labels.csv"
@@ -96,7 +104,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path, inpro
         w.writeheader()
         w.writerows(rows)
     db = node.db  # type: ignore[attr-defined]
-    wait_until(lambda: all(worklist_row(db, uid) for uid in studies), WAIT_S, "an SR for every study")
+    wait_until(lambda: all(worklist_row(db, uid) for uid in [*studies, lateral_uid]), WAIT_S, "an SR for every study")
     return Cohort(cfg, node, labels, studies, root)
 
 
@@ -181,8 +189,11 @@ def test_evaluate_json_matches_sklearn_and_the_srs(cohort: Cohort, first_run: tu
     assert json.loads((out / "metrics.json").read_text()) == metrics
     for key in ("profile", "profile_version", "weights_sha256", "n_studies", "not_eligible", "findings"):
         assert key in metrics
-    assert metrics["n_studies"] + sum(metrics["not_eligible"].values()) == N_STUDIES
+    assert metrics["n_labelled"] == N_STUDIES + 2
+    assert metrics["n_studies"] + sum(metrics["not_eligible"].values()) == N_STUDIES + 2
+    assert metrics["not_eligible"].get("no-eligible-image") == 1 and metrics["not_eligible"].get("not-in-index") == 1
     assert metrics["n_studies"] >= N_STUDIES * 3 // 4, metrics["not_eligible"]
+    assert len((out / "not_found.csv").read_text().splitlines()) == 2  # header + the unknown study
     rows = read_scores(out / "scores.csv")
     live = sr_scores(cohort)
     for key in FINDINGS:
@@ -278,6 +289,15 @@ def test_prompt_change_rescored_without_an_image_pass(cohort: Cohort, first_run:
     assert before.keys() == after.keys()
     moved = [k for k in after if abs(after[k] - before[k]) > 1e-9]
     assert moved and {f for _, f in moved} == {"pneumothorax"}  # only the changed prompt's finding moves
+
+    # --no-embed names the studies lacking embeddings of a version instead of embedding them.
+    named = cohort.root / "eval-no-embed"
+    metrics = run_evaluation(settings, EvaluationOptions(labels=cohort.labels, out_dir=named, bootstrap=20,
+                                                         preprocessing=["google-dicom-1"], no_embed=True,
+                                                         progress=False), model_loader=counting_loader)
+    assert calls["vision"] == 0 and metrics["n_studies"] == 0
+    assert metrics["not_eligible"]["embedding-missing"] == N_STUDIES
+    assert len((named / "missing_embeddings.csv").read_text().splitlines()) == N_STUDIES + 1
 
     # The counter does count: a new preprocessing version embeds the cohort once, then never again.
     opts = EvaluationOptions(labels=cohort.labels, out_dir=cohort.root / "eval-google", bootstrap=50,
