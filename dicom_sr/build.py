@@ -23,6 +23,7 @@ Layout of the content tree (all built with highdicom templates unless noted)::
           <finding> = Present | Not detected | Indeterminate
           Urgent finding in triage profile = Yes | No
           source images = the images the finding's score came from
+          [TEXT Operating point calibration]  (hand-added: calibrated on local data or not)
         Measurement Group per image given to the model (TID 1501)
           Tracking identifier "AI triage image", Algorithm Identification
           [In-domain score (TID 300)]
@@ -173,7 +174,7 @@ def _summary_group(
 
 
 def _finding_group(
-    finding: FindingResult, algorithm_id: AlgorithmIdentification, sop_instance_uid: str
+    finding: FindingResult, algorithm_id: AlgorithmIdentification, sop_instance_uid: str, calibration: str = ""
 ) -> MeasurementsAndQualitativeEvaluations:
     """One finding: its state, score, threshold, urgency and the images it came from."""
     concept = _coded(finding.finding)
@@ -186,7 +187,7 @@ def _finding_group(
             hd.sr.Measurement(name=codes.BAND_LOW, value=finding.band_low, unit=codes.NO_UNITS),
             hd.sr.Measurement(name=codes.BAND_HIGH, value=finding.band_high, unit=codes.NO_UNITS),
         ]
-    return MeasurementsAndQualitativeEvaluations(
+    group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=_uid_from_name("finding", sop_instance_uid, finding.finding.scheme, finding.finding.value),
             identifier=finding.finding.meaning,
@@ -200,6 +201,9 @@ def _finding_group(
         ],
         source_images=_source_images(finding.source_images) or None,
     )
+    if calibration:  # issue 13: in words, next to the threshold it qualifies
+        group[0].ContentSequence.append(_text(codes.CALIBRATION, calibration))
+    return group
 
 
 def _image_group(
@@ -459,7 +463,7 @@ def build_triage_sr(
     algorithm_id = _algorithm_identification(algorithm)
 
     groups = [_summary_group(result, algorithm_id, sop_instance_uid)]
-    groups.extend(_finding_group(f, algorithm_id, sop_instance_uid) for f in result.findings)
+    groups.extend(_finding_group(f, algorithm_id, sop_instance_uid, algorithm.calibration) for f in result.findings)
     groups.extend(_image_group(a, algorithm_id, sop_instance_uid) for a in result.images)
     report = MeasurementReport(
         observation_context=_observation_context(algorithm, manufacturer),

@@ -23,6 +23,7 @@ PRIOKEPT       Priority kept from an earlier assessment         TEXT name, summa
 DOMAIN         In-domain score                                  NUM name, image group
 EVALUATED      Evaluated for findings                           CODE name (Yes/No), image group
 PREPROC        Image preprocessing                              TEXT name, image group
+OPCALIB        Operating point calibration                      TEXT name, finding group
 =============  ===============================================  ========================
 
 Why these standard codes:
@@ -38,6 +39,8 @@ Why these standard codes:
 * the finding's "Threshold Value" is the value that decides "present" (a score
   above it); the indeterminate band's limits are reported beside it, so the
   report shows exactly the rule that was applied.
+* beside each finding's threshold, "Operating point calibration" says in words
+  whether that threshold was calibrated on local data (and on which evaluation).
 * one "AI triage image" group per image given to the model carries its
   in-domain score, whether it was evaluated for findings, and its preprocessing.
 * priority is named by SCT 260870009 "Priority"; its values are private codes
@@ -101,6 +104,7 @@ PRIORITY_KEPT = _private("PRIOKEPT", "Priority kept from an earlier assessment")
 DOMAIN_SCORE = _private("DOMAIN", "In-domain score")
 EVALUATED = _private("EVALUATED", "Evaluated for findings")
 PREPROCESSING = _private("PREPROC", "Image preprocessing")
+CALIBRATION = _private("OPCALIB", "Operating point calibration")
 TEST_MODEL = _private("TESTMODEL", "Test model warning")
 
 IMAGING_PROCEDURE = _sct("363679005", "Imaging procedure")

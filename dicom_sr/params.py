@@ -25,6 +25,10 @@ PARAMETER_KEYS = (
 )
 
 
+#: Keys written only when the field is set (an SR written before they existed still reads).
+OPTIONAL_KEYS = ("calibration",)
+
+
 def encode_parameters(algorithm: AlgorithmInfo) -> list[str]:
     """One ``key=value`` string per field of ``algorithm`` beyond name and version."""
     out = []
@@ -33,6 +37,7 @@ def encode_parameters(algorithm: AlgorithmInfo) -> list[str]:
         if isinstance(value, bool):
             value = "true" if value else "false"
         out.append(f"{key}={value}")
+    out += [f"{key}={getattr(algorithm, key)}" for key in OPTIONAL_KEYS if getattr(algorithm, key)]
     return out
 
 
@@ -41,9 +46,9 @@ def decode_parameters(name: str, version: str, parameters: Iterable[str]) -> Alg
     values: dict[str, str] = {}
     for parameter in parameters:
         key, sep, value = parameter.partition("=")
-        if sep and key in PARAMETER_KEYS:
+        if sep and (key in PARAMETER_KEYS or key in OPTIONAL_KEYS):
             values[key] = value
-    missing = [key for key in PARAMETER_KEYS if key not in values]
+    missing = [key for key in PARAMETER_KEYS if key not in values]  # optional keys may be absent
     if missing:
         raise ValueError(f"algorithm parameters lack {', '.join(missing)}")
     flag = values.pop("is_test_model")

@@ -208,6 +208,9 @@ def read_triage_sr(ds: Dataset) -> TriageResult:
         if _is_image_group(group):
             images.append(_image_assessment(group, series_of))
         else:
+            stated = _texts(group, codes.CALIBRATION)
+            if stated and stated != [algorithm.calibration]:
+                raise TriageSRError("a finding's calibration statement differs from the algorithm's")
             findings.append(_finding(group, series_of))
     try:
         return TriageResult(

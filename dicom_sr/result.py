@@ -179,6 +179,8 @@ class AlgorithmInfo:
     preprocessing_version: str
     preprocessing_description: str
     is_test_model: bool = False
+    #: Whether the operating points were calibrated on local data, in words (issue 13); "" = not stated.
+    calibration: str = ""
 
     def __post_init__(self) -> None:
         _require_text(
@@ -195,6 +197,8 @@ class AlgorithmInfo:
         )
         if not isinstance(self.is_test_model, bool):
             raise ValueError(f"AlgorithmInfo.is_test_model must be a bool, got {self.is_test_model!r}")
+        if not isinstance(self.calibration, str):
+            raise ValueError(f"AlgorithmInfo.calibration must be a string, got {self.calibration!r}")
 
 
 @dataclass(frozen=True)

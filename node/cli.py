@@ -196,6 +196,63 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if not failed else 1
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from node.embeddings.backfill import BackfillError, backfill
+
+    try:
+        summary = backfill(_settings(args), study_uids=args.study or (), all_studies=args.all,
+                           preprocessing=args.preprocessing)
+    except BackfillError as exc:
+        print(f"triage-node embed: {exc}", file=sys.stderr)
+        return 2
+    print(f"{summary.studies} studies: {summary.embedded} images embedded now, {summary.already} already kept, "
+          f"{summary.failed} could not be preprocessed, {summary.studies_without_eligible_image} studies without "
+          "an image any profile accepts")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from node.evaluate.run import EvaluationError, EvaluationOptions, run_evaluation
+
+    versions = [v.strip() for v in (args.preprocessing or "").split(",") if v.strip()]
+    opts = EvaluationOptions(labels=Path(args.labels), out_dir=Path(args.out), profile=args.profile,
+                             profile_file=Path(args.profile_file) if args.profile_file else None, by=args.by or (),
+                             bootstrap=args.bootstrap, seed=args.seed, target_sensitivity=args.target_sensitivity,
+                             no_embed=args.no_embed, preprocessing=versions)
+    try:
+        metrics = run_evaluation(_settings(args), opts)
+    except EvaluationError as exc:
+        print(f"triage-node evaluate: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{metrics['n_studies']} studies scored (profile {metrics['profile']}, "
+              f"preprocessing {metrics['preprocessing_version']}); report: {Path(args.out) / 'report.html'}")
+        for key, m in metrics["findings"].items():
+            ci = m["auroc_ci"]
+            auroc = "n/a" if m["auroc"] is None else f"{m['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            print(f"  {key:<28} n_pos {m['n_pos']:>5}  n_neg {m['n_neg']:>5}  AUROC {auroc}")
+    return 0
+
+
+def cmd_profile_tune(args: argparse.Namespace) -> int:
+    from node.evaluate.tune import TuneError, tune_profile
+
+    try:
+        result = tune_profile(_settings(args), Path(args.evaluation), args.profile, Path(args.out),
+                              source=Path(args.profile_file) if args.profile_file else None,
+                              preprocessing=args.preprocessing, min_positives=args.min_positives)
+    except TuneError as exc:
+        print(f"triage-node profile tune: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.path} (evaluation sha256 {result.evaluation_sha256}); tuned: "
+          f"{', '.join(result.tuned) or 'none'}")
+    for key, why in result.kept:
+        print(f"  WARNING {key}: old threshold and band kept: {why}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triage-node", description=(
         "DICOM node that keeps studies, triages them with MedSigLIP (research use only) and answers in DICOM."))
@@ -228,6 +285,40 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--retry", type=int, metavar="ID", help="requeue the dead letter with this id")
     group.add_argument("--retry-all-dead", action="store_true", help="requeue every dead letter")
     p.set_defaults(func=cmd_outbox)
+    p = with_config(sub.add_parser("embed", help="compute the missing image embeddings of stored studies"))
+    p.add_argument("--study", action="append", metavar="UID", help="a Study Instance UID (repeatable)")
+    p.add_argument("--all", action="store_true", help="every study in the index")
+    p.add_argument("--preprocessing", metavar="VERSION", help="a preprocessing version other than the profile's")
+    p.set_defaults(func=cmd_embed)
+
+    p = with_config(sub.add_parser("evaluate", help="how well the triage scores separate local labels"))
+    p.add_argument("--labels", required=True, metavar="CSV", help="one row per study: study_instance_uid "
+                   "(or accession_number) and a 1/0/empty column per finding key")
+    p.add_argument("--profile", help="profile name (default: the first of triage.profiles)")
+    p.add_argument("--profile-file", metavar="PATH", help="evaluate a candidate profile file instead")
+    p.add_argument("--out", default="evaluation", metavar="DIR", help="report.html, metrics.json, scores.csv")
+    p.add_argument("--by", action="append", metavar="COLUMN", help="a labels.csv column to report subgroups of")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-sensitivity", type=float, default=0.95, help="for urgent findings (default 0.95)")
+    p.add_argument("--preprocessing", metavar="A,B", help="preprocessing versions to compare")
+    p.add_argument("--no-embed", action="store_true", help="never run the vision model; name studies lacking "
+                   "embeddings instead")
+    p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
+    p.set_defaults(func=cmd_evaluate)
+
+    prof = sub.add_parser("profile", help="triage profile tools")
+    prof_sub = prof.add_subparsers(dest="profile_command", required=True)
+    p = with_config(prof_sub.add_parser("tune", help="write a new profile with the evaluated operating points"))
+    p.add_argument("--evaluation", required=True, metavar="METRICS_JSON")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--profile-file", metavar="PATH", help="the profile file evaluated (default: from profiles_dir)")
+    p.add_argument("--out", required=True, metavar="PATH", help="the new profile file (never the original)")
+    p.add_argument("--preprocessing", metavar="VERSION", help="take the results of this preprocessing version")
+    p.add_argument("--min-positives", type=int, default=30,
+                   help="findings with fewer positives keep their old threshold (default 30)")
+    p.set_defaults(func=cmd_profile_tune)
+
     p = sub.add_parser("demo", help="the whole path on synthetic studies with a random test model")
     p.add_argument("--keep", action="store_true",
                    help="keep the demo's temp folder and its node running for the operator console (Ctrl-C stops)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -111,6 +112,7 @@ class Node:
         self.http = None  # node.dicomweb.app.HttpServer while serving
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._stopped = threading.Event()
+        self.calibration_warnings: list[str] = []
         self._me = Participant(user_id=settings.dicom.ae_title, role="application")
 
     # ------------------------------------------------------------------ start / stop
@@ -140,6 +142,7 @@ class Node:
             self.tick()  # studies whose quiet period ended while we were down
         self.scheduler.start()
         if self.worker is not None:
+            self._warn_uncalibrated()
             self.worker.start()
         if self.forwarder is not None:
             self.forwarder.start()
@@ -162,6 +165,14 @@ class Node:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _warn_uncalibrated(self) -> None:
+        """Placeholder thresholds are worth a warning at every start (issue 13)."""
+        from node.triage.calibration import startup_warnings
+
+        self.calibration_warnings = startup_warnings(self.settings, self.worker.profiles)  # type: ignore[union-attr]
+        for text in self.calibration_warnings:
+            log.warning("profile_not_calibrated", detail=text)
 
     @property
     def http_port(self) -> int | None:
@@ -246,6 +257,8 @@ class Node:
             from node.console import console_url
 
             print(f"operator console: {console_url(self.settings.http.host, self.http_port)}", flush=True)
+        for text in self.calibration_warnings:
+            print(f"WARNING {text} (see README, 'Tune it on your data')", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
         self.stop()

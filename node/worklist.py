@@ -134,7 +134,18 @@ def row_json(r: WorklistItem) -> dict[str, Any]:
                     if r.cleared_at else None),
         "queued_at": _iso(r.queued_at),
         "triaged_at": _iso(r.triaged_at),
+        **calibration_fields(r.calibration),
     }
+
+
+def calibration_fields(statement: str) -> dict[str, Any]:
+    """What a worklist row says of its operating points (issue 13): calibrated or not, in words.
+
+    Rows written before the node recorded it (empty statement) count as not calibrated."""
+    from node.triage.profiles import NOT_CALIBRATED_TEXT
+
+    text = statement or NOT_CALIBRATED_TEXT
+    return {"calibrated": not text.startswith(NOT_CALIBRATED_TEXT), "calibration": text}
 
 
 def worklist(db: Database) -> list[dict[str, Any]]:

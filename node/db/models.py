@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -142,6 +143,8 @@ class WorklistItem(Base):
     procedure_step_state: Mapped[str] = mapped_column(String(16), default="SCHEDULED")
     transaction_uid: Mapped[str] = mapped_column(UID, default="")  # set while a reader holds it IN PROGRESS
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Whether the operating points in force were calibrated on local data (issue 13), in words.
+    calibration: Mapped[str] = mapped_column(String(200), default="")
     # The console's page order and filters read only this index (migration 0020).
     __table_args__ = (Index("ix_worklist_order", "priority", "queued_at", "assist", "profile"),)
 
@@ -166,4 +169,39 @@ class OutboxItem(Base):
     __table_args__ = (
         UniqueConstraint("destination", "sop_instance_uid", name="uq_outbox_destination_sop"),
         Index("ix_outbox_due", "state", "next_attempt_at"),
+    )
+
+
+class ImageEmbedding(Base):
+    """One image's embedding, kept so that prompts and thresholds can be judged again without a
+    new image pass (rule 8). Keyed by the image, the model weights and the preprocessing version:
+    the same image embedded by other weights or another preprocessing is another row.
+
+    The header facts are the image's own, copied at embedding time, so that subgroup analysis
+    (sex, age band, manufacturer, site) needs no file read. The vector is little-endian float32
+    bytes (``dim`` values).
+    """
+
+    __tablename__ = "image_embedding"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    preprocessing_version: Mapped[str] = mapped_column(String(32))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    patient_age_years: Mapped[float | None] = mapped_column(Float, nullable=True)
+    manufacturer: Mapped[str] = mapped_column(String(64), default="")
+    manufacturer_model: Mapped[str] = mapped_column(String(64), default="")
+    station_name: Mapped[str] = mapped_column(String(64), default="")
+    institution_name: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    view_position: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(16), default="")
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "weights_sha256", "preprocessing_version", name="uq_embedding_key"),
+        Index("ix_embedding_model", "weights_sha256", "preprocessing_version"),
     )

@@ -81,6 +81,14 @@ def healthz(request: Request) -> Response:
     checks["model"] = figures["model_detail"]
     if figures["model"] == "not_loaded":
         degraded.append(f"triage model {figures['model_detail']}: studies get no AI assessment")
+    worker = c.worker
+    if worker is not None and getattr(worker, "profiles", None):
+        from node.triage.calibration import calibration_states
+
+        model = getattr(worker, "model", None)
+        weights = model.identity.weights_sha256 if model is not None else None
+        checks["calibration"] = {name: {"calibrated": state.calibrated, "statement": state.text}
+                                 for name, state in calibration_states(worker.profiles, weights).items()}
     status = "unhealthy" if unhealthy else "degraded" if degraded else "ok"
     return JSONResponse({"status": status, "reasons": unhealthy + degraded, "checks": checks},
                         status_code=503 if unhealthy else 200)

@@ -76,6 +76,7 @@ __all__ = [
     "frame_index",
     "to_model_input",
     "normalise",
+    "preprocess_version",
 ]
 
 PREPROCESS_VERSION = "tn-pre-1"  # bump when any step changes
@@ -83,6 +84,11 @@ MAX_DIMENSION = 16384  # per side, rows and columns
 DEFAULT_MULTIFRAME = "middle"
 
 _GREY = ("MONOCHROME1", "MONOCHROME2")
+
+
+def preprocess_version(defaults: PreprocessDefaults | None) -> str:
+    """The version name of the preprocessing a profile chose (``[preprocessing] method``)."""
+    return defaults.method if defaults is not None else PREPROCESS_VERSION
 
 
 class PreprocessError(ValueError):
@@ -439,6 +445,8 @@ def to_model_input(
     steps: list[tuple[str, dict]] = [("decode", decode)]
 
     colour = frame.ndim == 3 or pi == "PALETTE COLOR"
+    if preprocess_version(defaults) != PREPROCESS_VERSION:
+        return _other_version(ds, frame, size, defaults, steps[0], colour)
     if colour:
         plan: _GreyPlan | _ColourPlan = _ColourPlan(ds, frame)
     elif pi in _GREY:
@@ -460,6 +468,27 @@ def to_model_input(
     else:
         steps.append(("channels", {"from": 3, "to": 3, "method": "rgb"}))
     return np.ascontiguousarray(out), PreprocessRecord(PREPROCESS_VERSION, tuple(steps))
+
+
+def _other_version(ds: Dataset, frame: np.ndarray, size: int, defaults: PreprocessDefaults | None,
+                   decode_step: tuple[str, dict], colour: bool) -> tuple[np.ndarray, PreprocessRecord]:
+    """A profile's other named preprocessing (today: google-dicom-1, preprocess_google.py)."""
+    from node.triage.preprocess_google import GOOGLE_DICOM_VERSION, google_dicom_input
+
+    version = preprocess_version(defaults)
+    if version != GOOGLE_DICOM_VERSION:
+        raise PreprocessError(f"unknown preprocessing version {version!r}")
+    pi = str(ds.get("PhotometricInterpretation", "") or "").strip()
+    if not colour and pi not in _GREY:
+        raise PreprocessError(f"unsupported photometric interpretation {pi!r} for a single-sample image")
+    try:
+        out, steps = google_dicom_input(ds, size=size, defaults=defaults, frame=frame, decode_step=decode_step,
+                                        colour_plan=_ColourPlan(ds, frame) if colour else None)
+    except PreprocessError:
+        raise
+    except Exception as exc:  # LUT data inconsistent with pixel values etc.
+        raise PreprocessError(f"intensity transform failed: {exc}") from exc
+    return out, PreprocessRecord(version, tuple(steps))
 
 
 def normalise(batch_uint8: np.ndarray | torch.Tensor, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -27,6 +27,8 @@ File layout (every key is required unless marked optional; unknown keys are erro
     window_center = 40                # optional, with window_width: default VOI window
     window_width = 400                # (used only when the image has no window tags)
     multiframe = "middle"             # frame used from a multi-frame image: first | middle
+    method = "tn-pre-1"               # optional: tn-pre-1 (default, the model card's recipe) |
+                                      # google-dicom-1 (Google's DICOM serving path), see preprocess.py
 
     [[findings]]                      # one table per finding, at least one
     key = "pneumothorax"              # [a-z0-9][a-z0-9_]*, unique within the profile
@@ -37,6 +39,22 @@ File layout (every key is required unless marked optional; unknown keys are erro
     threshold = 0.5                   # score >= threshold -> "present" (outside the band)
     indeterminate_band = [0.4, 0.6]   # low <= threshold <= high; low <= score <= high -> indeterminate
     urgency = "high"                  # "high" (raises priority to HIGH) | "routine"
+
+    [calibration]                     # optional, written by `triage-node profile tune` (never by hand)
+    evaluation_sha256 = "..."         # SHA-256 of the metrics.json the operating points came from
+    date = "2026-12-01T15:00:00Z"
+    cohort_size = 1200                # studies in the evaluation
+    target_sensitivity = 0.95
+    weights_sha256 = "..."            # the model weights the operating points hold for
+    preprocessing_version = "tn-pre-1"
+    [calibration.findings.pneumothorax]
+    auroc = 0.91
+    auroc_ci = [0.88, 0.94]
+    n_pos = 120
+    n_neg = 1080
+
+A profile without ``[calibration]``, or calibrated for other weights or another preprocessing,
+is "uncalibrated" (:meth:`TriageProfile.calibration_state`).
 
 TOML has no null, hence the optional keys. Everything else is checked strictly: a missing key, an
 unknown key, a wrong type or a bad value raises :class:`ProfileError` naming the file and the key
@@ -62,6 +80,12 @@ __all__ = [
     "TriageProfile",
     "ProfileError",
     "MULTIFRAME_CHOICES",
+    "PREPROCESSING_METHODS",
+    "DEFAULT_PREPROCESSING",
+    "Calibration",
+    "CalibrationState",
+    "FindingCalibration",
+    "NOT_CALIBRATED_TEXT",
     "load_profile",
     "load_profiles",
     "profile_version",
@@ -71,6 +95,10 @@ Urgency = Literal["high", "routine"]
 
 #: Frame choices for multi-frame images (see ``preprocess.decode_pixels``).
 MULTIFRAME_CHOICES: tuple[str, ...] = ("first", "middle")
+
+#: Named preprocessing versions a profile may choose (``[preprocessing] method``); see preprocess.py.
+PREPROCESSING_METHODS: tuple[str, ...] = ("tn-pre-1", "google-dicom-1")
+DEFAULT_PREPROCESSING = PREPROCESSING_METHODS[0]
 
 
 class ProfileError(ValueError):
@@ -112,6 +140,40 @@ class PreprocessDefaults:
     window_center: float | None
     window_width: float | None
     multiframe: str  # "first" | "middle"
+    method: str = DEFAULT_PREPROCESSING  # one of PREPROCESSING_METHODS
+
+
+@dataclass(frozen=True)
+class FindingCalibration:
+    auroc: float | None
+    auroc_ci: tuple[float, float] | None
+    n_pos: int
+    n_neg: int
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where a profile's operating points came from: one local evaluation (issue 13)."""
+
+    evaluation_sha256: str
+    date: str
+    cohort_size: int
+    target_sensitivity: float
+    weights_sha256: str
+    preprocessing_version: str
+    findings: tuple[tuple[str, FindingCalibration], ...] = ()
+
+
+#: What the SR, /healthz and the worklist say of operating points not tuned on local data.
+NOT_CALIBRATED_TEXT = "operating points not calibrated on local data"
+
+
+@dataclass(frozen=True)
+class CalibrationState:
+    calibrated: bool
+    text: str  # one sentence for SRs, /healthz, the worklist and the log
+    evaluation_sha256: str = ""
+    cohort_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,6 +185,23 @@ class TriageProfile:
     domain: DomainCheck
     preprocessing: PreprocessDefaults
     findings: tuple[FindingSpec, ...]
+    calibration: Calibration | None = None
+
+    def calibration_state(self, weights_sha256: str | None) -> CalibrationState:
+        """Calibrated only for the weights (and the preprocessing) the evaluation was run with."""
+        cal = self.calibration
+        if cal is None:
+            return CalibrationState(False, NOT_CALIBRATED_TEXT)
+        if weights_sha256 is not None and cal.weights_sha256 != weights_sha256:
+            return CalibrationState(False, f"{NOT_CALIBRATED_TEXT} (calibrated for other model weights "
+                                           f"{cal.weights_sha256[:12]})", cal.evaluation_sha256, cal.cohort_size)
+        if cal.preprocessing_version != self.preprocessing.method:
+            return CalibrationState(False, f"{NOT_CALIBRATED_TEXT} (calibrated with preprocessing "
+                                           f"{cal.preprocessing_version}, profile uses {self.preprocessing.method})",
+                                    cal.evaluation_sha256, cal.cohort_size)
+        return CalibrationState(True, f"operating points calibrated on local data: evaluation sha256:"
+                                      f"{cal.evaluation_sha256[:16]}, {cal.cohort_size} studies, {cal.date}",
+                                cal.evaluation_sha256, cal.cohort_size)
 
     def finding(self, key: str) -> FindingSpec:
         for f in self.findings:
@@ -257,7 +336,7 @@ def _domain(ctx: _Ctx, obj: Any) -> DomainCheck:
 
 
 def _preprocessing(ctx: _Ctx, obj: Any) -> PreprocessDefaults:
-    t = ctx.table(obj, "preprocessing", {"multiframe"}, {"window_center", "window_width"})
+    t = ctx.table(obj, "preprocessing", {"multiframe"}, {"window_center", "window_width", "method"})
     center = ctx.number(t["window_center"], "preprocessing.window_center") if "window_center" in t else None
     width = ctx.number(t["window_width"], "preprocessing.window_width") if "window_width" in t else None
     if (center is None) != (width is None):
@@ -268,7 +347,42 @@ def _preprocessing(ctx: _Ctx, obj: Any) -> PreprocessDefaults:
     multiframe = ctx.string(t["multiframe"], "preprocessing.multiframe")
     if multiframe not in MULTIFRAME_CHOICES:
         raise ctx.fail("preprocessing.multiframe", f"must be one of {', '.join(MULTIFRAME_CHOICES)}")
-    return PreprocessDefaults(window_center=center, window_width=width, multiframe=multiframe)
+    method = ctx.string(t["method"], "preprocessing.method") if "method" in t else DEFAULT_PREPROCESSING
+    if method not in PREPROCESSING_METHODS:
+        raise ctx.fail("preprocessing.method", f"must be one of {', '.join(PREPROCESSING_METHODS)}")
+    return PreprocessDefaults(window_center=center, window_width=width, multiframe=multiframe, method=method)
+
+
+def _calibration(ctx: _Ctx, obj: Any, finding_keys: set[str]) -> Calibration:
+    t = ctx.table(obj, "calibration", {"evaluation_sha256", "date", "cohort_size", "target_sensitivity",
+                                       "weights_sha256", "preprocessing_version"}, {"findings"})
+    cohort = t["cohort_size"]
+    if isinstance(cohort, bool) or not isinstance(cohort, int) or cohort < 0:
+        raise ctx.fail("calibration.cohort_size", "must be an integer >= 0")
+    findings: list[tuple[str, FindingCalibration]] = []
+    table = t.get("findings", {})
+    if not isinstance(table, dict):
+        raise ctx.fail("calibration.findings", "must be a table")
+    for key, value in table.items():
+        k = f"calibration.findings.{key}"
+        if key not in finding_keys:
+            raise ctx.fail(k, "not a finding of this profile")
+        f = ctx.table(value, k, {"n_pos", "n_neg"}, {"auroc", "auroc_ci"})
+        ci = f.get("auroc_ci")
+        if ci is not None and (not isinstance(ci, list) or len(ci) != 2):
+            raise ctx.fail(f"{k}.auroc_ci", "must be [low, high]")
+        findings.append((key, FindingCalibration(
+            auroc=ctx.prob(f["auroc"], f"{k}.auroc") if "auroc" in f else None,
+            auroc_ci=(ctx.prob(ci[0], f"{k}.auroc_ci[0]"), ctx.prob(ci[1], f"{k}.auroc_ci[1]")) if ci else None,
+            n_pos=int(ctx.number(f["n_pos"], f"{k}.n_pos")), n_neg=int(ctx.number(f["n_neg"], f"{k}.n_neg")))))
+    return Calibration(
+        evaluation_sha256=ctx.string(t["evaluation_sha256"], "calibration.evaluation_sha256"),
+        date=ctx.string(t["date"], "calibration.date"),
+        cohort_size=cohort,
+        target_sensitivity=ctx.prob(t["target_sensitivity"], "calibration.target_sensitivity"),
+        weights_sha256=ctx.string(t["weights_sha256"], "calibration.weights_sha256"),
+        preprocessing_version=ctx.string(t["preprocessing_version"], "calibration.preprocessing_version"),
+        findings=tuple(findings))
 
 
 def _finding(ctx: _Ctx, obj: Any, i: int) -> FindingSpec:
@@ -332,7 +446,8 @@ def parse_profile(data: bytes, source: str | Path = "<profile>") -> TriageProfil
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{ctx.file}: invalid TOML: {exc}") from None
-    t = ctx.table(doc, "", {"name", "description", "selection", "domain", "preprocessing", "findings"})
+    t = ctx.table(doc, "", {"name", "description", "selection", "domain", "preprocessing", "findings"},
+                  {"calibration"})
     name = ctx.string(t["name"], "name")
     if not _NAME_RE.match(name):
         raise ctx.fail("name", f"{name!r} must match {_NAME_RE.pattern}")
@@ -353,6 +468,7 @@ def parse_profile(data: bytes, source: str | Path = "<profile>") -> TriageProfil
         domain=_domain(ctx, t["domain"]),
         preprocessing=_preprocessing(ctx, t["preprocessing"]),
         findings=findings,
+        calibration=_calibration(ctx, t["calibration"], seen) if "calibration" in t else None,
     )
 
 

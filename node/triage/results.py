@@ -68,7 +68,9 @@ def algorithm_info(identity: ModelIdentity | None, profile: TriageProfile, prepr
         profile_name=profile.name, profile_version=profile.version,
         preprocessing_version=preprocessing_version,
         preprocessing_description=preprocessing_description,
-        is_test_model=bool(identity and identity.is_test_model))
+        is_test_model=bool(identity and identity.is_test_model),
+        # Issue 13: whether the operating points were tuned on local data for these weights.
+        calibration=profile.calibration_state(identity.weights_sha256 if identity else None).text)
 
 
 def deciding_threshold(spec: FindingSpec) -> float:
@@ -215,6 +217,7 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
         item.assist = result.assist
         item.reason = reason
         item.profile = result.algorithm.profile_name
+        item.calibration = result.algorithm.calibration
         item.sr_sop_instance_uid = sop_uid
         item.sr_series_instance_uid = series_uid
         item.job_id = job_id

@@ -29,12 +29,13 @@ from node.audit.events import MINOR_FAILURE, SUCCESS
 from node.config import Settings
 from node.db.engine import Database
 from node.db.models import Instance, Series, Study, TriageJob
+from node.embeddings import keep_batch_embeddings
 from node.oplog import get_logger, study_ref
 from node.store.ingest import Ingestor
 from node.triage.jobs import claim_jobs, finish_job, heartbeat, requeue_job, requeue_orphans
 from node.triage.model import LoadedModel, ModelSettings, ModelUnavailable, load_model
 from node.triage.policy import NoAssistReason, decide, embed_profile, no_assist
-from node.triage.preprocess import PREPROCESS_VERSION, PreprocessError, to_model_input
+from node.triage.preprocess import PREPROCESS_VERSION, PreprocessError, preprocess_version, to_model_input
 from node.triage.profiles import ProfileError, TriageProfile, load_profiles
 from node.triage.results import algorithm_info, triage_result, write_report
 from node.triage.select import select_images
@@ -62,14 +63,14 @@ class _StudyWork:
 _MODEL_FAILED = (NoAssistReason.MODEL_ERROR, NoAssistReason.MODEL_TIMEOUT)
 
 
-def _preprocessing_summary(descriptions: list[str]) -> str:
+def _preprocessing_summary(descriptions: list[str], version: str = PREPROCESS_VERSION) -> str:
     """The TID 4019 preprocessing parameter: the recipe shared by every image; each image's own
     description (window, size...) is in its image group of the SR."""
     if not descriptions:
-        return f"{PREPROCESS_VERSION}: no image preprocessed"
+        return f"{version}: no image preprocessed"
     if len(set(descriptions)) == 1:
         return descriptions[0]
-    return f"{PREPROCESS_VERSION}: {len(descriptions)} images, each described in its image group"
+    return f"{version}: {len(descriptions)} images, each described in its image group"
 
 
 class TriageWorker:
@@ -317,6 +318,7 @@ class TriageWorker:
                 for w in group:
                     decisions[w.job_id] = no_assist(NoAssistReason.MODEL_ERROR)
                 continue
+            keep_batch_embeddings(self.db, group, embeddings, model.identity.weights_sha256)  # rule 8
             start = 0
             for w in group:
                 n = len(w.pixels)
@@ -329,8 +331,9 @@ class TriageWorker:
             if not work.headers:
                 raise RuntimeError("study has no readable instance")
             identity = self.model.identity if self.model is not None else None
-            algorithm = algorithm_info(identity, work.profile, PREPROCESS_VERSION,  # type: ignore[arg-type]
-                                       _preprocessing_summary(work.preprocessing))
+            version = preprocess_version(work.profile.preprocessing)  # type: ignore[union-attr]
+            algorithm = algorithm_info(identity, work.profile, version,  # type: ignore[arg-type]
+                                       _preprocessing_summary(work.preprocessing, version))
             # Every image given to the model is listed with its domain score and preprocessing.
             given = work.preprocessing if decision.domain_scores or decision.reason in _MODEL_FAILED else []
             result = triage_result(decision, work.profile, work.images, algorithm, given)  # type: ignore[arg-type]
