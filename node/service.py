@@ -48,7 +48,7 @@ class Node:
 
             self.worker = TriageWorker(settings, self.db, self.ingestor, self.audit)
         self.forwarder = None
-        if settings.forward:
+        if settings.forward or settings.hl7 or settings.fhir:
             from node.forward.forwarder import Forwarder
 
             self.forwarder = Forwarder(settings, self.db, self.audit)

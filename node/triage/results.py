@@ -28,6 +28,7 @@ from node.db.models import WorklistItem
 from node.forward.outbox import enqueue_study
 from node.store.ingest import Ingestor
 from node.triage.model import ModelIdentity
+from node.triage.outputs import ResultOutputs, store_summary
 from node.triage.policy import REASON_TEXT, NoAssistReason, StudyDecision
 from node.triage.profiles import TriageProfile
 
@@ -112,9 +113,11 @@ def current_report(db: Database, study_uid: str) -> WorklistItem | None:
 
 def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at: datetime, study_context: Dataset,
                  evidence: list[Dataset], result: TriageResult, own_ae: str,
-                 forward: Sequence[ForwardDestination] = ()) -> StoredReport:
-    """Build the SR, store it durably and indexed (without re-opening the study), update the worklist
-    and, in the same transaction, queue the SR (and the study, per ``send``) for each [[forward]]."""
+                 forward: Sequence[ForwardDestination] = (), outputs: ResultOutputs | None = None) -> StoredReport:
+    """Build the SR, store it durably and indexed (without re-opening the study), store the summary
+    card / PDF when configured, update the worklist and, in the same transaction, queue what each
+    [[forward]] ``send`` names and the [[hl7]] / [[fhir]] messages (``outputs``; default: ``forward`` only)."""
+    outputs = outputs or ResultOutputs(forward=tuple(forward))
     study_uid = str(study_context.StudyInstanceUID)
     sop_uid = generate_uid(entropy_srcs=["triage-node-sr", study_uid, str(job_id)])
     series_uid = generate_uid(entropy_srcs=["triage-node-sr-series", study_uid, str(job_id)])
@@ -130,6 +133,8 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
     outcome = ingestor.store(meta, body, calling_ae=own_ae, touch_stability=False)
     if not outcome.ok:
         raise RuntimeError(f"could not store the SR: 0x{outcome.status:04X} {outcome.reason}")
+    extras = store_summary(ingestor, outputs, result=result, study_context=study_context, evidence=evidence,
+                           sr_sop_instance_uid=sop_uid, job_id=job_id, own_ae=own_ae)
     reason = "" if result.assist else (result.no_assist_reason.value if result.no_assist_reason else "")
     summary = json.dumps([{"finding": f.finding.meaning, "state": str(f.state), "score": round(f.score, 4),
                            "urgent": f.urgent} for f in result.findings])
@@ -153,8 +158,8 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
         item.findings = summary
         item.queued_at = job_queued_at
         item.triaged_at = now
-        if forward:
-            enqueue_study(session, forward, study_uid=study_uid, sr_sop_instance_uid=sop_uid, now=now)
+        enqueue_study(session, outputs.forward, study_uid=study_uid, sr_sop_instance_uid=sop_uid, now=now,
+                      extras=extras, hl7=outputs.hl7, fhir=outputs.fhir, priority=result.priority)
     return StoredReport(sop_uid, series_uid, result.priority, result.assist, reason)
 
 

@@ -1,0 +1,195 @@
+"""The summary card: the triage result as a picture, for PACS and viewers that show only images.
+
+Why: many PACS cannot render an SR at all; a Secondary Capture image with the priority, the
+findings (score against threshold), the no-assist reason, model and profile versions, a
+thumbnail of the image the model evaluated and a "research use only" banner is seen wherever
+images are seen. The same picture wrapped as an Encapsulated PDF serves systems that file
+documents (the PDF holds the card as one page image).
+
+The card carries no patient identifiers in its pixels (Burned In Annotation NO): those are in
+the DICOM header only, copied from the study like in the SR.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from .result import FindingState, TriageResult
+
+WIDTH, HEIGHT = 1024, 768
+THUMB = 320
+BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
+STATE_TEXT = {FindingState.PRESENT: "present (above threshold)",
+              FindingState.NOT_DETECTED: "not detected by the model",
+              FindingState.INDETERMINATE: "indeterminate"}
+ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
+@dataclass(frozen=True)
+class CardText:
+    """The lines of the card, kept apart from drawing so that tests and other outputs read them."""
+
+    title: str
+    priority: str
+    findings: tuple[str, ...]
+    provenance: tuple[str, ...]
+    warning: str
+
+
+def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
+    alg = result.algorithm
+    if result.assist:
+        priority = f"Worklist priority: {result.priority}" + (" (raised by the model)" if result.priority == "HIGH" else "")
+        findings = tuple(
+            f"{f.finding.meaning}: {STATE_TEXT.get(f.state, str(f.state))}; score {f.score:.3f}, "
+            f"threshold {f.threshold:.3f}{'; urgent' if f.urgent else ''}" for f in result.findings)
+    else:
+        reason = result.no_assist_text or (result.no_assist_reason.meaning if result.no_assist_reason else "")
+        priority = f"No AI assessment: {reason}. Priority left at {result.priority}."
+        findings = ()
+    provenance = (
+        f"Model: {alg.model_id} @ {alg.model_revision}; weights sha256 {alg.weights_sha256[:16]}",
+        f"Profile: {alg.profile_name} {alg.profile_version}; preprocessing {alg.preprocessing_version}",
+        f"Software: {alg.name} {alg.version}",
+        f"Full result: DICOM SR {sr_sop_instance_uid}",
+    )
+    warning = ("TEST MODEL: random weights, the scores are noise and mean nothing" if alg.is_test_model
+               else "A negative result means 'not detected by the model', never 'normal'.")
+    return CardText("AI triage summary", priority, findings, provenance, warning)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        trial = f"{line} {word}".strip()
+        if draw.textlength(trial, font=font) <= width or not line:
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    return lines + ([line] if line else [])
+
+
+def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.ndarray | None) -> np.ndarray:
+    """The card as an RGB uint8 array (HEIGHT x WIDTH x 3). ``thumbnail``: the evaluated image as
+    the model saw it (uint8, grey or RGB), or None."""
+    text = card_text(result, sr_sop_instance_uid)
+    img = Image.new("RGB", (WIDTH, HEIGHT), (16, 16, 24))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, WIDTH, 56), fill=(176, 0, 32))
+    big, mid, small = _font(30), _font(22), _font(17)
+    draw.text((WIDTH // 2, 28), BANNER, font=_font(26), fill="white", anchor="mm")
+    draw.text((24, 76), text.title, font=big, fill="white")
+    colour = (255, 120, 90) if result.priority == "HIGH" else (240, 240, 240)
+    y = 124
+    text_width = WIDTH - THUMB - 72
+    for line in _wrap(draw, text.priority, mid, text_width):
+        draw.text((24, y), line, font=mid, fill=colour)
+        y += 30
+    y += 10
+    for finding in text.findings:
+        for i, line in enumerate(_wrap(draw, finding, small, text_width - 16)):
+            draw.text((24 if i == 0 else 40, y), ("- " if i == 0 else "") + line, font=small, fill=(220, 220, 220))
+            y += 24
+    y = max(y + 16, THUMB + 120)
+    for line in text.provenance:
+        for part in _wrap(draw, line, small, WIDTH - 48):
+            draw.text((24, y), part, font=small, fill=(170, 170, 190))
+            y += 24
+    draw.text((24, HEIGHT - 40), text.warning, font=small, fill=(255, 200, 80))
+    box = (WIDTH - THUMB - 24, 80)
+    if thumbnail is not None:
+        thumb = Image.fromarray(thumbnail).convert("RGB").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+        img.paste(thumb, box)
+        draw.text((box[0], box[1] + THUMB + 6), "evaluated image (as the model saw it)", font=_font(14),
+                  fill=(170, 170, 190))
+    else:
+        draw.rectangle((box[0], box[1], box[0] + THUMB, box[1] + THUMB), outline=(90, 90, 110))
+        draw.text((box[0] + THUMB // 2, box[1] + THUMB // 2), "no image evaluated", font=small,
+                  fill=(170, 170, 190), anchor="mm")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def build_card_sc(result: TriageResult, study_context: Dataset, pixels: np.ndarray, *, series_instance_uid: str,
+                  series_number: int, sop_instance_uid: str, manufacturer: str, software_versions: str) -> Dataset:
+    """The card as a Secondary Capture Image Storage instance of the study of ``study_context``."""
+    from highdicom.sc import SCImage
+
+    sc = SCImage.from_ref_dataset(
+        ref_dataset=study_context, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", patient_orientation=("L", "F"), series_instance_uid=series_instance_uid,
+        series_number=series_number, sop_instance_uid=sop_instance_uid, instance_number=1,
+        manufacturer=manufacturer, transfer_syntax_uid=ExplicitVRLittleEndian)
+    sc.PatientOrientation = None  # a card has no anatomy (Type 2: present, empty)
+    sc.Laterality = None  # Type 2C that dciodvfy wants present; empty: no paired body part is shown
+    sc.SeriesDescription = "AI triage summary card (research use only)"
+    sc.ImageType = ["DERIVED", "SECONDARY"]
+    sc.BurnedInAnnotation = "NO"  # results text, no patient identifiers in the pixels
+    sc.SoftwareVersions = software_versions
+    _dates(sc)
+    return sc
+
+
+def card_pdf(pixels: np.ndarray) -> bytes:
+    """The card as a one-page PDF (the picture at 150 dpi)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PDF", resolution=150.0, title="AI triage summary (research use only)")
+    return buf.getvalue()
+
+
+def _dates(ds: Dataset) -> None:
+    now = datetime.now(timezone.utc)
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
+
+
+_PATIENT_STUDY = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+                  "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                  "AccessionNumber", "StudyDescription")
+
+
+def build_card_pdf(pdf: bytes, study_context: Dataset, *, series_instance_uid: str, series_number: int,
+                   sop_instance_uid: str, manufacturer: str, software_versions: str) -> Dataset:
+    """The PDF as an Encapsulated PDF Storage instance of the study of ``study_context``."""
+    ds = Dataset()
+    for keyword in _PATIENT_STUDY:  # Patient and General Study modules, type 2 where absent
+        value = study_context.get(keyword)
+        if value is not None or keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                                             "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                                             "AccessionNumber", "StudyInstanceUID"):
+            setattr(ds, keyword, value if value is not None else "")
+    ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = series_instance_uid
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = "AI triage summary (PDF, research use only)"
+    ds.Manufacturer = manufacturer
+    ds.SoftwareVersions = software_versions
+    ds.ConversionType = "WSD"
+    ds.InstanceNumber = 1
+    _dates(ds)
+    ds.AcquisitionDateTime = ds.ContentDate + ds.ContentTime
+    ds.BurnedInAnnotation = "NO"
+    ds.DocumentTitle = "AI triage summary (research use only)"
+    ds.ConceptNameCodeSequence = []
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocumentLength = len(pdf)  # the document without the padding byte
+    ds.EncapsulatedDocument = pdf + (b"\x00" if len(pdf) % 2 else b"")  # OB values have even length
+    return ds
+
+
+__all__ = ["CardText", "ENCAPSULATED_PDF_STORAGE", "build_card_pdf", "build_card_sc", "card_pdf", "card_text",
+           "render_card"]
