@@ -45,15 +45,19 @@ class CardText:
 
 def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
     alg = result.algorithm
+    kept = getattr(result, "priority_kept_from", None)
+    if kept:
+        why = " (kept from an earlier AI result until a person clears it)"
+    elif result.priority == "HIGH":
+        why = " (raised by the model)"
+    else:
+        why = ""
     if result.assist:
-        priority = f"Worklist priority: {result.priority}" + (" (raised by the model)" if result.priority == "HIGH" else "")
-        findings = tuple(
-            f"{f.finding.meaning}: {STATE_TEXT.get(f.state, str(f.state))}; score {f.score:.3f}, "
-            f"threshold {f.threshold:.3f}{'; urgent' if f.urgent else ''}" for f in result.findings)
+        priority = f"Worklist priority: {result.priority}{why}"
     else:
         reason = result.no_assist_text or (result.no_assist_reason.meaning if result.no_assist_reason else "")
-        priority = f"No AI assessment: {reason}. Priority left at {result.priority}."
-        findings = ()
+        priority = f"No AI assessment: {reason}. Priority {result.priority}{why}."
+    findings = tuple(_finding_line(f) for f in result.findings)
     provenance = (
         f"Model: {alg.model_id} @ {alg.model_revision}; weights sha256 {alg.weights_sha256[:16]}",
         f"Profile: {alg.profile_name} {alg.profile_version}; preprocessing {alg.preprocessing_version}",
@@ -63,6 +67,14 @@ def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
     warning = ("TEST MODEL: random weights, the scores are noise and mean nothing" if alg.is_test_model
                else "A negative result means 'not detected by the model', never 'normal'.")
     return CardText("AI triage summary", priority, findings, provenance, warning)
+
+
+def _finding_line(f) -> str:  # type: ignore[no-untyped-def]
+    band = ""
+    if getattr(f, "band_low", None) is not None:
+        band = f", indeterminate {f.band_low:.3f}-{f.band_high:.3f}"
+    return (f"{f.finding.meaning}: {STATE_TEXT.get(f.state, str(f.state))}; score {f.score:.3f}, "
+            f"threshold {f.threshold:.3f}{band}{'; urgent' if f.urgent else ''}")
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:

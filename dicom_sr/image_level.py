@@ -65,7 +65,11 @@ def _concept(finding: FindingResult) -> CodedConcept:
 
 def _label(result: TriageResult, findings: Sequence[FindingResult]) -> str:
     present = [f.finding.meaning for f in findings if f.state is FindingState.PRESENT]
-    text = f"AI triage {result.priority}: " + (", ".join(present) + " present" if present else "nothing above threshold")
+    if not result.assist:
+        text = f"No AI assessment ({result.no_assist_reason.meaning})" if result.no_assist_reason else "No AI assessment"
+    else:
+        text = f"AI triage {result.priority}: " + (", ".join(present) + " present" if present
+                                                   else "nothing above threshold")
     return text if len(text) <= 64 else text[:61] + "..."
 
 

@@ -92,12 +92,12 @@ def priority_update_key(sr_sop_instance_uid: str) -> str:
 def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], *, study_uid: str,
                   sr_sop_instance_uid: str, sr_path: str | None = None, now: datetime | None = None,
                   extras: Mapping[str, str] | None = None, hl7: Sequence[Hl7Destination] = (),
-                  fhir: Sequence[FhirDestination] = (), priority: str = "") -> int:
+                  fhir: Sequence[FhirDestination] = (), raises_priority: bool = False) -> int:
     """Queue, inside the caller's transaction, per [[forward]] destination what its ``send`` names
     (the SR, ``extras``' summary card "sc" and PDF "pdf" SOP Instance UIDs, the study's other
     instances), and per [[hl7]] / [[fhir]] destination one message row built from the SR when it is
-    sent (plus an HL7 priority update when configured and the result is HIGH: the model only ever
-    raises a priority). Rows already queued (or sent) are left alone. Returns the number of new rows."""
+    sent (plus an HL7 priority update when configured and this SR raised the priority: the model only
+    ever raises one). Rows already queued (or sent) are left alone. Returns the number of new rows."""
     if not destinations and not hl7 and not fhir:
         return 0
     now = now or _now()
@@ -132,7 +132,7 @@ def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], 
                 rows.append(row(key, kind, sop, paths[sop]))
     for h in hl7:
         rows.append(row(hl7_key(h), "hl7-oru", sr_sop_instance_uid, sr_path))
-        if h.priority_update and priority == "HIGH":
+        if h.priority_update and raises_priority:
             rows.append(row(hl7_key(h), "hl7-priority", priority_update_key(sr_sop_instance_uid), sr_path))
     for f in fhir:
         rows.append(row(fhir_key(f), "fhir", sr_sop_instance_uid, sr_path))

@@ -188,7 +188,7 @@ def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model
 
 
 def test_hl7_priority_update_only_raises(tmp_path: Path) -> None:
-    """The ORM^O01 order change says stat for HIGH; a MEDIUM result queues no priority update."""
+    """The ORM^O01 order change says stat for HIGH; an SR that did not raise the priority queues none."""
     from hl7apy.parser import parse_message
 
     from dicom_sr import AlgorithmInfo, Code, FindingResult, ImageRef, TriageResult
@@ -214,10 +214,10 @@ def test_hl7_priority_update_only_raises(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
     try:
         dests = (Hl7Destination(host="127.0.0.1", port=2575, priority_update=True),)
-        for n, priority in enumerate(("HIGH", "MEDIUM")):
+        for n, raises in enumerate((True, False)):  # this SR raised the priority / it did not (or kept a raise)
             with db.write_lock, db.session() as session, session.begin():
                 enqueue_study(session, (), study_uid=f"1.2.{n}", sr_sop_instance_uid=f"1.2.{n}.9", sr_path="x.dcm",
-                              hl7=dests, priority=priority)
+                              hl7=dests, raises_priority=raises)
         with db.session() as session:
             kinds = {(r.study_instance_uid, r.kind) for r in session.execute(select(OutboxItem)).scalars()}
         assert kinds == {("1.2.0", "hl7-oru"), ("1.2.0", "hl7-priority"), ("1.2.1", "hl7-oru")}
