@@ -93,38 +93,63 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
+_ORDER = {FindingState.PRESENT: 0, FindingState.INDETERMINATE: 1, FindingState.NOT_DETECTED: 2}
+_SHORT_STATE = {FindingState.PRESENT: "present", FindingState.NOT_DETECTED: "not detected",
+                FindingState.INDETERMINATE: "indeterminate"}
+#: x of each table column: finding, model says, score, threshold, indeterminate band, urgent
+_COLUMNS = (24, 262, 384, 448, 522, 618)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:  # type: ignore[no-untyped-def]
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-2] + "…" if not text.endswith("…") else text[:-2] + "…"
+    return text
+
+
 def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.ndarray | None) -> np.ndarray:
-    """The card as an RGB uint8 array (HEIGHT x WIDTH x 3). ``thumbnail``: the evaluated image as
-    the model saw it (uint8, grey or RGB), or None."""
+    """The card as an RGB uint8 array (at least HEIGHT x WIDTH x 3; taller for long finding lists).
+    ``thumbnail``: the evaluated image as the model saw it (uint8, grey or RGB), or None."""
     text = card_text(result, sr_sop_instance_uid)
-    img = Image.new("RGB", (WIDTH, HEIGHT), (16, 16, 24))
+    findings = sorted(result.findings, key=lambda f: (_ORDER[f.state], -f.score))
+    row_h = 22
+    height = max(HEIGHT, 200 + row_h * (len(findings) + 1) + 24 * len(text.provenance) + 90)
+    height += height % 2
+    img = Image.new("RGB", (WIDTH, height), (16, 16, 24))
     draw = ImageDraw.Draw(img)
     draw.rectangle((0, 0, WIDTH, 56), fill=(176, 0, 32))
-    big, mid, small = _font(30), _font(22), _font(17)
+    big, mid, small, tiny = _font(30), _font(21), _font(16), _font(14)
     draw.text((WIDTH // 2, 28), BANNER, font=_font(26), fill="white", anchor="mm")
-    draw.text((24, 76), text.title, font=big, fill="white")
+    draw.text((24, 72), text.title, font=big, fill="white")
     colour = (255, 120, 90) if result.priority == "HIGH" else (240, 240, 240)
-    y = 124
-    text_width = WIDTH - THUMB - 72
-    for line in _wrap(draw, text.priority, mid, text_width):
+    y = 118
+    for line in _wrap(draw, text.priority, mid, WIDTH - THUMB - 72):
         draw.text((24, y), line, font=mid, fill=colour)
-        y += 30
-    y += 10
-    for finding in text.findings:
-        for i, line in enumerate(_wrap(draw, finding, small, text_width - 16)):
-            draw.text((24 if i == 0 else 40, y), ("- " if i == 0 else "") + line, font=small, fill=(220, 220, 220))
-            y += 24
-    y = max(y + 16, THUMB + 120)
+        y += 28
+    y = max(y + 12, 190)
+    if findings:
+        for x, head in zip(_COLUMNS, ("finding", "model says", "score", "threshold", "indeterminate", "urgent")):
+            draw.text((x, y), head, font=tiny, fill=(150, 150, 170))
+        y += row_h
+        for f in findings:
+            tint = (255, 150, 120) if f.state is FindingState.PRESENT else (
+                (240, 210, 120) if f.state is FindingState.INDETERMINATE else (200, 200, 210))
+            band = f"{f.band_low:.2f}-{f.band_high:.2f}" if getattr(f, "band_low", None) is not None else "-"
+            cells = (_fit(draw, f.finding.meaning, small, _COLUMNS[1] - _COLUMNS[0] - 8), _SHORT_STATE[f.state],
+                     f"{f.score:.3f}", f"{f.threshold:.2f}", band, "yes" if f.urgent else "")
+            for x, cell in zip(_COLUMNS, cells):
+                draw.text((x, y), cell, font=small, fill=tint)
+            y += row_h
+    y = max(y + 16, THUMB + 130)
     for line in text.provenance:
         for part in _wrap(draw, line, small, WIDTH - 48):
             draw.text((24, y), part, font=small, fill=(170, 170, 190))
-            y += 24
-    draw.text((24, HEIGHT - 40), text.warning, font=small, fill=(255, 200, 80))
-    box = (WIDTH - THUMB - 24, 80)
+            y += 22
+    draw.text((24, height - 36), text.warning, font=small, fill=(255, 200, 80))
+    box = (WIDTH - THUMB - 24, 76)
     if thumbnail is not None:
         thumb = Image.fromarray(thumbnail).convert("RGB").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
         img.paste(thumb, box)
-        draw.text((box[0], box[1] + THUMB + 6), "evaluated image (as the model saw it)", font=_font(14),
+        draw.text((box[0], box[1] + THUMB + 6), "evaluated image, as the model saw it", font=tiny,
                   fill=(170, 170, 190))
     else:
         draw.rectangle((box[0], box[1], box[0] + THUMB, box[1] + THUMB), outline=(90, 90, 110))

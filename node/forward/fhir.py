@@ -8,7 +8,7 @@ base URL with a bearer token; any 2xx answer counts as delivered.
 
 Observation: status preliminary, code = the finding's code, valueCodeableConcept = the model's
 state (never "normal": "not detected by the model"), a component with the score and a
-referenceRange whose low is the threshold, method = model id, revision, weights hash, profile and
+referenceRange whose low is the threshold (value: the SR's SNOMED CT state code), method = model id, revision, weights hash, profile and
 preprocessing versions, device = this node, derivedFrom = the SR (as an ImagingStudy identifier).
 """
 
@@ -67,7 +67,8 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
               "note": [{"text": "Research use only. Not a medical device."}]}
     observations = []
     for f in result.findings:
-        state, text = STATE_CODE[f.state]
+        value, scheme, meaning = STATE_CODE[f.state]
+        text = "Not detected by the model" if meaning == "Not detected" else meaning
         observations.append({
             "resourceType": "Observation", "id": _id("obs", facts.sr_uid, f.finding.scheme, f.finding.value),
             "status": "preliminary",
@@ -75,7 +76,7 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
                                       "code": "imaging"}]}],
             "code": {"coding": [_coding(f.finding.value, f.finding.scheme, f.finding.meaning)], "text": f.finding.meaning},
             "subject": subject, "effectiveDateTime": now, "issued": now,
-            "valueCodeableConcept": {"coding": [{"system": LOCAL_SYSTEM, "code": state, "display": text}], "text": text},
+            "valueCodeableConcept": {"coding": [_coding(value, scheme, meaning)], "text": text},
             "component": [{"code": {"coding": [{"system": LOCAL_SYSTEM, "code": "score", "display": "Model score"}]},
                            "valueQuantity": {"value": round(f.score, 4), "unit": "probability"},
                            "referenceRange": [{"low": {"value": round(f.threshold, 4), "unit": "probability"},

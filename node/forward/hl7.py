@@ -8,7 +8,8 @@ message control ID is the outbox row's id, so a resend after a lost ACK carries 
 receiver can drop the duplicate.
 
 ORU^R01 content: PID from the study, ORC-1 RE, OBR-3 = accession number (filler order number in
-IHE scheduled workflow), OBR-25 P (preliminary); per finding an OBX CWE (its state) and an OBX NM
+IHE scheduled workflow), OBR-25 P (preliminary); per finding an OBX CWE (its state, the SR's SNOMED
+CT code: Present / Not detected / Indeterminate, never "normal") and an OBX NM
 (its score, OBX-7 the threshold) sharing OBX-4; an OBX with the worklist priority; with no
 assist, an OBX with the reason; an OBX with the SR's SOP Instance UID; ZDS with the Study
 Instance UID (IHE); an NTE "research use only".
@@ -26,14 +27,15 @@ import pydicom
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
-from dicom_sr import FindingState, TriageResult, read_triage_sr
+from dicom_sr import TriageResult, read_triage_sr
+from dicom_sr.codes import STATE_CODES
 from node.config import Hl7Destination
 
 VERSION = "2.5"
 START, END = b"\x0b", b"\x1c\x0d"
-STATE_CODE = {FindingState.PRESENT: ("present", "Present (model score above threshold)"),
-              FindingState.NOT_DETECTED: ("not_detected", "Not detected by the model"),
-              FindingState.INDETERMINATE: ("indeterminate", "Indeterminate")}
+#: the finding states as the SR codes them (SNOMED CT), so that every output says the same
+STATE_CODE = {state: (concept.value, concept.scheme_designator, concept.meaning)
+              for state, concept in STATE_CODES.items()}
 HL7_PRIORITY = {"HIGH": "S", "MEDIUM": "R"}
 LOCAL = "99TRIAGE"
 
@@ -119,8 +121,8 @@ def build_oru(result: TriageResult, facts: StudyFacts, dest: Hl7Destination, con
 
     for n, f in enumerate(result.findings, start=1):
         code = f"{_clean(f.finding.value)}^{_clean(f.finding.meaning)}^{_clean(f.finding.scheme)}"
-        state, text = STATE_CODE[f.state]
-        obx("CWE", code, f"{state}^{text}^{LOCAL}", str(n))
+        value, scheme, meaning = STATE_CODE[f.state]
+        obx("CWE", code, f"{value}^{meaning}^{scheme}", str(n))
         obx("NM", code, f"{f.score:.4f}", str(n), f">={f.threshold:.4f}")
     obx("ST", f"PRIORITY^Worklist priority^{LOCAL}", result.priority)
     if not result.assist:

@@ -38,6 +38,7 @@ from test_forward import (  # noqa: E402,F401  (fixtures are used by name)
 )
 
 from dicom_sr import read_triage_sr, run_dciodvfy  # noqa: E402
+from dicom_sr.codes import STATE_CODES  # noqa: E402
 
 pytestmark = [
     pytest.mark.dcmtk,
@@ -128,7 +129,10 @@ def test_card_and_pdf_are_stored_forwarded_and_valid(tmp_path: Path, tiny_model:
                                                                          "1.2.840.10008.5.1.4.1.1.88.34")[0][1]
                                                      ).SeriesInstanceUID
     pixels = sc.pixel_array
-    assert pixels.shape == (768, 1024, 3)
+    assert pixels.shape[1:] == (1024, 3) and pixels.shape[0] >= 768
+    from PIL import Image
+
+    Image.fromarray(pixels).save(Path(__file__).resolve().parents[2] / "docs" / "summary-card.png")
     assert (pixels[10:50, 10:200, 0] > 150).mean() > 0.5, "the red research-use banner is missing"
     assert pixels[80:400, 1024 - 344:1024 - 24].std() > 5, "the evaluated image thumbnail is blank"
     pdf = pydicom.dcmread(pdf_path)
@@ -178,7 +182,8 @@ def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model
         state_obx = next(f for f in fields if f[2] == "CWE" and f[4] == str(n))
         score_obx = next(f for f in fields if f[2] == "NM" and f[4] == str(n))
         assert state_obx[3].split("^")[0] == finding.finding.value
-        assert state_obx[5].split("^")[0] == str(finding.state)
+        state = STATE_CODES[finding.state]
+        assert state_obx[5] == f"{state.value}^{state.meaning}^{state.scheme_designator}"
         assert abs(float(score_obx[5]) - finding.score) < 1e-4
         assert score_obx[7] == f">={finding.threshold:.4f}" and state_obx[11] == "P"
     values = {f[3].split("^")[0]: f[5] for f in fields if f[2] == "ST"}
@@ -264,7 +269,9 @@ def test_fhir_diagnostic_report_reaches_the_server(tmp_path: Path, tiny_model: P
     for obs, finding in zip(observations, result.findings):
         assert obs.status == "preliminary"
         assert obs.code.coding[0].code == finding.finding.value
-        assert obs.valueCodeableConcept.coding[0].code == str(finding.state)
+        state = STATE_CODES[finding.state]
+        assert (obs.valueCodeableConcept.coding[0].system, obs.valueCodeableConcept.coding[0].code) == (
+            "http://snomed.info/sct", state.value)
         assert abs(float(obs.component[0].valueQuantity.value) - round(finding.score, 4)) < 1e-9
         assert result.algorithm.model_id in obs.method.text and result.algorithm.profile_version in obs.method.text
         assert obs.device.reference == f"Device/{device.id}"
