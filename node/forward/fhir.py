@@ -135,13 +135,15 @@ def post_bundle(dest: FhirDestination, bundle: Bundle) -> int:
         with urllib.request.urlopen(request, timeout=dest.timeout_seconds) as resp:  # noqa: S310 (configured URL)
             return int(resp.status)
     except urllib.error.HTTPError as exc:
-        detail = exc.read(500).decode("utf-8", errors="replace")
+        # Only the OperationOutcome's issue codes: its free text may quote patient data, and this
+        # message reaches the operational log.
+        codes = ""
         try:
-            issues = json.loads(detail).get("issue", [])
-            detail = "; ".join(str(i.get("diagnostics", "")) for i in issues) or detail
+            issues = json.loads(exc.read(100_000).decode("utf-8", errors="replace")).get("issue", [])
+            codes = ", ".join(f"{i.get('severity', '?')}/{i.get('code', '?')}" for i in issues[:5])
         except (ValueError, AttributeError):
             pass
-        raise FhirError(f"HTTP {exc.code}: {detail[:300]}") from None
+        raise FhirError(f"HTTP {exc.code}" + (f" ({codes})" if codes else "")) from None
     except (urllib.error.URLError, OSError) as exc:
         raise FhirError(f"{type(exc).__name__}: {str(getattr(exc, 'reason', exc))[:300]}") from None
 

@@ -194,12 +194,9 @@ def check_ack(text: str, control_id: str) -> None:
     if acked != control_id:
         raise Hl7Error(f"the ACK is for message {acked!r}, not {control_id!r}")
     if code not in ("AA", "CA"):
-        detail = ""
-        try:
-            detail = ack.msa.msa_3.value
-        except Exception:
-            pass
-        raise Hl7Error(f"the RIS answered {code}{': ' + detail if detail else ''}")
+        # MSA-3's free text is left out: it may quote the message (patient data) and this error
+        # reaches the operational log.
+        raise Hl7Error(f"the RIS answered {code} (not accepted) for message {control_id}")
 
 
 __all__ = ["Hl7Error", "build_oru", "build_priority_update", "check_ack", "message_for", "send_mllp", "study_facts"]

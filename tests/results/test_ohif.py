@@ -130,5 +130,5 @@ def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_
         page.screenshot(path=str(DOCS / "ohif-sr.png"))
         browser.close()
 
-    dicomweb = [p for p in problems if "dicomweb" in p.lower() or p.startswith("HTTP ")]
-    assert not dicomweb, "\n".join(dicomweb)
+    # none at all (today's run has none); DICOMweb ones are the acceptance criterion
+    assert not problems, "\n".join(problems)

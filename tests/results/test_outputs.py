@@ -192,6 +192,28 @@ def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model
     assert "Research use only" in er7
 
 
+def test_a_refused_hl7_message_becomes_a_dead_letter(tmp_path: Path, tiny_model: Path, start_node,
+                                                    peers: list[Peer]) -> None:  # type: ignore[no-untyped-def]
+    """A RIS answering AE is not a delivery: retried, then a dead letter naming the ACK code."""
+    port = e2e_free_port()
+    received = tmp_path / "ris.jsonl"
+    listener = Peer([str(HERE / "peers" / "mllp_listener.py"), str(port), str(received), "AE"], tmp_path / "ris.log")
+    peers.append(listener)
+    listener.start()
+    cfg = node_config(tmp_path / "node", tiny_model,
+                      forwarding={"initial_backoff_seconds": 0.2, "max_backoff_seconds": 0.4,
+                                  "max_age_seconds": 3, "poll_seconds": 0.2, "timeout_seconds": 5})
+    _append(cfg, f'\n[[hl7]]\nhost = "127.0.0.1"\nport = {port}\n')
+    node = start_node(cfg)
+    study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "HL7-AE")
+    sr_uid(node, study_uid)
+    row = wait_until(lambda: next((r for r in outbox_rows(node, study_uid) if r.state == "dead"), None), WAIT_S,
+                     "the refused ORU as a dead letter")
+    assert row.kind == "hl7-oru" and row.attempts >= 1
+    assert "answered AE" in row.last_error and "refused for the test" not in row.last_error
+    assert len(received.read_text().splitlines()) == row.attempts  # each attempt reached the RIS
+
+
 def test_hl7_priority_update_only_raises(tmp_path: Path) -> None:
     """The ORM^O01 order change says stat for HIGH; an SR that did not raise the priority queues none."""
     from hl7apy.parser import parse_message
