@@ -231,8 +231,13 @@ def rendered_instance(request: Request, study: str, series: str, instance: str) 
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
-            summary="WADO-RS: rendered frame (the triaged frame of a multi-frame image)")
+            summary="WADO-RS: rendered frame (single-frame images)")
 def rendered_frame(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
+    ds = pydicom.dcmread(instance_path(request, study, series, instance), stop_before_pixels=True)
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    if _frame_numbers(frames, count) != [1] or count > 1:
+        # the renderer draws one chosen frame (as the model sees it); any other would be a lie
+        raise Problem(406, "rendered frames are offered for frame 1 of single-frame images; use /frames")
     return _rendered(request, study, series, instance, RENDER_MAX)
 
 

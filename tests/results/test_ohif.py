@@ -2,7 +2,8 @@
 scripts/ohif_serve.py against a running node's DICOMweb, driven by headless Chromium (Debian's
 chromium through playwright): on a study the node triaged, the study list shows it, the image
 renders (the viewport is not blank), the SR opens with its findings visible, and no DICOMweb
-request fails. Screenshots go to docs/ (kept in the repository, shown in the README).
+request fails. Screenshots go to the test's temporary folder, and to docs/ (kept in the
+repository, shown in the README) when UPDATE_DOCS_SCREENSHOTS=1, so a test run leaves the tree clean.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from dicom_sr import read_triage_sr  # noqa: E402
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "ohif-test-token"
 DOCS = REPO / "docs"
+UPDATE_DOCS = os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1"
 pytestmark = [
     pytest.mark.dcmtk,
     pytest.mark.slow,
@@ -92,7 +94,8 @@ def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_
     ohif = ohif_server(f"http://127.0.0.1:{node.http.port}")
 
     problems: list[str] = []  # DICOMweb responses >= 400, failed requests, console errors
-    DOCS.mkdir(exist_ok=True)
+    shots = DOCS if UPDATE_DOCS else tmp_path
+    shots.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
@@ -106,7 +109,7 @@ def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_
         # the study list shows the triaged study
         page.goto(f"{ohif}/", wait_until="networkidle")
         page.get_by_text("OHIF-DEMO").first.wait_for(timeout=60_000)
-        page.screenshot(path=str(DOCS / "ohif-study-list.png"))
+        page.screenshot(path=str(shots / "ohif-study-list.png"))
 
         # the viewer: the image renders (the viewport is not blank)
         page.goto(f"{ohif}/viewer?StudyInstanceUIDs={study_uid}", wait_until="networkidle")
@@ -116,7 +119,7 @@ def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_
         tour = page.get_by_text("Skip all")
         if tour.count():
             tour.first.click()
-        page.screenshot(path=str(DOCS / "ohif-image.png"))
+        page.screenshot(path=str(shots / "ohif-image.png"))
 
         # the SR, opened from the study browser: the image with the findings as labels
         page.locator("text=/^SR$/").first.dblclick()
@@ -127,7 +130,7 @@ def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_
         label = page.get_by_text(f"{top.finding.meaning}: {top.score * 100:.2f}")
         wait_until(lambda: label.count() > 0, 60, f"the label of {top.finding.meaning} on the image")
         wait_until(lambda: _not_blank(viewport.screenshot()) > 5, 60, "the SR's image in the viewport")
-        page.screenshot(path=str(DOCS / "ohif-sr.png"))
+        page.screenshot(path=str(shots / "ohif-sr.png"))
         browser.close()
 
     # none at all (today's run has none); DICOMweb ones are the issue's acceptance criterion

@@ -129,6 +129,9 @@ def test_rendered_and_thumbnail_are_images(web) -> None:  # type: ignore[no-unty
     assert jpeg.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(jpeg.content)).size == (128, 128)
     assert client.get(f"{_url(mr)}/rendered", headers={"Accept": "application/dicom"}).status_code == 406
+    frame = client.get(f"{_url(mr)}/frames/1/rendered", headers={"Accept": "image/png"})
+    assert frame.status_code == 200 and frame.content == png.content
+    assert client.get(f"{_url(mr)}/frames/2/rendered").status_code == 404
 
 
 def test_cors_lets_the_configured_viewer_origin_in_and_still_needs_the_token(web) -> None:  # type: ignore[no-untyped-def]
