@@ -152,7 +152,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     from node.dimse.scu import Destination, echo
 
-    status = echo(Destination.parse(args.to), calling_ae=args.aet, timeout=args.timeout)
+    try:
+        status = echo(Destination.parse(args.to), calling_ae=args.aet, timeout=args.timeout)
+    except (ConnectionError, ValueError, OSError) as exc:
+        print(f"C-ECHO {args.to} failed: {exc}", file=sys.stderr)
+        return 1
     if status == 0:
         print(f"C-ECHO {args.to}: success")
         return 0

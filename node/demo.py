@@ -118,7 +118,8 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
     root = Path(tempfile.mkdtemp(prefix="triage-node-demo-"))
     oplog.configure("warning")
     port = _free_port()
-    print(f"\n[1/4] building a tiny random SigLIP in {root / 'tiny-model'} ...", flush=True)
+    where = f"in {root}" if keep else "in a temporary folder (deleted at the end; `triage-node demo --keep` keeps it)"
+    print(f"\n[1/4] building a tiny random SigLIP {where} ...", flush=True)
     model_dir = build_tiny_siglip(root / "tiny-model")
     env = {
         "TRIAGE_NODE__NODE__DATA_DIR": str(root / "data"),
@@ -140,7 +141,8 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
     node = Node(settings)
     node.start()
     try:
-        print(f"[2/4] node TRIAGE_NODE listening on 127.0.0.1:{port}, data in {root / 'data'}", flush=True)
+        print(f"[2/4] node TRIAGE_NODE listening on 127.0.0.1:{port}"
+              + (f", data in {root / 'data'}" if keep else ""), flush=True)
         studies = demo_studies(root / "studies")
         print("[3/4] sending four studies by C-STORE:", flush=True)
         for label, folder in studies.items():
@@ -171,12 +173,15 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
                   f"profile {alg.profile_name} {alg.profile_version}, preprocessing {alg.preprocessing_version}")
             for f in result.findings:
                 print(f"    {f.finding.meaning:<28} {f.state.value:<14} score {f.score:.3f} (random model)")
-            print(f"    SR file: {path}")
+            if keep:
+                print(f"    SR file: {path}")
         print("\n" + BANNER)
         return 0 if len(items) == len(studies) else 1
     finally:
         node.stop()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+            print("The demo's data (index, SR files, audit log) was deleted; run `triage-node demo --keep` to keep "
+                  "it and look at the files.")
         else:
-            print(f"kept {root}")
+            print(f"kept {root} (index.db, storage/ with the SR files, audit.jsonl)")
