@@ -56,7 +56,8 @@ def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
         priority = f"Worklist priority: {result.priority}{why}"
     else:
         reason = result.no_assist_text or (result.no_assist_reason.meaning if result.no_assist_reason else "")
-        priority = f"No AI assessment: {reason}. Priority {result.priority}{why}."
+        reason = reason if reason.lower().startswith("no ai assessment") else f"No AI assessment: {reason}"
+        priority = f"{reason.rstrip('.')}. Priority {result.priority}{why}."
     findings = tuple(_finding_line(f) for f in result.findings)
     provenance = (
         f"Model: {alg.model_id} @ {alg.model_revision}; weights sha256 {alg.weights_sha256[:16]}",

@@ -85,9 +85,13 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
             "note": [{"text": "Research use only. A finding 'not detected by the model' does not mean normal."
                               + (" Urgent finding." if f.urgent else "")}],
         })
-    conclusion = (f"AI triage: worklist priority {result.priority}." if result.assist else
-                  f"No AI assessment: {result.no_assist_text or result.no_assist_reason.meaning}. "  # type: ignore[union-attr]
-                  f"Priority left at {result.priority}.")
+    if result.assist:
+        conclusion = f"AI triage: worklist priority {result.priority}."
+    else:
+        reason = result.no_assist_text or result.no_assist_reason.meaning  # type: ignore[union-attr]
+        if not reason.lower().startswith("no ai assessment"):
+            reason = f"No AI assessment: {reason}"
+        conclusion = f"{reason.rstrip('.')}. Priority {result.priority}."
     report_id = _id("report", facts.sr_uid)
     report = {
         "resourceType": "DiagnosticReport", "id": report_id, "status": "preliminary",

@@ -102,3 +102,36 @@ def test_requested_procedure_evidence_and_referenced_request(study: Study, tmp_p
     study.pa.AccessionNumber = ""
     _, ds = _save_and_reread(_build(result, study, study.images, sop_instance_uid=generate_uid()), tmp_path)
     assert "ReferencedRequestSequence" not in ds
+
+
+def test_no_assist_summary_card_and_pdf_validate(study: Study, tmp_path: Path) -> None:
+    """The card of a no-assist result: the reason once, no findings table, no thumbnail; SC and PDF
+    are valid instances of the study (dciodvfy)."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from dicom_sr import Code, TriageResult
+    from dicom_sr.card import build_card_pdf, build_card_sc, card_pdf, card_text, render_card
+    from test_dicom_sr import _algorithm
+
+    result = TriageResult(assist=False, priority="MEDIUM",
+                          no_assist_reason=Code("no-eligible-image", "99TRIAGE", "No eligible image"),
+                          no_assist_text="No AI assessment: no image fits the profile", findings=(),
+                          evaluated_images=(), algorithm=_algorithm(is_test_model=True))
+    text = card_text(result, "1.2.3")
+    assert text.priority.count("No AI assessment") == 1 and text.findings == ()
+    assert "TEST MODEL" in text.warning
+    pixels = render_card(result, "1.2.3", None)
+    sc = build_card_sc(result, study.pa, pixels, series_instance_uid=generate_uid(), series_number=9902,
+                       sop_instance_uid=generate_uid(), manufacturer="triage-node", software_versions="0.1.0")
+    pdf = build_card_pdf(card_pdf(pixels), study.pa, series_instance_uid=generate_uid(), series_number=9903,
+                         sop_instance_uid=generate_uid(), manufacturer="triage-node", software_versions="0.1.0")
+    from pydicom.dataset import FileMetaDataset
+
+    for ds in (sc, pdf):
+        if not hasattr(ds, "file_meta"):
+            ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path, back = _save_and_reread(ds, tmp_path)
+        _assert_dciodvfy_clean(path)
+        assert (back.StudyInstanceUID, back.PatientID) == (study.pa.StudyInstanceUID, study.pa.PatientID)
+    assert bytes(pdf.EncapsulatedDocument)[:4] == b"%PDF" and pdf.EncapsulatedDocumentLength <= len(pdf.EncapsulatedDocument)
