@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--retry-all-dead", action="store_true", help="requeue every dead letter")
     p.set_defaults(func=cmd_outbox)
     p = sub.add_parser("demo", help="the whole path on synthetic studies with a random test model")
-    p.add_argument("--keep", action="store_true", help="keep the demo's temp folder")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the demo's temp folder and its node running for the operator console (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
 
     audit = sub.add_parser("audit", help="audit log tools")

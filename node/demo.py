@@ -8,8 +8,11 @@ and the banner, the worklist and the SRs all say so.
 
 from __future__ import annotations
 
+import secrets
 import shutil
+import signal
 import socket
+import threading
 import tempfile
 import time
 from datetime import date
@@ -104,6 +107,19 @@ def demo_studies(folder: Path) -> dict[str, Path]:
     return out
 
 
+def wait_in_console(node, token: str) -> None:  # type: ignore[no-untyped-def]
+    """``demo --keep``: leave the node running for the operator console until Ctrl-C (or SIGTERM)."""
+    from node.console import console_url
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"\nOperator console: {console_url(node.settings.http.host, node.http_port)}  (log in with token {token})")
+    print("The demo node keeps running for the console; Ctrl-C to stop.", flush=True)
+    while not stop.wait(0.5):
+        pass
+
+
 def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
     from dicom_sr import read_triage_sr
     from node import oplog
@@ -137,6 +153,8 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
         "TRIAGE_NODE__MODEL__DEVICE": "cpu",
         "TRIAGE_NODE__TRIAGE__PROFILES_DIR": f'"{REPO_PROFILES}"',
     }
+    token = secrets.token_urlsafe(12)
+    env["TRIAGE_NODE__HTTP__TOKEN"] = token  # the console (and DICOMweb) need it: printed for --keep
     settings = load_settings(None, env)
     node = Node(settings)
     node.start()
@@ -176,7 +194,10 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
             if keep:
                 print(f"    SR file: {path}")
         print("\n" + BANNER)
-        return 0 if len(items) == len(studies) else 1
+        ok = len(items) == len(studies)
+        if keep and node.http is not None:
+            wait_in_console(node, token)
+        return 0 if ok else 1
     finally:
         node.stop()
         if not keep:

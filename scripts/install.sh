@@ -79,7 +79,7 @@ fi
 STAMP="$VENV/.triage-node-install"
 want="$MODE $(sha256sum pyproject.toml | cut -d' ' -f1)"
 check='import node, dicom_sr'
-[ "$MODE" = "test" ] && check="$check, pytest, httpx, dicomweb_client"
+[ "$MODE" = "test" ] && check="$check, pytest, httpx, dicomweb_client, playwright"
 if [ -f "$STAMP" ] && { [ "$(cat "$STAMP")" = "$want" ] \
      || { [ "$MODE" = "runtime" ] && [ "$(cat "$STAMP")" = "test ${want#* }" ]; }; } \
    && "$PY" -c "$check" >/dev/null 2>&1; then

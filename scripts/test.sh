@@ -33,8 +33,9 @@ command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 [ -n "$(pg_bindir)" ] || missing+=(postgresql)
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
-# the OHIF browser test (tests/results/test_ohif.py): headless Chromium driven by playwright (no
-# browser download), npm to fetch @ohif/app's built viewer (scripts/ohif.sh), a font for the text
+# headless Chromium for the browser tests (the console's; OHIF's in tests/results/test_ohif.py,
+# driven by playwright, no browser download), npm to fetch @ohif/app's built viewer
+# (scripts/ohif.sh), a font for the text
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)

@@ -140,6 +140,8 @@ class WorklistItem(Base):
     procedure_step_state: Mapped[str] = mapped_column(String(16), default="SCHEDULED")
     transaction_uid: Mapped[str] = mapped_column(UID, default="")  # set while a reader holds it IN PROGRESS
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The console's page order and filters read only this index (migration 0020).
+    __table_args__ = (Index("ix_worklist_order", "priority", "queued_at", "assist", "profile"),)
 
 
 class OutboxItem(Base):
