@@ -76,6 +76,7 @@ from pydicom.sr.codedict import codes as pydicom_codes
 
 from . import codes
 from .params import encode_parameters
+from .image_level import image_level_groups, referenced_request
 from .result import AlgorithmInfo, Code, FindingResult, ImageAssessment, ImageRef, SRReference, TriageResult
 
 #: Namespace for the name-based UUIDs behind deterministic "2.25." UIDs.
@@ -465,6 +466,8 @@ def build_triage_sr(
     groups = [_summary_group(result, algorithm_id, sop_instance_uid)]
     groups.extend(_finding_group(f, algorithm_id, sop_instance_uid, algorithm.calibration) for f in result.findings)
     groups.extend(_image_group(a, algorithm_id, sop_instance_uid) for a in result.images)
+    # Image-level groups first: viewers (OHIF) open an SR at its first group, which must have an image.
+    groups[:0] = image_level_groups(result, evidence, algorithm_id, sop_instance_uid)
     report = MeasurementReport(
         observation_context=_observation_context(algorithm, manufacturer),
         procedure_reported=_procedure_reported(study_context, procedure_reported),
@@ -512,4 +515,7 @@ def build_triage_sr(
     sr.copy_patient_and_study_information(study_context)
     sr.ContributingEquipmentSequence.append(_air_equipment_item(algorithm, manufacturer, when))
     sr.CodingSchemeIdentificationSequence = _coding_scheme_identification()
+    requests = referenced_request(study_context)
+    if requests:
+        sr.ReferencedRequestSequence = requests
     return sr

@@ -230,8 +230,70 @@ class RemoteNode(_Section):
         return _check_ae_title(value)
 
 
+SendKind = Literal["sr", "sc", "pdf", "study"]
+#: What the old single values of ``send`` mean as a list.
+LEGACY_SEND = {"sr": ("sr",), "study": ("study",), "both": ("sr", "study")}
+
+
 class ForwardDestination(RemoteNode):
-    send: Literal["sr", "study", "both"] = "sr"
+    """A PACS that gets, per result, the outputs named in ``send``: the SR, the summary card
+    (Secondary Capture), its encapsulated PDF, and/or the study's other instances."""
+
+    send: tuple[SendKind, ...] = ("sr",)
+
+    @field_validator("send", mode="before")
+    @classmethod
+    def _send(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "sr" | "study" | "both", as before lists existed
+            if value not in LEGACY_SEND:
+                raise ValueError(f"{value!r} is not one of sr, sc, pdf, study (or the old single value both)")
+            return LEGACY_SEND[value]
+        return value
+
+    @field_validator("send")
+    @classmethod
+    def _send_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("send must name at least one of sr, sc, pdf, study")
+        return tuple(dict.fromkeys(value))
+
+
+class Hl7Destination(_Section):
+    """A RIS that hears about results by HL7 v2 over MLLP: one ORU^R01 per SR and, with
+    ``priority_update``, an ORM^O01 order change raising the order's priority when the result is HIGH."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    sending_application: str = "TRIAGE_NODE"
+    sending_facility: str = ""
+    receiving_application: str = "RIS"
+    receiving_facility: str = ""
+    priority_update: bool = False
+    timeout_seconds: float = Field(default=30.0, gt=0)  # connect, send, wait for the ACK
+
+
+class FhirDestination(_Section):
+    """A FHIR server that gets a transaction Bundle (DiagnosticReport + one Observation per finding)."""
+
+    url: str  # the FHIR base URL; the Bundle is POSTed to it
+    token: str | None = None  # bearer token; or name an environment variable in token_env
+    token_env: str | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class ResultsSection(_Section):
+    """Optional outputs besides the SR. A [[forward]] destination that sends "sc" or "pdf"
+    turns the matching output on by itself."""
+
+    summary_card: bool = False  # Secondary Capture image per result
+    summary_pdf: bool = False  # Encapsulated PDF of the same content
 
 
 class ForwardingSection(_Section):
@@ -253,6 +315,8 @@ class HttpSection(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     token: str | None = None  # bearer token for every endpoint but /healthz; None = open (not for production)
     max_body_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # Browser origins allowed to call DICOMweb (CORS), e.g. an OHIF served elsewhere; [] = none, ["*"] any.
+    cors_origins: tuple[str, ...] = ()
 
 
 class Settings(_Section):
@@ -268,6 +332,9 @@ class Settings(_Section):
     triage: TriageSection = TriageSection()
     http: HttpSection = HttpSection()
     forward: tuple[ForwardDestination, ...] = ()
+    results: ResultsSection = ResultsSection()
+    hl7: tuple[Hl7Destination, ...] = ()
+    fhir: tuple[FhirDestination, ...] = ()
     forwarding: ForwardingSection = ForwardingSection()
     move_destinations: tuple[RemoteNode, ...] = ()  # C-MOVE targets besides the [[forward]] ones
     source: str = "<defaults>"  # where the settings came from, for the audit log

@@ -105,7 +105,7 @@ class Node:
 
             self.worker = TriageWorker(settings, self.db, self.ingestor, self.audit)
         self.forwarder = None
-        if settings.forward and "forward" in self.roles:
+        if (settings.forward or settings.hl7 or settings.fhir) and "forward" in self.roles:
             from node.forward.forwarder import Forwarder
 
             self.forwarder = Forwarder(settings, self.db, self.audit)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from node import __version__
 from node import console
-from node.dicomweb import ops, problems, qido, stow, ups_rs, wado
+from node.dicomweb import frames, ops, problems, qido, stow, ups_rs, wado
 from node.dicomweb.auth import require_token
 from node.dicomweb.context import WebContext
 from node.oplog import get_logger
@@ -37,7 +37,8 @@ def create_app(node_or_parts: Any) -> FastAPI:
     auth = [Depends(require_token)]
     app.include_router(ops.public)
     app.include_router(ops.router, dependencies=auth)
-    for module, tag in ((stow, "STOW-RS"), (qido, "QIDO-RS"), (wado, "WADO-RS"), (ups_rs, "UPS-RS")):
+    for module, tag in ((stow, "STOW-RS"), (qido, "QIDO-RS"), (frames, "WADO-RS"), (wado, "WADO-RS"),
+                        (ups_rs, "UPS-RS")):
         app.include_router(module.router, prefix=BASE, dependencies=auth, tags=[tag])
 
     console.mount(app)  # the operator console under /ui/ (its own access rules: node/console/access.py)
@@ -49,6 +50,16 @@ def create_app(node_or_parts: Any) -> FastAPI:
                                              routes=app.routes)
         return JSONResponse(app.openapi_schema)
 
+    if context.settings.http.cors_origins:
+        # A viewer served from another origin (OHIF) calls DICOMweb from the browser: the preflight
+        # must pass without the token (browsers send none on OPTIONS), every other request still needs it.
+        from fastapi.middleware.cors import CORSMiddleware
+
+        origins = list(context.settings.http.cors_origins)
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials="*" not in origins,
+                           allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+                           allow_headers=["Authorization", "Accept", "Content-Type"],
+                           expose_headers=["Content-Type", "Content-Length", "Warning"], max_age=600)
     if not context.settings.http.token:
         log.warning("http_without_token", detail="[http] token is not set: every endpoint is open")
     return app

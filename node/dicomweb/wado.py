@@ -1,6 +1,6 @@
 """WADO-RS: studies, series and instances as stored (multipart/related; type="application/dicom"),
-and their metadata as application/dicom+json with bulk data left out (pixel data and any
-binary value over 1 KiB are omitted; no bulk data resource is served).
+and their metadata as application/dicom+json in which pixel data and any binary value over 1 KiB
+are a ``BulkDataURI`` (served by node.dicomweb.frames, with frames and rendered images).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from node.audit import AuditObject, EventCode
 from node.db.models import Instance, Series, Study
-from node.dicomweb.context import audit, ctx
+from node.dicomweb.context import audit, base_url, ctx
 from node.dicomweb.multipart import build_multipart, new_boundary, related_content_type
 from node.dicomweb.problems import Problem
 
@@ -69,27 +69,43 @@ def _retrieve(request: Request, study: str, series: str | None, instance: str | 
                              media_type=related_content_type("application/dicom", boundary))
 
 
+def instance_path(request: Request, study: str, series: str, instance: str) -> Path:
+    """The stored file of one instance; 404 when the index does not hold it."""
+    return Path(_instances(request, study, series, instance)[0][2])
+
+
 def _metadata(request: Request, study: str, series: str | None, instance: str | None) -> Response:
     rows = _instances(request, study, series, instance)
+    root = base_url(request)
     out: list[dict[str, Any]] = []
     for _uid, _ts, path in rows:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        out.append(_json_without_bulk(ds))
+        out.append(_json_with_bulk_uris(ds, f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                                            f"/instances/{ds.SOPInstanceUID}"))
     audit(request, EventCode.INSTANCES_TRANSFERRED, desc=f"WADO-RS metadata: {len(rows)} instances",
           source=False, objects=[AuditObject(type="study", id=study)])
     return JSONResponse(out, media_type=DICOM_JSON)
 
 
-def _json_without_bulk(ds: pydicom.Dataset) -> dict[str, Any]:
-    def strip(d: pydicom.Dataset) -> None:
-        for elem in list(d):
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    strip(item)
-            elif elem.VR in BULK_VRS and elem.value is not None and len(elem.value) > BULK_THRESHOLD:
-                del d[elem.tag]
-    strip(ds)
-    return ds.to_json_dict(bulk_data_threshold=BULK_THRESHOLD)
+def _json_with_bulk_uris(ds: pydicom.Dataset, instance_url: str, prefix: str = "") -> dict[str, Any]:
+    """DICOM JSON of ``ds`` with every large binary value replaced by a BulkDataURI under
+    ``{instance_url}/bulkdata/`` (a nested value's path is ``tag/item/tag``). Pixel data (cut off
+    by the caller's stop_before_pixels) is announced with a BulkDataURI when the header says the
+    instance has an image."""
+    out: dict[str, Any] = {}
+    for elem in ds:
+        tag = f"{elem.tag:08X}"
+        if elem.VR == "SQ":
+            items = [_json_with_bulk_uris(item, instance_url, f"{prefix}{tag}/{i}/") for i, item in enumerate(elem.value)]
+            out[tag] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        elif elem.VR in BULK_VRS and elem.value is not None and len(elem.value) > BULK_THRESHOLD:
+            out[tag] = {"vr": elem.VR, "BulkDataURI": f"{instance_url}/bulkdata/{prefix}{tag}"}
+        else:
+            out[tag] = elem.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=BULK_THRESHOLD)
+    if not prefix and "Rows" in ds and "PixelData" not in ds:
+        vr = "OW" if int(ds.get("BitsAllocated", 8) or 8) > 8 else "OB"
+        out["7FE00010"] = {"vr": vr, "BulkDataURI": f"{instance_url}/bulkdata/7FE00010"}
+    return dict(sorted(out.items()))
 
 
 @router.get("/studies/{study}", summary="WADO-RS: retrieve a study")

@@ -15,10 +15,12 @@ from pathlib import Path
 from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS
-from node.config import ForwardDestination, Settings
+from node.config import FhirDestination, ForwardDestination, Hl7Destination, Settings
 from node.db.engine import Database
-from node.forward.outbox import (Claimed, claim_due, destination_key, mark_failed, mark_sent, release,
-                                 renew_lease)
+from node.forward.fhir import FhirError, bundle_for, post_bundle
+from node.forward.hl7 import Hl7Error, message_for, send_mllp
+from node.forward.outbox import (Claimed, claim_due, destination_key, fhir_key, hl7_key, mark_failed, mark_sent,
+                                 release, renew_lease)
 from node.forward.sender import ItemResult, SendItem, send_batch
 from node.oplog import get_logger
 
@@ -34,6 +36,8 @@ class Forwarder:
         self.audit = audit
         self.storage_root = Path(settings.storage.path)
         self.destinations: dict[str, ForwardDestination] = {destination_key(d): d for d in settings.forward}
+        self.hl7: dict[str, Hl7Destination] = {hl7_key(d): d for d in settings.hl7}
+        self.fhir: dict[str, FhirDestination] = {fhir_key(d): d for d in settings.fhir}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # A claimed row is leased (renewed before each destination's part of the batch); after
@@ -77,7 +81,9 @@ class Forwarder:
 
     def _forward(self, key: str, items: list[Claimed]) -> None:
         dest = self.destinations.get(key)
-        if dest is None:
+        if key in self.hl7 or key in self.fhir:
+            results = [self._message(key, i) for i in items]
+        elif dest is None:
             results = [ItemResult(i.id, False, None, f"destination {key} is no longer configured") for i in items]
         else:
             calling = dest.calling_ae_title or self.settings.dicom.ae_title
@@ -100,6 +106,22 @@ class Forwarder:
             log.warning("forward_dead_letter", destination=key, outbox_id=item_id, kind=by_id[item_id].kind,
                         error=failures[item_id][:200])
 
+    def _message(self, key: str, item: Claimed) -> ItemResult:
+        """One HL7 or FHIR message, built from the stored SR and delivered (ACK AA/CA, or HTTP 2xx)."""
+        sr_path = str(self.storage_root / item.path)
+        try:
+            if key in self.hl7:
+                control_id = f"TN{item.id}"
+                send_mllp(self.hl7[key], message_for(item.kind, sr_path, self.hl7[key], control_id),
+                          control_id=control_id)
+            else:
+                post_bundle(self.fhir[key], bundle_for(sr_path))
+        except (Hl7Error, FhirError, OSError) as exc:
+            return ItemResult(item.id, False, None, f"{type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:  # a message that cannot be built: retried, then a dead letter with the reason
+            return ItemResult(item.id, False, None, f"cannot build the message: {type(exc).__name__}: {exc}"[:500])
+        return ItemResult(item.id, True, None)
+
     def _audit(self, key: str, dest: ForwardDestination | None, items: list[Claimed], sent: list[int],
                failures: dict[int, str], dead: list[int]) -> None:
         sent_set = set(sent)
@@ -115,6 +137,8 @@ class Forwarder:
             Participant(user_id=dest.ae_title if dest else key.split("@", 1)[0], role="destination",
                         network_address=f"{dest.host}:{dest.port}" if dest else key.split("@", 1)[-1]),
         ]
+        if key in self.hl7 or key in self.fhir:  # a RIS or FHIR server: named by its address
+            participants[1] = Participant(user_id=key, role="destination", network_address=key.split(":", 1)[1])
         objects = [AuditObject(type="study", id=uid, details={
             "instances": per_study_sent.get(uid, 0), "attempted": n,
             "sr": sum(1 for i in items if i.study_instance_uid == uid and i.kind == "sr" and i.id in sent_set)})

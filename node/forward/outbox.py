@@ -10,7 +10,7 @@ SQLite the in-process writer lock serialises claims.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from node.config import ForwardDestination, ForwardingSection
+from pydicom.uid import generate_uid
+
+from node.config import FhirDestination, ForwardDestination, ForwardingSection, Hl7Destination
 from node.db.engine import Database
 from node.db.models import Instance, OutboxItem, Series, Study
 
@@ -71,14 +73,35 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
     return added
 
 
+def hl7_key(dest: Hl7Destination) -> str:
+    """How an HL7 destination is named in the outbox: ``hl7:host:port``."""
+    return f"hl7:{dest.host}:{dest.port}"
+
+
+def fhir_key(dest: FhirDestination) -> str:
+    """How a FHIR destination is named in the outbox: ``fhir:<base url>`` (cut to the column's 128)."""
+    return f"fhir:{dest.url}"[:128]
+
+
+def priority_update_key(sr_sop_instance_uid: str) -> str:
+    """The outbox key of an HL7 priority update (the unique key is destination + UID, and the ORU
+    of the same SR already uses the SR's UID)."""
+    return generate_uid(entropy_srcs=["triage-node-hl7-priority", sr_sop_instance_uid])
+
+
 def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], *, study_uid: str,
-                  sr_sop_instance_uid: str, sr_path: str | None = None, now: datetime | None = None) -> int:
-    """Queue the study's SR (send sr|both) and its other instances (send study|both) for each
-    destination, inside the caller's transaction. Rows already queued (or sent) are left alone.
-    Returns the number of new rows."""
-    if not destinations:
+                  sr_sop_instance_uid: str, sr_path: str | None = None, now: datetime | None = None,
+                  extras: Mapping[str, str] | None = None, hl7: Sequence[Hl7Destination] = (),
+                  fhir: Sequence[FhirDestination] = (), raises_priority: bool = False) -> int:
+    """Queue, inside the caller's transaction, per [[forward]] destination what its ``send`` names
+    (the SR, ``extras``' summary card "sc" and PDF "pdf" SOP Instance UIDs, the study's other
+    instances), and per [[hl7]] / [[fhir]] destination one message row built from the SR when it is
+    sent (plus an HL7 priority update when configured and this SR raised the priority: the model only
+    ever raises one). Rows already queued (or sent) are left alone. Returns the number of new rows."""
+    if not destinations and not hl7 and not fhir:
         return 0
     now = now or _now()
+    extras = dict(extras or {})
     rows_of_study = session.execute(
         select(Instance.sop_instance_uid, Instance.path)
         .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
@@ -88,18 +111,31 @@ def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], 
         sr_path = paths.get(sr_sop_instance_uid)
     if sr_path is None:
         raise RuntimeError(f"SR {sr_sop_instance_uid} is not indexed; cannot queue it for forwarding")
+    ours = {sr_sop_instance_uid, *extras.values()}
     rows: list[dict[str, Any]] = []
+
+    def row(key: str, kind: str, sop: str, path: str) -> dict[str, Any]:
+        return dict(destination=key, kind=kind, study_instance_uid=study_uid, sop_instance_uid=sop, path=path,
+                    state=PENDING, attempts=0, created_at=now, next_attempt_at=now, last_error="")
+
     for dest in destinations:
         key = destination_key(dest)
-
-        def row(kind: str, sop: str, path: str) -> dict[str, Any]:
-            return dict(destination=key, kind=kind, study_instance_uid=study_uid, sop_instance_uid=sop, path=path,
-                        state=PENDING, attempts=0, created_at=now, next_attempt_at=now, last_error="")
-
-        if dest.send in ("study", "both"):
-            rows.extend(row("instance", sop, path) for sop, path in rows_of_study if sop != sr_sop_instance_uid)
-        if dest.send in ("sr", "both"):
-            rows.append(row("sr", sr_sop_instance_uid, sr_path))
+        if "study" in dest.send:
+            rows.extend(row(key, "instance", sop, path) for sop, path in rows_of_study if sop not in ours)
+        if "sr" in dest.send:
+            rows.append(row(key, "sr", sr_sop_instance_uid, sr_path))
+        for kind in ("sc", "pdf"):
+            if kind in dest.send and kind in extras:
+                sop = extras[kind]
+                if sop not in paths:
+                    raise RuntimeError(f"{kind} {sop} is not indexed; cannot queue it for forwarding")
+                rows.append(row(key, kind, sop, paths[sop]))
+    for h in hl7:
+        rows.append(row(hl7_key(h), "hl7-oru", sr_sop_instance_uid, sr_path))
+        if h.priority_update and raises_priority:
+            rows.append(row(hl7_key(h), "hl7-priority", priority_update_key(sr_sop_instance_uid), sr_path))
+    for f in fhir:
+        rows.append(row(fhir_key(f), "fhir", sr_sop_instance_uid, sr_path))
     return _insert_ignoring_duplicates(session, rows)
 
 

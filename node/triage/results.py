@@ -34,6 +34,7 @@ from node.db.models import WorklistItem
 from node.forward.outbox import enqueue_study
 from node.store.ingest import Ingestor
 from node.triage.model import ModelIdentity
+from node.triage.outputs import ResultOutputs, store_summary
 from node.triage.policy import REASON_TEXT, NoAssistReason, StudyDecision
 from node.triage.profiles import FindingSpec, TriageProfile
 from node.worklist import effective_priority
@@ -173,12 +174,15 @@ def _images_json(result: TriageResult) -> str:
 
 def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at: datetime, study_context: Dataset,
                  evidence: list[Dataset], result: TriageResult, own_ae: str,
-                 forward: Sequence[ForwardDestination] = (), order_priority: str = "") -> StoredReport:
-    """Build the SR, store it durably and indexed (without re-opening the study), update the worklist
-    and, in the same transaction, queue the SR (and the study, per ``send``) for each [[forward]].
+                 forward: Sequence[ForwardDestination] = (), order_priority: str = "",
+                 outputs: ResultOutputs | None = None) -> StoredReport:
+    """Build the SR, store it durably and indexed (without re-opening the study), store the summary
+    card / PDF when configured, update the worklist and, in the same transaction, queue what each
+    [[forward]] ``send`` names and the [[hl7]] / [[fhir]] messages (``outputs``; default: ``forward`` only).
 
     ``result`` is this job's own assessment; a raise of an earlier SR that nobody cleared is kept
     (the SR says so). ``order_priority`` is the order's own priority ("" when none is given)."""
+    outputs = outputs or ResultOutputs(forward=tuple(forward))
     study_uid = str(study_context.StudyInstanceUID)
     sop_uid = generate_uid(entropy_srcs=["triage-node-sr", study_uid, str(job_id)])
     series_uid = generate_uid(entropy_srcs=["triage-node-sr-series", study_uid, str(job_id)])
@@ -196,6 +200,8 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
     outcome = ingestor.store(meta, body, calling_ae=own_ae, touch_stability=False)
     if not outcome.ok:
         raise RuntimeError(f"could not store the SR: 0x{outcome.status:04X} {outcome.reason}")
+    extras = store_summary(ingestor, outputs, result=result, study_context=study_context, evidence=evidence,
+                           sr_sop_instance_uid=sop_uid, job_id=job_id, own_ae=own_ae)
     reason = "" if result.assist else (result.no_assist_reason.value if result.no_assist_reason else "")
     raises = result.priority == dicom_sr.PRIORITY_HIGH and result.priority_kept_from is None
     now = datetime.now(timezone.utc)
@@ -225,8 +231,8 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
         item.images = _images_json(result)
         item.queued_at = job_queued_at
         item.triaged_at = now
-        if forward:
-            enqueue_study(session, forward, study_uid=study_uid, sr_sop_instance_uid=sop_uid, now=now)
+        enqueue_study(session, outputs.forward, study_uid=study_uid, sr_sop_instance_uid=sop_uid, now=now,
+                      extras=extras, hl7=outputs.hl7, fhir=outputs.fhir, raises_priority=raises)
         worklist_priority = item.priority
     return StoredReport(sop_uid, series_uid, result.priority, result.assist, reason, worklist_priority,
                         result.priority_kept_from or "")

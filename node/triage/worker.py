@@ -37,6 +37,7 @@ from node.triage.model import LoadedModel, ModelSettings, ModelUnavailable, load
 from node.triage.policy import NoAssistReason, decide, embed_profile, no_assist
 from node.triage.preprocess import PREPROCESS_VERSION, PreprocessError, preprocess_version, to_model_input
 from node.triage.profiles import ProfileError, TriageProfile, load_profiles
+from node.triage.outputs import ResultOutputs
 from node.triage.results import algorithm_info, triage_result, write_report
 from node.triage.select import select_images
 from node.worklist import order_priority
@@ -341,8 +342,8 @@ class TriageWorker:
             context = work.images[0] if work.images else work.headers[0]
             report = write_report(self.db, self.ingestor, job_id=work.job_id, job_queued_at=work.queued_at,
                                   study_context=context, evidence=evidence, result=result,
-                                  own_ae=self.settings.dicom.ae_title, forward=self.settings.forward,
-                                  order_priority=order_priority(work.headers))
+                                  own_ae=self.settings.dicom.ae_title, order_priority=order_priority(work.headers),
+                                  outputs=ResultOutputs.of(self.settings))
         except Exception as exc:
             log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
             self._fail_or_retry(work, exc)

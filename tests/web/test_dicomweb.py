@@ -137,7 +137,12 @@ def test_stow_qido_wado_roundtrip(web, stored_study) -> None:  # type: ignore[no
     inst = client.retrieve_instance(study, one.SeriesInstanceUID, one.SOPInstanceUID)
     assert inst == one
     meta = client.retrieve_instance_metadata(study, one.SeriesInstanceUID, one.SOPInstanceUID)
-    assert "7FE00010" not in meta
+    pixel_uri = meta.pop("7FE00010")["BulkDataURI"]  # pixel data is announced, not inlined
+    assert pixel_uri.endswith(f"/instances/{one.SOPInstanceUID}/bulkdata/7FE00010")
+    # (the URI's host is the Host header dicomweb-client sent, without the port: fetch on our URL)
+    single = httpx.get(url + pixel_uri[pixel_uri.index("/dicomweb/"):],
+                       headers={**AUTH, "Accept": "application/octet-stream"})
+    assert single.status_code == 200 and single.content == one.PixelData
     assert Dataset.from_json(meta) == _without_pixels(one)
     assert len(client.retrieve_series_metadata(study, one.SeriesInstanceUID)) == 1
     assert len(client.retrieve_series(study, datasets[0].SeriesInstanceUID)) == 2
