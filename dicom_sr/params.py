@@ -24,6 +24,9 @@ PARAMETER_KEYS = (
     "is_test_model",
 )
 
+#: Keys written only when they have a value (older SRs lack them).
+OPTIONAL_KEYS = ("probe_versions",)
+
 
 def encode_parameters(algorithm: AlgorithmInfo) -> list[str]:
     """One ``key=value`` string per field of ``algorithm`` beyond name and version."""
@@ -33,6 +36,9 @@ def encode_parameters(algorithm: AlgorithmInfo) -> list[str]:
         if isinstance(value, bool):
             value = "true" if value else "false"
         out.append(f"{key}={value}")
+    for key in OPTIONAL_KEYS:
+        if getattr(algorithm, key):
+            out.append(f"{key}={getattr(algorithm, key)}")
     return out
 
 
@@ -41,7 +47,7 @@ def decode_parameters(name: str, version: str, parameters: Iterable[str]) -> Alg
     values: dict[str, str] = {}
     for parameter in parameters:
         key, sep, value = parameter.partition("=")
-        if sep and key in PARAMETER_KEYS:
+        if sep and (key in PARAMETER_KEYS or key in OPTIONAL_KEYS):
             values[key] = value
     missing = [key for key in PARAMETER_KEYS if key not in values]
     if missing:

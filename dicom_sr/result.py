@@ -130,6 +130,7 @@ class AlgorithmInfo:
     preprocessing_version: str
     preprocessing_description: str
     is_test_model: bool = False
+    probe_versions: str = ""  # "finding=sha256:..." per linear-probe finding, ";"-joined; "" = prompts only
 
     def __post_init__(self) -> None:
         _require_text(

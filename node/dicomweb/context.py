@@ -22,6 +22,7 @@ class WebContext:
     ingestor: Ingestor
     audit: AuditLog | None = None
     worker: Any = None  # node.triage.worker.TriageWorker or None
+    search: Any = None  # node.search.service.SearchIndexes of the node, or None (made on first use)
 
     @classmethod
     def of(cls, node_or_parts: Any) -> "WebContext":
@@ -31,7 +32,8 @@ class WebContext:
             return cls(**node_or_parts)
         n = node_or_parts
         return cls(settings=n.settings, db=n.db, files=n.files, ingestor=n.ingestor,
-                   audit=getattr(n, "audit", None), worker=getattr(n, "worker", None))
+                   audit=getattr(n, "audit", None), worker=getattr(n, "worker", None),
+                   search=getattr(n, "search", None))
 
 
 def ctx(request: Request) -> WebContext:

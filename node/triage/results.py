@@ -59,7 +59,8 @@ def algorithm_info(identity: ModelIdentity | None, profile: TriageProfile, prepr
         profile_name=profile.name, profile_version=profile.version,
         preprocessing_version=preprocessing_version,
         preprocessing_description=preprocessing_description,
-        is_test_model=bool(identity and identity.is_test_model))
+        is_test_model=bool(identity and identity.is_test_model),
+        probe_versions=profile.probe_versions())
 
 
 def triage_result(decision: StudyDecision, profile: TriageProfile, images: list[Dataset],
