@@ -14,14 +14,22 @@ Layout of the content tree (all built with highdicom templates unless noted)::
           [Reason for no AI assessment = <coded reason>]
           source images = all evaluated images
           TEXT Reason for no AI assessment   (hand-added, see below)
+          [TEXT Priority kept from an earlier assessment <SR UID>]  (hand-added)
           TEXT Intended use disclaimer       (hand-added)
           [TEXT Test model warning]          (hand-added)
         Measurement Group per finding (TID 1501)
           Tracking identifier, Finding = <finding>, Algorithm Identification
-          Score, Threshold Value (TID 300, unit UCUM "1")
+          Score, Threshold Value, [band lower / upper limit] (TID 300, unit UCUM "1")
           <finding> = Present | Not detected | Indeterminate
           Urgent finding in triage profile = Yes | No
           source images = the images the finding's score came from
+          [TEXT Operating point calibration]  (hand-added: calibrated on local data or not)
+        Measurement Group per image given to the model (TID 1501)
+          Tracking identifier "AI triage image", Algorithm Identification
+          [In-domain score (TID 300)]
+          Evaluated for findings = Yes | No
+          TEXT Image preprocessing           (hand-added)
+          source image = that image
 
 The summary group exists so that every SR, including a no-assist one with no
 findings at all, has the one measurement group that highdicom's
@@ -68,7 +76,7 @@ from pydicom.sr.codedict import codes as pydicom_codes
 
 from . import codes
 from .params import encode_parameters
-from .result import AlgorithmInfo, Code, FindingResult, ImageRef, SRReference, TriageResult
+from .result import AlgorithmInfo, Code, FindingResult, ImageAssessment, ImageRef, SRReference, TriageResult
 
 #: Namespace for the name-based UUIDs behind deterministic "2.25." UIDs.
 _UID_NAMESPACE = uuid.UUID("0b9d6f0e-7f51-4b8e-9a53-5c7c2f3f7a10")
@@ -157,6 +165,8 @@ def _summary_group(
     texts = []
     if result.no_assist_text is not None:
         texts.append(_text(codes.NO_ASSESSMENT_REASON, result.no_assist_text))
+    if result.priority_kept_from is not None:
+        texts.append(_text(codes.PRIORITY_KEPT, codes.priority_kept_text(result.priority_kept_from)))
     texts.append(_text(codes.DISCLAIMER, codes.DISCLAIMER_TEXT))
     if result.algorithm.is_test_model:
         texts.append(_text(codes.TEST_MODEL, codes.TEST_MODEL_TEXT))
@@ -165,27 +175,61 @@ def _summary_group(
 
 
 def _finding_group(
-    finding: FindingResult, algorithm_id: AlgorithmIdentification, sop_instance_uid: str
+    finding: FindingResult, algorithm_id: AlgorithmIdentification, sop_instance_uid: str, calibration: str = ""
 ) -> MeasurementsAndQualitativeEvaluations:
     """One finding: its state, score, threshold, urgency and the images it came from."""
     concept = _coded(finding.finding)
-    return MeasurementsAndQualitativeEvaluations(
+    measurements = [
+        hd.sr.Measurement(name=codes.SCORE, value=finding.score, unit=codes.NO_UNITS),
+        hd.sr.Measurement(name=codes.THRESHOLD, value=finding.threshold, unit=codes.NO_UNITS),
+    ]
+    if finding.band_low is not None and finding.band_high is not None:
+        measurements += [
+            hd.sr.Measurement(name=codes.BAND_LOW, value=finding.band_low, unit=codes.NO_UNITS),
+            hd.sr.Measurement(name=codes.BAND_HIGH, value=finding.band_high, unit=codes.NO_UNITS),
+        ]
+    group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=_uid_from_name("finding", sop_instance_uid, finding.finding.scheme, finding.finding.value),
             identifier=finding.finding.meaning,
         ),
         finding_type=concept,
         algorithm_id=algorithm_id,
-        measurements=[
-            hd.sr.Measurement(name=codes.SCORE, value=finding.score, unit=codes.NO_UNITS),
-            hd.sr.Measurement(name=codes.THRESHOLD, value=finding.threshold, unit=codes.NO_UNITS),
-        ],
+        measurements=measurements,
         qualitative_evaluations=[
             QualitativeEvaluation(name=concept, value=codes.STATE_CODES[finding.state]),
             QualitativeEvaluation(name=codes.URGENT, value=codes.YES if finding.urgent else codes.NO),
         ],
         source_images=_source_images(finding.source_images) or None,
     )
+    if calibration:  # issue 13: in words, next to the threshold it qualifies
+        group[0].ContentSequence.append(_text(codes.CALIBRATION, calibration))
+    return group
+
+
+def _image_group(
+    assessment: ImageAssessment, algorithm_id: AlgorithmIdentification, sop_instance_uid: str
+) -> MeasurementsAndQualitativeEvaluations:
+    """One image given to the model: its domain score, whether it was evaluated, its preprocessing."""
+    measurements = None
+    if assessment.domain_score is not None:
+        measurements = [
+            hd.sr.Measurement(name=codes.DOMAIN_SCORE, value=assessment.domain_score, unit=codes.NO_UNITS)
+        ]
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(
+            uid=_uid_from_name("image", sop_instance_uid, assessment.image.sop_instance_uid),
+            identifier=codes.IMAGE_TRACKING_ID,
+        ),
+        algorithm_id=algorithm_id,
+        measurements=measurements,
+        qualitative_evaluations=[
+            QualitativeEvaluation(name=codes.EVALUATED, value=codes.YES if assessment.evaluated else codes.NO),
+        ],
+        source_images=_source_images([assessment.image]),
+    )
+    group[0].ContentSequence.append(_text(codes.PREPROCESSING, assessment.preprocessing))
+    return group
 
 
 def _observation_context(algorithm: AlgorithmInfo, manufacturer: str) -> ObservationContext:
@@ -317,7 +361,7 @@ def _character_set(result: TriageResult, study_context: Dataset, extra: Sequence
     ASCII is a subset of every DICOM character set, so only non-ASCII text we
     add (reason text, code meanings, algorithm strings) can need ISO_IR 192.
     """
-    ours = [result.no_assist_text or "", *extra]
+    ours = [result.no_assist_text or "", *extra, *(a.preprocessing for a in result.images)]
     if result.no_assist_reason is not None:
         ours.append(result.no_assist_reason.meaning)
     for finding in result.findings:
@@ -346,6 +390,7 @@ def _check_evidence(result: TriageResult, study_context: Dataset, evidence: Sequ
             )
         by_uid[ds.SOPInstanceUID] = ds
     refs = list(result.evaluated_images)
+    refs.extend(a.image for a in result.images)
     for finding in result.findings:
         refs.extend(finding.source_images)
     for ref in refs:
@@ -421,7 +466,8 @@ def build_triage_sr(
     algorithm_id = _algorithm_identification(algorithm)
 
     groups = [_summary_group(result, algorithm_id, sop_instance_uid)]
-    groups.extend(_finding_group(f, algorithm_id, sop_instance_uid) for f in result.findings)
+    groups.extend(_finding_group(f, algorithm_id, sop_instance_uid, algorithm.calibration) for f in result.findings)
+    groups.extend(_image_group(a, algorithm_id, sop_instance_uid) for a in result.images)
     report = MeasurementReport(
         observation_context=_observation_context(algorithm, manufacturer),
         procedure_reported=_procedure_reported(study_context, procedure_reported),

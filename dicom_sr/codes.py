@@ -17,6 +17,13 @@ HIGH           High (worklist priority HIGH, urgent)            value of Priorit
 MEDIUM         Medium (worklist priority MEDIUM, routine)       value of Priority
 DISCLAIMER     Intended use disclaimer                          TEXT name
 TESTMODEL      Test model warning                               TEXT name
+BANDLOW        Indeterminate band lower limit                   NUM name, finding group
+BANDHIGH       Indeterminate band upper limit                   NUM name, finding group
+PRIOKEPT       Priority kept from an earlier assessment         TEXT name, summary group
+DOMAIN         In-domain score                                  NUM name, image group
+EVALUATED      Evaluated for findings                           CODE name (Yes/No), image group
+PREPROC        Image preprocessing                              TEXT name, image group
+OPCALIB        Operating point calibration                      TEXT name, finding group
 =============  ===============================================  ========================
 
 Why these standard codes:
@@ -29,6 +36,13 @@ Why these standard codes:
   unit: UCUM "1" (no units). It is a zero-shot softmax over two prompt
   classes, not a calibrated probability, hence not DCM "Probability".
   The decision threshold is DCM 122411 "Threshold Value", same unit.
+* the finding's "Threshold Value" is the value that decides "present" (a score
+  above it); the indeterminate band's limits are reported beside it, so the
+  report shows exactly the rule that was applied.
+* beside each finding's threshold, "Operating point calibration" says in words
+  whether that threshold was calibrated on local data (and on which evaluation).
+* one "AI triage image" group per image given to the model carries its
+  in-domain score, whether it was evaluated for findings, and its preprocessing.
 * priority is named by SCT 260870009 "Priority"; its values are private codes
   whose code values are exactly the UPS enumerated values HIGH and MEDIUM.
 * urgency uses SCT "Yes"/"No" (CID 230).
@@ -84,6 +98,13 @@ PRIORITY_CODES: dict[str, CodedConcept] = {
 }
 
 DISCLAIMER = _private("DISCLAIMER", "Intended use disclaimer")
+BAND_LOW = _private("BANDLOW", "Indeterminate band lower limit")
+BAND_HIGH = _private("BANDHIGH", "Indeterminate band upper limit")
+PRIORITY_KEPT = _private("PRIOKEPT", "Priority kept from an earlier assessment")
+DOMAIN_SCORE = _private("DOMAIN", "In-domain score")
+EVALUATED = _private("EVALUATED", "Evaluated for findings")
+PREPROCESSING = _private("PREPROC", "Image preprocessing")
+CALIBRATION = _private("OPCALIB", "Operating point calibration")
 TEST_MODEL = _private("TESTMODEL", "Test model warning")
 
 IMAGING_PROCEDURE = _sct("363679005", "Imaging procedure")
@@ -94,6 +115,16 @@ AIR_PROCESSING_ALGORITHM = CodedConcept(
 
 #: Tracking identifier (TID 4108, human readable part) of the per-study summary group.
 SUMMARY_TRACKING_ID = "AI triage summary"
+#: ... and of each per-image group.
+IMAGE_TRACKING_ID = "AI triage image"
+
+
+def priority_kept_text(sr_sop_instance_uid: str) -> str:
+    """The sentence a kept HIGH carries; the reader takes the UID back from its end."""
+    return (
+        f"Priority kept HIGH from the earlier assessment {sr_sop_instance_uid}: "
+        "only a person clears a raised priority."
+    )
 
 DISCLAIMER_TEXT = (
     "Research use only. Not for diagnostic use. This report was produced "

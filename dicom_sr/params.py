@@ -24,8 +24,8 @@ PARAMETER_KEYS = (
     "is_test_model",
 )
 
-#: Keys written only when they have a value (older SRs lack them).
-OPTIONAL_KEYS = ("probe_versions",)
+#: Keys written only when the field is set (an SR written before they existed still reads).
+OPTIONAL_KEYS = ("calibration", "probe_versions")
 
 
 def encode_parameters(algorithm: AlgorithmInfo) -> list[str]:
@@ -36,9 +36,7 @@ def encode_parameters(algorithm: AlgorithmInfo) -> list[str]:
         if isinstance(value, bool):
             value = "true" if value else "false"
         out.append(f"{key}={value}")
-    for key in OPTIONAL_KEYS:
-        if getattr(algorithm, key):
-            out.append(f"{key}={getattr(algorithm, key)}")
+    out += [f"{key}={getattr(algorithm, key)}" for key in OPTIONAL_KEYS if getattr(algorithm, key)]
     return out
 
 
@@ -49,7 +47,7 @@ def decode_parameters(name: str, version: str, parameters: Iterable[str]) -> Alg
         key, sep, value = parameter.partition("=")
         if sep and (key in PARAMETER_KEYS or key in OPTIONAL_KEYS):
             values[key] = value
-    missing = [key for key in PARAMETER_KEYS if key not in values]
+    missing = [key for key in PARAMETER_KEYS if key not in values]  # optional keys may be absent
     if missing:
         raise ValueError(f"algorithm parameters lack {', '.join(missing)}")
     flag = values.pop("is_test_model")

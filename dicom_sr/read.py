@@ -8,6 +8,7 @@ a :class:`TriageSRError`, never a silently partial result.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from highdicom.sr import CodedConcept, Comprehensive3DSR, MeasurementsAndQualitativeEvaluations
@@ -23,6 +24,7 @@ from .result import (
     AlgorithmInfo,
     Code,
     FindingResult,
+    ImageAssessment,
     ImageRef,
     SRReference,
     TriageResult,
@@ -57,6 +59,10 @@ def _texts(group: MeasurementsAndQualitativeEvaluations, name: CodedConcept) -> 
 
 def _number(group: MeasurementsAndQualitativeEvaluations, name: CodedConcept) -> float:
     return float(_one(group.get_measurements(name=name), f"{name.meaning!r} measurement").value)
+
+
+def _optional_number(group: MeasurementsAndQualitativeEvaluations, name: CodedConcept) -> float | None:
+    return _number(group, name) if group.get_measurements(name=name) else None
 
 
 def _evidence_series(ds: Dataset) -> dict[str, str]:
@@ -118,7 +124,38 @@ def _finding(group: MeasurementsAndQualitativeEvaluations, series_of: dict[str, 
         threshold=_number(group, codes.THRESHOLD),
         urgent=urgent == codes.YES,
         source_images=_images(group, series_of),
+        band_low=_optional_number(group, codes.BAND_LOW),
+        band_high=_optional_number(group, codes.BAND_HIGH),
     )
+
+
+def _is_image_group(group: MeasurementsAndQualitativeEvaluations) -> bool:
+    return bool(group.get_qualitative_evaluations(name=codes.EVALUATED))
+
+
+def _image_assessment(group: MeasurementsAndQualitativeEvaluations, series_of: dict[str, str]) -> ImageAssessment:
+    evaluated = _coded_value(group, codes.EVALUATED)
+    if evaluated not in (codes.YES, codes.NO):
+        raise TriageSRError("an image group's 'evaluated' item is neither Yes nor No")
+    return ImageAssessment(
+        image=_one(_images(group, series_of), "source image of an image group"),
+        preprocessing=_one(_texts(group, codes.PREPROCESSING), "image preprocessing text"),
+        evaluated=evaluated == codes.YES,
+        domain_score=_optional_number(group, codes.DOMAIN_SCORE),
+    )
+
+
+_KEPT_UID = re.compile(r"earlier assessment ([0-9][0-9.]*[0-9])")
+
+
+def _priority_kept_from(summary: MeasurementsAndQualitativeEvaluations) -> str | None:
+    texts = _texts(summary, codes.PRIORITY_KEPT)
+    if not texts:
+        return None
+    match = _KEPT_UID.search(_one(texts, "priority-kept text"))
+    if match is None:
+        raise TriageSRError("the priority-kept text names no SR")
+    return match.group(1)
 
 
 def is_triage_sr(ds: Dataset) -> bool:
@@ -162,12 +199,19 @@ def read_triage_sr(ds: Dataset) -> TriageResult:
     if bool(_texts(summary, codes.TEST_MODEL)) != algorithm.is_test_model:
         raise TriageSRError("the test-model warning and the is_test_model parameter disagree")
     findings = []
+    images = []
     for group in groups:
         if group is summary:
             continue
         if _algorithm(group) != algorithm:
-            raise TriageSRError("finding groups name different algorithms")
-        findings.append(_finding(group, series_of))
+            raise TriageSRError("measurement groups name different algorithms")
+        if _is_image_group(group):
+            images.append(_image_assessment(group, series_of))
+        else:
+            stated = _texts(group, codes.CALIBRATION)
+            if stated and stated != [algorithm.calibration]:
+                raise TriageSRError("a finding's calibration statement differs from the algorithm's")
+            findings.append(_finding(group, series_of))
     try:
         return TriageResult(
             assist=assessment == codes.ASSESSMENT_PROVIDED,
@@ -177,6 +221,8 @@ def read_triage_sr(ds: Dataset) -> TriageResult:
             findings=tuple(findings),
             evaluated_images=_images(summary, series_of),
             algorithm=algorithm,
+            images=tuple(images),
+            priority_kept_from=_priority_kept_from(summary),
         )
     except ValueError as exc:
         raise TriageSRError(f"the SR breaks a triage invariant: {exc}") from exc

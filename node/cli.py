@@ -49,6 +49,8 @@ def cmd_worklist(args: argparse.Namespace) -> int:
     from node.db.engine import Database
     from node.worklist import worklist
 
+    if getattr(args, "worklist_command", None) == "clear":
+        return cmd_worklist_clear(args)
     items = worklist(Database(_settings(args).database.url))
     if args.json:
         print(json.dumps(items, indent=2))
@@ -58,8 +60,50 @@ def cmd_worklist(args: argparse.Namespace) -> int:
     for item in items:
         what = "AI assessment" if item["assist"] else f"no AI assessment ({item['reason']})"
         present = [f["finding"] for f in item["findings"] if f["state"] == "present"]
+        why = []
+        if item["ai_raised"]:
+            why.append("raised by AI" + (", kept" if item["priority_kept"] else ""))
+        if item["order_priority"]:
+            why.append(f"order {item['order_priority']}")
         print(f"{item['priority']:<6} {item['study_instance_uid']}  {what}"
-              + (f"; flagged: {', '.join(present)}" if present else ""))
+              + (f"; flagged: {', '.join(present)}" if present else "")
+              + (f" [{'; '.join(why)}]" if why else ""))
+    return 0
+
+
+def cmd_worklist_clear(args: argparse.Namespace) -> int:
+    """A person clears an AI raise (rule 5): the row falls back to the order's priority; audited."""
+    from node.audit import AuditLog, AuditObject, EventCode, Participant
+    from node.db.engine import Database
+    from node.worklist import clear_raise
+
+    settings = _settings(args)
+    by, reason = args.by.strip(), args.reason.strip()
+    if not by or not reason:
+        print("triage-node: worklist clear needs a non-empty --by and --reason", file=sys.stderr)
+        return 2
+    db = Database(settings.database.url)
+    cleared = clear_raise(db, args.study_uid, by=by, reason=reason)
+    if cleared is None:
+        print(f"triage-node: no worklist entry for study {args.study_uid}", file=sys.stderr)
+        return 1
+    audit = AuditLog(Path(settings.audit.path), db, source_id=settings.audit.source_id, fsync=settings.audit.fsync)
+    try:
+        audit.record(
+            EventCode.PROCEDURE_RECORD, action="U", outcome=0,
+            outcome_desc=(f"worklist priority raise cleared by {by}: {cleared.priority_before} -> "
+                          f"{cleared.priority_after}" if cleared.changed else
+                          f"worklist clear by {by}: nothing to clear (priority {cleared.priority_after})"),
+            participants=[Participant(user_id=by, role="requestor", is_requestor=True)],
+            objects=[AuditObject(type="study", id=cleared.study_instance_uid, details={
+                "reason": reason, "cleared_raise": cleared.raised_by_sr_uid,
+                "priority_before": cleared.priority_before, "priority_after": cleared.priority_after})])
+    finally:
+        audit.close()
+    if cleared.changed:
+        print(f"cleared: {cleared.study_instance_uid} {cleared.priority_before} -> {cleared.priority_after}")
+    else:
+        print(f"nothing to clear: {cleared.study_instance_uid} stays {cleared.priority_after}")
     return 0
 
 
@@ -312,9 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = with_config(sub.add_parser("worklist", help="triaged studies, most urgent first"))
+    p = with_config(sub.add_parser("worklist", help="triaged studies, most urgent first; `clear` a raised flag"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_worklist)
+    wl_sub = p.add_subparsers(dest="worklist_command")
+    clear = wl_sub.add_parser("clear", help="a person clears the AI's raise of a study's priority (audited)")
+    # SUPPRESS: `worklist --config C clear ...` and `worklist clear ... --config C` both work.
+    clear.add_argument("--config", default=argparse.SUPPRESS, help=f"TOML config (default {DEFAULT_CONFIG})")
+    clear.add_argument("study_uid", metavar="STUDY_UID")
+    clear.add_argument("--by", required=True, metavar="NAME", help="who clears it (recorded in the audit log)")
+    clear.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded in the audit log)")
+    clear.set_defaults(func=cmd_worklist)
     p = with_config(sub.add_parser("outbox", help="forwarding outbox: pending and dead items; requeue dead letters"))
     p.add_argument("--json", action="store_true")
     group = p.add_mutually_exclusive_group()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,6 +62,7 @@ class Node:
         self.drift = DriftWatch(settings, self.db, self.audit, self.embedding_space)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._stopped = threading.Event()
+        self.calibration_warnings: list[str] = []
         self._me = Participant(user_id=settings.dicom.ae_title, role="application")
 
     # ------------------------------------------------------------------ start / stop
@@ -85,12 +87,21 @@ class Node:
         self.tick()  # studies whose quiet period ended while we were down
         self.scheduler.start()
         if self.worker is not None:
+            self._warn_uncalibrated()
             self.worker.start()
         if self.forwarder is not None:
             self.forwarder.start()
         (self.data_dir / RUNNING_MARKER).write_text(str(os.getpid()))
         self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_START,
                           outcome_desc="triage-node started", participants=[self._me])
+
+    def _warn_uncalibrated(self) -> None:
+        """Placeholder thresholds are worth a warning at every start (issue 13)."""
+        from node.triage.calibration import startup_warnings
+
+        self.calibration_warnings = startup_warnings(self.settings, self.worker.profiles)  # type: ignore[union-attr]
+        for text in self.calibration_warnings:
+            log.warning("profile_not_calibrated", detail=text)
 
     @property
     def http_port(self) -> int | None:
@@ -169,6 +180,8 @@ class Node:
               f"{self.settings.dicom.host}:{self.listener.port}"
               + (f", HTTP on {self.settings.http.host}:{self.http_port}" if self.http else "")
               + "; Ctrl-C to stop", flush=True)
+        for text in self.calibration_warnings:
+            print(f"WARNING {text} (see README, 'Tune it on your data')", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
         self.stop()

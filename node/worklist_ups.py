@@ -18,11 +18,12 @@ from typing import Any, Mapping
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from sqlalchemy import case, select
+from sqlalchemy import select
 
 from node.db.engine import Database
 from node.db.models import Instance, Patient, Series, Study, WorklistItem
 from node.uids import is_valid_uid
+from node.worklist import clear_raise_in_session, priority_rank
 
 UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"  # the SOP Class of every UPS instance
 UPS_PULL_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.3"
@@ -55,6 +56,8 @@ class StateChange:
     status: int
     message: str
     state: str | None = None  # the state after the call
+    cleared_raise: str = ""  # the SR whose AI raise a COMPLETED / CANCELED cleared (a person's act)
+    study_instance_uid: str = ""
 
     @property
     def ok(self) -> bool:
@@ -83,7 +86,7 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
     ds.SOPClassUID = UPS_PUSH_SOP_CLASS
     ds.SOPInstanceUID = item.ups_sop_instance_uid
     # Unified Procedure Step Scheduled Procedure Information Module
-    ds.ScheduledProcedureStepPriority = item.priority if item.priority in ("HIGH", "MEDIUM") else "MEDIUM"
+    ds.ScheduledProcedureStepPriority = item.priority if item.priority in ("HIGH", "MEDIUM", "LOW") else "MEDIUM"
     ds.ScheduledProcedureStepModificationDateTime = _dt(item.state_changed_at or item.triaged_at)
     ds.ProcedureStepLabel = (f"AI triage {item.priority}: "
                              + ("assessed" if item.assist else f"no assist ({item.reason or 'unknown'})"))[:64]
@@ -215,7 +218,7 @@ def find_workitems(db: Database, criteria: Mapping[str, Any], *, limit: int = 10
     study_uid = criteria.get("StudyInstanceUID")
     if isinstance(study_uid, str) and study_uid and "*" not in study_uid and "?" not in study_uid:
         stmt = stmt.where(WorklistItem.study_instance_uid.in_(study_uid.split("\\")))
-    stmt = stmt.order_by(case((WorklistItem.priority == "HIGH", 0), else_=1), WorklistItem.queued_at)
+    stmt = stmt.order_by(priority_rank(), WorklistItem.queued_at)
     out: list[Dataset] = []
     with db.session() as session:
         for item in session.execute(stmt).scalars():
@@ -246,8 +249,14 @@ def project(full: Dataset, identifier: Dataset) -> Dataset:
 
 
 # ------------------------------------------------------------------ state machine
-def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: str | None) -> StateChange:
-    """N-ACTION Change UPS State (action type 1) / UPS-RS ``PUT /workitems/{uid}/state``."""
+def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: str | None,
+                 by: str = "") -> StateChange:
+    """N-ACTION Change UPS State (action type 1) / UPS-RS ``PUT /workitems/{uid}/state``.
+
+    COMPLETED or CANCELED is a person's decision on the study: it clears an AI raise
+    (rule 5), naming ``by`` (the calling AE title or HTTP client) as who cleared it. The
+    caller audits the change, including ``cleared_raise``.
+    """
     new_state = (new_state or "").strip().upper()
     transaction_uid = (transaction_uid or "").strip()
     if new_state not in STATES:
@@ -278,7 +287,10 @@ def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: st
                 return StateChange(WRONG_TRANSACTION, "the Transaction UID does not match", current)
             item.procedure_step_state = new_state
             item.state_changed_at = datetime.now(timezone.utc)
-            return StateChange(SUCCESS, new_state.lower(), new_state)
+            cleared = clear_raise_in_session(item, by=by or "UPS performer",
+                                             reason=f"UPS {new_state}", now=item.state_changed_at)
+            return StateChange(SUCCESS, new_state.lower(), new_state, cleared_raise=cleared.raised_by_sr_uid,
+                               study_instance_uid=item.study_instance_uid)
         if current == new_state:  # COMPLETED -> COMPLETED, CANCELED -> CANCELED
             return StateChange(ALREADY_COMPLETED if current == COMPLETED else ALREADY_CANCELED,
                                f"the workitem is already {current}", current)

@@ -32,6 +32,7 @@ command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 [ -n "$(pg_bindir)" ] || missing+=(postgresql)
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # evaluate report rendering test (issue 13)
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then

@@ -11,6 +11,7 @@ class EventCode(Enum):
     APPLICATION_ACTIVITY = ("110100", "Application Activity")
     INSTANCES_TRANSFERRED = ("110104", "DICOM Instances Transferred")
     EXPORT = ("110106", "Export")
+    PROCEDURE_RECORD = ("110111", "Procedure Record")
     QUERY = ("110112", "Query")
     SECURITY_ALERT = ("110113", "Security Alert")
 

@@ -8,9 +8,12 @@ operational log.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,7 +47,14 @@ class AuditObject:
 
 
 class AuditLog:
-    """Thread-safe appender. Reopens the existing chain at start (continues seq and hash)."""
+    """Thread-safe and process-safe appender. Reopens the existing chain at start (continues seq
+    and hash).
+
+    Several processes may append to one file (``serve`` and a CLI command a person runs beside
+    it, e.g. ``worklist clear``): each append holds an exclusive ``flock`` on the file and, when
+    the file grew since this process last wrote, first re-reads the tail, so the chain never
+    forks into two lines with one ``seq``.
+    """
 
     def __init__(self, path: Path, database: Database, *, source_id: str, fsync: bool = True) -> None:
         self.path = Path(path)
@@ -55,8 +65,18 @@ class AuditLog:
         self.host = socket.gethostname()
         self._lock = threading.Lock()
         self._log = structlog.get_logger("audit")
-        self._seq, self._prev = self._read_tail()
         self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the process lifetime
+        with self._file_lock():
+            self._seq, self._prev = self._read_tail()
+            self._size = os.fstat(self._file.fileno()).st_size
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
 
     def _read_tail(self) -> tuple[int, str]:
         """Last seq and hash in the file (the chain continues from the file, the source of truth)."""
@@ -94,7 +114,9 @@ class AuditLog:
         detail: str = "",
     ) -> dict[str, Any]:
         """Append one event and return the line as written."""
-        with self._lock:
+        with self._lock, self._file_lock():
+            if os.fstat(self._file.fileno()).st_size != self._size:  # another process appended
+                self._seq, self._prev = self._read_tail()
             entry: dict[str, Any] = {
                 "seq": self._seq + 1,
                 "ts": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
@@ -117,6 +139,7 @@ class AuditLog:
             if self.fsync:
                 os.fsync(self._file.fileno())
             self._seq, self._prev = entry["seq"], entry["hash"]
+            self._size = os.fstat(self._file.fileno()).st_size
             self._store_head()
             return entry
 

@@ -105,12 +105,20 @@ class AuditHead(Base):
 
 
 class WorklistItem(Base):
-    """The triage answer per study: what a reading worklist sorts by (never LOW, rule 5)."""
+    """The triage answer per study: what a reading worklist sorts by.
+
+    ``priority`` is the effective worklist priority (rule 5, over time): the maximum of the
+    order's own priority (``order_priority``; MEDIUM when the order names none) and HIGH while
+    an SR of this node has raised the study (``raised_by_sr_uid``). A later SR that cannot
+    assess, or assesses lower, leaves the raise in place (``priority_kept``); only a person
+    clears it (``cleared_*``: a UPS completed/canceled, or ``worklist clear``). The model never
+    sets LOW; a LOW order stays LOW unless the model raises it.
+    """
 
     __tablename__ = "worklist_item"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
-    priority: Mapped[str] = mapped_column(String(8))  # HIGH | MEDIUM
+    priority: Mapped[str] = mapped_column(String(8))  # HIGH | MEDIUM | LOW (LOW only from the order)
     assist: Mapped[bool] = mapped_column(default=False)
     reason: Mapped[str] = mapped_column(String(64), default="")
     profile: Mapped[str] = mapped_column(String(64), default="")
@@ -118,6 +126,14 @@ class WorklistItem(Base):
     sr_series_instance_uid: Mapped[str] = mapped_column(UID, default="")
     job_id: Mapped[int] = mapped_column(Integer)
     findings: Mapped[str] = mapped_column(Text, default="")  # JSON summary for dashboards
+    images: Mapped[str] = mapped_column(Text, default="")  # JSON: per image domain score, evaluated, preprocessing
+    order_priority: Mapped[str] = mapped_column(String(8), default="")  # HIGH | MEDIUM | LOW | "" (none given)
+    raised_by_sr_uid: Mapped[str] = mapped_column(UID, default="")  # the SR whose urgent finding raised it
+    raised_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    priority_kept: Mapped[bool] = mapped_column(default=False)  # the latest SR did not raise; the raise held
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    cleared_by: Mapped[str] = mapped_column(String(64), default="")
+    cleared_reason: Mapped[str] = mapped_column(Text, default="")
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     triaged_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The same item as a DICOM Unified Procedure Step (UPS Pull / UPS-RS).

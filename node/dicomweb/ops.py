@@ -48,6 +48,13 @@ def healthz(request: Request) -> Response:
         checks["model"] = "loaded"
     else:
         checks["model"] = f"not loaded ({getattr(worker, 'model_error', '') or 'unknown'})"
+    if worker is not None and getattr(worker, "profiles", None):
+        from node.triage.calibration import calibration_states
+
+        model = getattr(worker, "model", None)
+        weights = model.identity.weights_sha256 if model is not None else None
+        checks["calibration"] = {name: {"calibrated": state.calibrated, "statement": state.text}
+                                 for name, state in calibration_states(worker.profiles, weights).items()}
     healthy = checks["database"] == "ok" and checks["storage"] == "ok"
     return JSONResponse({"status": "ok" if healthy else "unhealthy", "checks": checks},
                         status_code=200 if healthy else 503)

@@ -107,11 +107,18 @@ async def put_state(request: Request, uid: str) -> Response:
         raise Problem(400, "the body is not JSON") from None
     new_state = _value(payload, "00741000").upper()
     transaction_uid = _value(payload, "00081195")
-    change = await run_in_threadpool(ups.change_state, ctx(request).db, uid, new_state, transaction_uid)
+    client = request.client.host if request.client else "unknown"
+    change = await run_in_threadpool(ups.change_state, ctx(request).db, uid, new_state, transaction_uid,
+                                     f"UPS-RS client {client}")
     status = HTTP_STATUS.get(change.status, 409)
+    desc = f"UPS-RS change state to {new_state}: 0x{change.status:04X} {change.message}"
+    objects = [AuditObject(type="job", id=uid)]
+    if change.cleared_raise:
+        desc += f"; AI priority raise by SR {change.cleared_raise} cleared"
+        objects.append(AuditObject(type="study", id=change.study_instance_uid,
+                                   details={"cleared_raise": change.cleared_raise, "by": f"UPS-RS client {client}"}))
     await run_in_threadpool(audit, request, EventCode.APPLICATION_ACTIVITY, outcome=0 if change.ok else 4,
-                            desc=f"UPS-RS change state to {new_state}: 0x{change.status:04X} {change.message}",
-                            objects=[AuditObject(type="job", id=uid)])
+                            desc=desc, objects=objects)
     if status != 200:
         raise Problem(status, change.message)
     headers = {}

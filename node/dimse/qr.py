@@ -340,10 +340,21 @@ class QueryRetrieveSCP:
             info = event.action_information
         except Exception:
             return 0x0115, None
+        calling = str(event.assoc.requestor.ae_title).strip()
         result = ups.change_state(self.db, uid, str(info.get("ProcedureStepState", "") or ""),
-                                  str(info.get("TransactionUID", "") or ""))
+                                  str(info.get("TransactionUID", "") or ""), f"AE {calling}")
         log.info("ups_change_state", status=f"0x{result.status:04X}", state=result.state, message=result.message,
-                 calling_ae=event.assoc.requestor.ae_title)
+                 calling_ae=calling)
+        if result.ok:  # a state change is a person's act on the worklist: audited, like UPS-RS
+            desc = f"UPS N-ACTION change state to {result.state}: 0x{result.status:04X} {result.message}"
+            objects = [AuditObject(type="job", id=uid)]
+            if result.cleared_raise:
+                desc += f"; AI priority raise by SR {result.cleared_raise} cleared"
+                objects.append(AuditObject(type="study", id=result.study_instance_uid,
+                                           details={"cleared_raise": result.cleared_raise, "by": f"AE {calling}"}))
+            self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=AUDIT_SUCCESS, outcome_desc=desc,
+                              participants=[self._peer(event), self._us("destination")],
+                              objects=objects)
         if result.status != 0x0000:
             return result.status, None
         reply = Dataset()

@@ -27,19 +27,30 @@ from node.oplog import get_logger
 from node.triage.preprocess import PreprocessError, to_model_input
 from node.triage.profiles import TriageProfile
 
-__all__ = ["study_headers", "all_study_uids", "with_preprocessing", "embed_missing", "EmbedOutcome"]
+__all__ = ["study_paths", "read_headers", "study_headers", "all_study_uids", "with_preprocessing", "embed_missing", "EmbedOutcome"]
 
 log = get_logger("embeddings")
 OWN_MANUFACTURER = "triage-node"  # our own SRs are never images to embed (select.py "own-sr")
 
 
-def study_headers(db: Database, storage_root: Path, study_uid: str) -> list[Dataset]:
-    """The study's instances as the worker reads them (pixel data deferred), in the worker's order."""
+def study_paths(db: Database, study_uids: Sequence[str]) -> dict[str, list[str]]:
+    """Each study's instance files (relative to storage.path) in the worker's order; one query per 500 studies."""
+    out: dict[str, list[str]] = {uid: [] for uid in study_uids}
+    uids = list(out)
     with db.session() as session:
-        paths = session.execute(
-            select(Instance.path).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id).where(Study.study_instance_uid == study_uid)
-            .order_by(Series.series_number, Instance.instance_number, Instance.id)).scalars().all()
+        for start in range(0, len(uids), 500):
+            rows = session.execute(
+                select(Study.study_instance_uid, Instance.path).join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Study.study_instance_uid.in_(uids[start:start + 500]))
+                .order_by(Study.id, Series.series_number, Instance.instance_number, Instance.id))
+            for uid, rel in rows:
+                out[uid].append(rel)
+    return out
+
+
+def read_headers(storage_root: Path, paths: Sequence[str]) -> list[Dataset]:
+    """The instances as the worker reads them: pixel data deferred, unreadable files skipped."""
     headers = []
     for rel in paths:
         try:
@@ -47,6 +58,11 @@ def study_headers(db: Database, storage_root: Path, study_uid: str) -> list[Data
         except Exception as exc:  # noqa: BLE001 -- an unreadable file is skipped, as the worker does
             log.warning("unreadable_instance", error=type(exc).__name__)
     return headers
+
+
+def study_headers(db: Database, storage_root: Path, study_uid: str) -> list[Dataset]:
+    """One study's instances as the worker reads them, in the worker's order."""
+    return read_headers(storage_root, study_paths(db, [study_uid])[study_uid])
 
 
 def all_study_uids(db: Database) -> list[str]:

@@ -15,6 +15,7 @@ Operating points (``suggested``):
   of the operating point a score lies on.
 
 A finding with fewer than 30 positives gets a loud warning: "too few positives to set a threshold".
+Subgroup CIs come from the cohort's resamples restricted to the subgroup (same draws for all).
 Subgroups are flagged when their AUROC CI or their sensitivity's Wilson CI lies wholly below the
 whole cohort's point estimate ("clearly below").
 """
@@ -25,15 +26,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from node.evaluate.metrics import (
+    _BLOCK,
     Resamples,
+    _counts,
     bootstrap_auroc,
     bootstrap_thresholds,
     confusion_at,
     point_metrics,
     reliability_bins,
-    resamples,
     rng_for,
     roc_band,
     threshold_for_sensitivity,
@@ -72,23 +75,44 @@ def _ci(values: np.ndarray) -> list[float] | None:
     return [float(lo), float(hi)]
 
 
-def _bootstrap(scores: np.ndarray, labels: np.ndarray, b: int, seed: int, names: tuple[str, ...],
-               target: float | None, with_band: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """AUROCs, thresholds at ``target`` and (optionally) ROC TPR bands over ``b`` resamples."""
+@dataclass
+class _Boot:
+    aurocs: np.ndarray
+    thresholds: np.ndarray
+    band: np.ndarray | None
+    subgroup_aurocs: list[np.ndarray]
+
+
+def _bootstrap(s: np.ndarray, y: np.ndarray, b: int, seed: int, key: str, target: float,
+               subsets: list[np.ndarray]) -> _Boot:
+    """One pass of ``b`` stratified resamples of the cohort: its AUROCs, the thresholds reaching
+    ``target``, ROC bands, and for each subgroup (a boolean mask over the studies) the AUROC of
+    its slice of every cohort resample (the subgroup bootstrap: same draws, so subgroups and
+    cohort stay comparable, and no second round of random numbers)."""
+    rng = rng_for(seed, key, "all")
+    pos_o = np.flatnonzero(y == 1)
+    pos_o = pos_o[np.argsort(s[pos_o], kind="stable")]
+    neg_o = np.flatnonzero(y == 0)
+    neg_o = neg_o[np.argsort(s[neg_o], kind="stable")]
+    pos, neg = s[pos_o], s[neg_o]
+    masks = [(m[pos_o], m[neg_o]) for m in subsets]
     aurocs, thresholds, bands = [], [], []
-    kept = 0
-    for block in resamples(scores, labels, b, rng_for(seed, *names)):
+    subs: list[list[np.ndarray]] = [[] for _ in subsets]
+    done = kept = 0
+    while done < b:
+        k = min(_BLOCK, b - done)
+        block = Resamples(pos, neg, _counts(pos.size, k, rng), _counts(neg.size, k, rng))
+        done += k
         aurocs.append(bootstrap_auroc(block))
-        if target is not None:
-            thresholds.append(bootstrap_thresholds(block, target))
-        if with_band and kept < _ROC_BAND_RESAMPLES:
-            take = min(block.b, _ROC_BAND_RESAMPLES - kept)
-            part = Resamples(block.pos, block.neg, block.cpos[:take], block.cneg[:take])
-            bands.append(roc_band(part, FPR_GRID))
+        thresholds.append(bootstrap_thresholds(block, target))
+        if kept < _ROC_BAND_RESAMPLES:
+            take = min(k, _ROC_BAND_RESAMPLES - kept)
+            bands.append(roc_band(Resamples(pos, neg, block.cpos[:take], block.cneg[:take]), FPR_GRID))
             kept += take
-    return (np.concatenate(aurocs) if aurocs else np.empty(0),
-            np.concatenate(thresholds) if thresholds else np.empty(0),
-            np.concatenate(bands) if bands else None)
+        for out, (mp, mn) in zip(subs, masks):
+            out.append(bootstrap_auroc(Resamples(pos[mp], neg[mn], block.cpos[:, mp], block.cneg[:, mn])))
+    return _Boot(np.concatenate(aurocs), np.concatenate(thresholds), np.concatenate(bands) if bands else None,
+                 [np.concatenate(x) for x in subs])
 
 
 def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensitivity: float,
@@ -106,7 +130,12 @@ def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensit
 
     both = n_pos > 0 and n_neg > 0
     suggested: dict[str, object] | None = None
-    aurocs, thr_b, band_b = np.empty(0), np.empty(0), None
+    subsets: list[tuple[str, str, np.ndarray]] = []
+    for column, values in f.groups.items():
+        v = np.asarray(values, dtype=object)[known]
+        for value in sorted(set(v.tolist()), key=str):
+            subsets.append((column, str(value), v == value))
+    boot = _Boot(np.empty(0), np.empty(0), None, [np.empty(0)] * len(subsets))
     if both:
         if f.urgent:
             method, target = "target-sensitivity", target_sensitivity
@@ -115,8 +144,8 @@ def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensit
             method = "youden"
             t_star = youden_threshold(s, y)
             target = float((s[y == 1] >= t_star).mean())
-        aurocs, thr_b, band_b = _bootstrap(s, y, bootstrap, seed, (f.key, "all"), target, with_band=True)
-        spread = _ci(thr_b)
+        boot = _bootstrap(s, y, bootstrap, seed, f.key, target, [mask for _, _, mask in subsets])
+        spread = _ci(boot.thresholds)
         low, high = (min(t_star, spread[0]), max(t_star, spread[1])) if spread else (t_star, t_star)
         low, high = max(0.0, low), min(1.0, high)
         c = confusion_at(s, y, t_star, (low, high))
@@ -131,38 +160,35 @@ def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensit
         if n_pos < MIN_POSITIVES:
             suggested["warning"] = "too few positives to set a threshold"
     tick()
-    m["auroc_ci"] = _ci(aurocs)
+    m["auroc_ci"] = _ci(boot.aurocs)
     m["suggested"] = suggested
     m["warnings"] = warnings
 
     cohort_sens = at["sensitivity"]
     subgroups = []
-    for column, values in f.groups.items():
-        v = np.asarray(values, dtype=object)[known]
-        for value in sorted(set(v.tolist()), key=str):
-            sel = v == value
-            ss, yy = s[sel], y[sel]
-            sp, sn = int((yy == 1).sum()), int((yy == 0).sum())
-            row: dict[str, object] = {"by": column, "value": str(value), "n": int(sel.sum()), "n_pos": sp,
-                                      "n_neg": sn, "auroc": None, "auroc_ci": None}
-            if sp and sn:
-                row.update(point_metrics(ss, yy))
-                sub_aurocs, _, _ = _bootstrap(ss, yy, bootstrap, seed, (f.key, column, str(value)), None, False)
-                row["auroc_ci"] = _ci(sub_aurocs)
-            c = confusion_at(ss, yy, f.threshold)
-            row["sensitivity"], row["sensitivity_ci"] = c["sensitivity"], c["sensitivity_ci"]
-            reasons = []
-            if point["auroc"] is not None and row["auroc_ci"] is not None and row["auroc_ci"][1] < point["auroc"]:
-                reasons.append("AUROC clearly below the cohort")
-            if cohort_sens is not None and row["sensitivity_ci"] is not None and row["sensitivity_ci"][1] < cohort_sens:
-                reasons.append("sensitivity clearly below the cohort")
-            row["flagged"] = bool(reasons)
-            row["flag_reasons"] = reasons
-            subgroups.append(row)
+    for (column, value, sel), sub_aurocs in zip(subsets, boot.subgroup_aurocs):
+        ss, yy = s[sel], y[sel]
+        sp, sn = int((yy == 1).sum()), int((yy == 0).sum())
+        row: dict[str, object] = {"by": column, "value": value, "n": int(sel.sum()), "n_pos": sp,
+                                  "n_neg": sn, "auroc": None, "auroc_ci": None}
+        if sp and sn:
+            row["auroc"] = float(roc_auc_score(yy, ss))
+            row["auroc_ci"] = _ci(sub_aurocs)
+        c = confusion_at(ss, yy, f.threshold)
+        row["sensitivity"], row["sensitivity_ci"] = c["sensitivity"], c["sensitivity_ci"]
+        reasons = []
+        if point["auroc"] is not None and row["auroc_ci"] is not None and row["auroc_ci"][1] < point["auroc"]:
+            reasons.append("AUROC clearly below the cohort")
+        if cohort_sens is not None and row["sensitivity_ci"] is not None and row["sensitivity_ci"][1] < cohort_sens:
+            reasons.append("sensitivity clearly below the cohort")
+        row["flagged"] = bool(reasons)
+        row["flag_reasons"] = reasons
+        subgroups.append(row)
     m["subgroups"] = subgroups
     tick()
 
     plot: dict[str, object] = {"scores": s, "labels": y, "reliability": reliability_bins(s, y)}
+    band_b = boot.band
     if both:
         from sklearn.metrics import roc_curve
 

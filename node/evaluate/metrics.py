@@ -40,12 +40,18 @@ def rng_for(seed: int, *names: str) -> np.random.Generator:
 
 
 def _counts(n: int, b: int, rng: np.random.Generator) -> np.ndarray:
-    """(b, n) int32: how often each of n items was drawn in each of b resamples of size n."""
+    """(b, n) int16: how often each of n items was drawn in each of b resamples of size n.
+
+    int16 (a count above 32767 would need n in the tens of thousands drawing one item that often,
+    probability nil; it is checked) halves the bytes every later gather and cumsum moves."""
     if n == 0:
-        return np.zeros((b, 0), dtype=np.int32)
+        return np.zeros((b, 0), dtype=np.int16)
     idx = rng.integers(0, n, size=(b, n), dtype=np.int64)
     idx += (np.arange(b, dtype=np.int64) * n)[:, None]
-    return np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.int32)
+    counts = np.bincount(idx.ravel(), minlength=b * n)
+    if counts.max(initial=0) > np.iinfo(np.int16).max:
+        raise OverflowError("bootstrap count does not fit int16")
+    return counts.reshape(b, n).astype(np.int16)
 
 
 @dataclass
@@ -54,8 +60,8 @@ class Resamples:
 
     pos: np.ndarray  # (n_pos,) positive scores, ascending
     neg: np.ndarray  # (n_neg,) negative scores, ascending
-    cpos: np.ndarray  # (B, n_pos) int32
-    cneg: np.ndarray  # (B, n_neg) int32
+    cpos: np.ndarray  # (B, n_pos) int16
+    cneg: np.ndarray  # (B, n_neg) int16
 
     @property
     def b(self) -> int:
@@ -74,16 +80,23 @@ def resamples(scores: np.ndarray, labels: np.ndarray, b: int, rng: np.random.Gen
 
 
 def bootstrap_auroc(r: Resamples) -> np.ndarray:
-    """(B,) AUROC of each resample (Mann-Whitney with ties counted half)."""
+    """(B,) AUROC of each resample (Mann-Whitney with ties counted half).
+
+    Divided by each resample's own drawn positives x negatives, so a subgroup's slice of a cohort
+    resample (whose size varies) works too; a resample without positives or negatives gives NaN.
+    """
     n_pos, n_neg = r.pos.size, r.neg.size
     if n_pos == 0 or n_neg == 0:
         return np.full(r.b, np.nan)
-    cum = np.zeros((r.b, n_neg + 1), dtype=np.float64)
-    np.cumsum(r.cneg, axis=1, out=cum[:, 1:])
+    cum = np.zeros((r.b, n_neg + 1), dtype=np.int32)  # at most n_neg: fits
+    np.cumsum(r.cneg, axis=1, dtype=np.int32, out=cum[:, 1:])
     left = np.searchsorted(r.neg, r.pos, side="left")
     right = np.searchsorted(r.neg, r.pos, side="right")
-    below = cum[:, left] + 0.5 * (cum[:, right] - cum[:, left])
-    return np.einsum("bi,bi->b", r.cpos, below) / (n_pos * n_neg)
+    twice_below = cum[:, left] + cum[:, right]  # 2 x (negatives below + half the ties): exact integers
+    pairs = r.cpos.sum(axis=1, dtype=np.int64) * cum[:, -1].astype(np.int64)  # drawn positives x negatives
+    total = np.einsum("bi,bi->b", r.cpos, twice_below, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / (2.0 * pairs)
 
 
 def threshold_for_sensitivity(pos_desc: np.ndarray, target: float) -> float:
@@ -97,7 +110,7 @@ def bootstrap_thresholds(r: Resamples, target: float) -> np.ndarray:
     if r.pos.size == 0:
         return np.full(r.b, np.nan)
     desc = r.pos[::-1]
-    cum = np.cumsum(r.cpos[:, ::-1], axis=1)
+    cum = np.cumsum(r.cpos[:, ::-1], axis=1, dtype=np.int32)
     need = max(1, math.ceil(target * r.pos.size - 1e-9))
     first = np.argmax(cum >= need, axis=1)
     return desc[first]
@@ -186,7 +199,7 @@ def roc_band(r: Resamples, fpr_grid: np.ndarray, max_thresholds: int = 256) -> n
 
     def rate(sorted_scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
         cum = np.zeros((counts.shape[0], sorted_scores.size + 1))
-        np.cumsum(counts, axis=1, out=cum[:, 1:])
+        np.cumsum(counts, axis=1, dtype=np.float64, out=cum[:, 1:])
         at = np.searchsorted(sorted_scores, thr, side="left")  # items below t
         return (cum[:, -1:] - cum[:, at]) / sorted_scores.size
 

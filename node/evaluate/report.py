@@ -22,8 +22,8 @@ from node.evaluate.analysis import FindingAnalysis
 __all__ = ["write_report"]
 
 _CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222;font-size:13px}
+table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}
 th{background:#f0f0f0}td.l,th.l{text-align:left}.warn{color:#b00;font-weight:bold}
 tr.flag td{background:#fde2e2}.banner{background:#fff3cd;border:2px solid #b00;padding:0.8em;margin:1em 0}
 img{max-width:100%;border:1px solid #eee}h2{border-bottom:2px solid #ddd;padding-bottom:4px}
@@ -34,7 +34,7 @@ def _png(fig) -> str:  # type: ignore[no-untyped-def]
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=72)  # no bbox_inches="tight": it draws the figure twice
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
@@ -54,6 +54,7 @@ def _finding_figure(key: str, a: FindingAnalysis, threshold: float | None) -> st
 
     p = a.plot
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.14, top=0.9, wspace=0.25)
     ax = axes[0]
     if "fpr" in p:
         if "band" in p:
@@ -90,7 +91,8 @@ def _forest(key: str, subgroups: list[dict[str, Any]], cohort_auroc: float | Non
     rows = [s for s in subgroups if s.get("auroc") is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.2))
+    fig.subplots_adjust(left=0.38, right=0.97, bottom=0.6 / (0.28 * len(rows) + 1.2), top=0.9)
     y = np.arange(len(rows))[::-1]
     for yi, s in zip(y, rows):
         colour = "tab:red" if s["flagged"] else "tab:blue"
@@ -187,7 +189,9 @@ def write_report(path: Path, metrics: dict[str, Any], analyses: dict[str, dict[s
     if flagged:
         parts.append('<div class="banner"><p class="warn">Subgroups clearly below the whole cohort:</p><ul>' + "".join(
             f"<li>{e(k)}: {e(s['by'])}={e(s['value'])} ({e('; '.join(s['flag_reasons']))})</li>"
-            for k, s in flagged) + "</ul></div>")
+            for k, s in flagged) + "</ul><p>Clearly below: the subgroup's 95 % interval lies wholly under the "
+            "cohort's estimate. Across many findings and subgroups a few such flags arise by chance: look at "
+            "the subgroup's size and at whether the same subgroup is flagged for several findings.</p></div>")
     if len(versions) > 1:
         keys = list(metrics["findings"])
         rows = [[k] + [metrics["preprocessing"][v]["findings"][k]["auroc"] for v in versions] for k in keys]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import json
 import math
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from sqlalchemy import select
 from node.config import Settings
 from node.db.engine import Database
 from node.db.models import Study
-from node.embeddings.compute import embed_missing, study_headers, with_preprocessing
+from node.embeddings.compute import embed_missing, read_headers, study_paths, with_preprocessing
 from node.embeddings.facts import age_band
 from node.embeddings.store import get_embeddings
 from node.evaluate.analysis import FindingAnalysis, FindingInput, analyse_finding
@@ -125,12 +127,13 @@ def _gather(settings: Settings, db: Database, profile: TriageProfile, resolved: 
 
     out: list[_StudyImages | None] = []
     root = Path(settings.storage.path)
+    paths = study_paths(db, [r.study_uid for r in resolved if r.study_uid is not None])
     for r in tqdm(resolved, desc="reading headers", unit="study", file=sys.stderr, disable=not progress,
                   leave=False):
         if r.study_uid is None:
             out.append(None)
             continue
-        selection = select_images(study_headers(db, root, r.study_uid), profile, own_manufacturer="triage-node")
+        selection = select_images(read_headers(root, paths[r.study_uid]), profile, own_manufacturer="triage-node")
         out.append(_StudyImages(r.study_uid, r.row_index, list(selection.accepted)))
     return out
 
@@ -188,18 +191,22 @@ def analyse_cohort(scored: ScoredCohort, profile: TriageProfile, findings: Seque
     from tqdm import tqdm
 
     groups = _group_values(scored, by)
-    out: dict[str, FindingAnalysis] = {}
+    inputs = []
+    for key in findings:
+        spec = profile.finding(key)
+        scores = np.array([s.scores[key] for s in scored.studies], dtype=np.float64)
+        labels = np.array([s.labels.get(key, math.nan) for s in scored.studies], dtype=np.float64)
+        inputs.append(FindingInput(key=key, urgent=spec.urgency == "high", threshold=spec.threshold,
+                                   band=spec.indeterminate_band, scores=scores, labels=labels, groups=groups))
+    # Findings in parallel threads: the bootstrap is numpy work that releases the GIL, and each
+    # finding draws from its own seeded generator, so the result does not depend on the order.
     with tqdm(total=2 * len(findings), desc=f"bootstrap x{bootstrap}", unit="step", file=sys.stderr,
-              disable=not progress, leave=False) as bar:
-        for key in findings:
-            spec = profile.finding(key)
-            scores = np.array([s.scores[key] for s in scored.studies], dtype=np.float64)
-            labels = np.array([s.labels.get(key, math.nan) for s in scored.studies], dtype=np.float64)
-            out[key] = analyse_finding(
-                FindingInput(key=key, urgent=spec.urgency == "high", threshold=spec.threshold,
-                             band=spec.indeterminate_band, scores=scores, labels=labels, groups=groups),
-                bootstrap=bootstrap, seed=seed, target_sensitivity=target_sensitivity, tick=lambda: bar.update(1))
-    return out
+              disable=not progress, leave=False) as bar, \
+            ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        futures = {f.key: pool.submit(analyse_finding, f, bootstrap=bootstrap, seed=seed,
+                                      target_sensitivity=target_sensitivity, tick=lambda: bar.update(1))
+                   for f in inputs}
+        return {key: futures[key].result() for key in findings}
 
 
 def _clean(value: Any) -> Any:

@@ -46,6 +46,13 @@ def finish_job(db: Database, job_id: int, state: str, error: str = "") -> None:
                         .values(state=state, finished_at=_now(), error=error[:2000]))
 
 
+def requeue_job(db: Database, job_id: int, error: str) -> None:
+    """Back to the queue after a failure to write the answer: not finished, so no ``finished_at``."""
+    with db.write_lock, db.session() as session, session.begin():
+        session.execute(update(TriageJob).where(TriageJob.id == job_id)
+                        .values(state="queued", finished_at=None, error=error[:2000]))
+
+
 def requeue_orphans(db: Database, *, host_prefix: str, worker_id: str, stale_seconds: float,
                     max_attempts: int) -> tuple[int, int]:
     """Running jobs of a dead worker go back to the queue (or to failed after max_attempts).
@@ -60,5 +67,6 @@ def requeue_orphans(db: Database, *, host_prefix: str, worker_id: str, stale_sec
         failed = session.execute(update(TriageJob).where(orphan, TriageJob.attempts >= max_attempts)
                                  .values(state="failed", finished_at=_now(),
                                          error="worker died too often on this job")).rowcount
-        requeued = session.execute(update(TriageJob).where(orphan).values(state="queued")).rowcount
+        requeued = session.execute(update(TriageJob).where(orphan)
+                                   .values(state="queued", finished_at=None)).rowcount
     return requeued, failed

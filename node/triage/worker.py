@@ -31,13 +31,14 @@ from node.db.models import Instance, Series, Study, TriageJob
 from node.embeddings import keep_batch_embeddings
 from node.oplog import get_logger, study_ref
 from node.store.ingest import Ingestor
-from node.triage.jobs import claim_jobs, finish_job, heartbeat, requeue_orphans
+from node.triage.jobs import claim_jobs, finish_job, heartbeat, requeue_job, requeue_orphans
 from node.triage.model import LoadedModel, ModelSettings, ModelUnavailable, load_model
 from node.triage.policy import NoAssistReason, decide, embed_profile, no_assist
-from node.triage.preprocess import PREPROCESS_VERSION, PreprocessError, to_model_input
+from node.triage.preprocess import PREPROCESS_VERSION, PreprocessError, preprocess_version, to_model_input
 from node.triage.profiles import ProfileError, TriageProfile, load_profiles
 from node.triage.results import algorithm_info, triage_result, write_report
 from node.triage.select import select_images
+from node.worklist import order_priority
 
 log = get_logger("triage")
 
@@ -53,8 +54,22 @@ class _StudyWork:
     profile: TriageProfile | None = None
     images: list[Dataset] = field(default_factory=list)  # accepted and preprocessed, decide() order
     pixels: list[np.ndarray] = field(default_factory=list)
-    preprocessing: str = ""
+    preprocessing: list[str] = field(default_factory=list)  # one description per image of ``images``
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    eligible: bool = False  # the profile accepted at least one image (preprocessed or not)
+
+
+_MODEL_FAILED = (NoAssistReason.MODEL_ERROR, NoAssistReason.MODEL_TIMEOUT)
+
+
+def _preprocessing_summary(descriptions: list[str], version: str = PREPROCESS_VERSION) -> str:
+    """The TID 4019 preprocessing parameter: the recipe shared by every image; each image's own
+    description (window, size...) is in its image group of the SR."""
+    if not descriptions:
+        return f"{version}: no image preprocessed"
+    if len(set(descriptions)) == 1:
+        return descriptions[0]
+    return f"{version}: {len(descriptions)} images, each described in its image group"
 
 
 class TriageWorker:
@@ -186,10 +201,14 @@ class TriageWorker:
         jobs = claim_jobs(self.db, self.worker_id, self.settings.triage.max_jobs_per_batch)
         if not jobs:
             return False
+        # The model first: its input size decides how the batch is preprocessed (a model of
+        # another size than 448 must not fail as model-error), and without a model no pixel
+        # needs decoding at all.
+        model = self.ensure_model()
         works = []
         for job in jobs:
             self._audit_job(job.study_instance_uid, job.id, "triage job started")
-            works.append(self._prepare(job))
+            works.append(self._prepare(job, model))
         heartbeat(self.db, [w.job_id for w in works])
         decisions = self._infer(works)
         for work in works:
@@ -211,40 +230,42 @@ class TriageWorker:
                 log.warning("unreadable_instance", error=type(exc).__name__)
         return headers
 
-    def _prepare(self, job: TriageJob) -> _StudyWork:
+    def _prepare(self, job: TriageJob, model: LoadedModel | None) -> _StudyWork:
+        """Select the images of the first profile that accepts any; with a model, preprocess
+        them at the model's own input size (without one, nothing is decoded)."""
         work = _StudyWork(job.id, job.study_instance_uid, job.queued_at, self._study_headers(job.study_instance_uid))
         own = "triage-node"
         for profile in self.profiles:
             selection = select_images(work.headers, profile, own_manufacturer=own)
             if selection.accepted:
                 work.profile = profile
+                work.eligible = True
                 work.skipped = [(s.sop_instance_uid, s.reason) for s in selection.skipped]
+                if model is None:
+                    break
                 for ds in selection.accepted:
                     try:
-                        pixels, record = to_model_input(ds, size=self._image_size(), defaults=profile.preprocessing)
+                        pixels, record = to_model_input(ds, size=model.image_size, defaults=profile.preprocessing)
                     except PreprocessError as exc:
                         work.skipped.append((str(ds.SOPInstanceUID), f"preprocess: {exc}"[:120]))
                         continue
                     work.images.append(ds)
                     work.pixels.append(pixels)
-                    work.preprocessing = record.describe()
+                    work.preprocessing.append(record.describe())
                 break
         if work.profile is None:
             work.profile = self.profiles[0]
         return work
 
-    def _image_size(self) -> int:
-        return self.model.image_size if self.model is not None else 448
-
     def _infer(self, works: list[_StudyWork]) -> dict[int, object]:
         """One model call per profile over the images of all jobs in the batch."""
         decisions: dict[int, object] = {}
-        model = self.ensure_model() if any(w.pixels for w in works) else self.model
+        model = self.model
         for work in works:
-            if not work.pixels:
-                decisions[work.job_id] = no_assist(NoAssistReason.NO_ELIGIBLE_IMAGE)
-            elif model is None:
+            if work.eligible and model is None:
                 decisions[work.job_id] = no_assist(NoAssistReason.MODEL_UNAVAILABLE)
+            elif not work.pixels:
+                decisions[work.job_id] = no_assist(NoAssistReason.NO_ELIGIBLE_IMAGE)
         pending = [w for w in works if w.job_id not in decisions]
         by_profile: dict[str, list[_StudyWork]] = {}
         for w in pending:
@@ -280,14 +301,18 @@ class TriageWorker:
             if not work.headers:
                 raise RuntimeError("study has no readable instance")
             identity = self.model.identity if self.model is not None else None
-            algorithm = algorithm_info(identity, work.profile, PREPROCESS_VERSION,  # type: ignore[arg-type]
-                                       work.preprocessing or f"{PREPROCESS_VERSION}: no image preprocessed")
-            result = triage_result(decision, work.profile, work.images, algorithm)  # type: ignore[arg-type]
-            evidence = [work.images[i] for i in decision.evaluated] if decision.assist else []
+            version = preprocess_version(work.profile.preprocessing)  # type: ignore[union-attr]
+            algorithm = algorithm_info(identity, work.profile, version,  # type: ignore[arg-type]
+                                       _preprocessing_summary(work.preprocessing, version))
+            # Every image given to the model is listed with its domain score and preprocessing.
+            given = work.preprocessing if decision.domain_scores or decision.reason in _MODEL_FAILED else []
+            result = triage_result(decision, work.profile, work.images, algorithm, given)  # type: ignore[arg-type]
+            evidence = list(work.images) if given else []
             context = work.images[0] if work.images else work.headers[0]
             report = write_report(self.db, self.ingestor, job_id=work.job_id, job_queued_at=work.queued_at,
                                   study_context=context, evidence=evidence, result=result,
-                                  own_ae=self.settings.dicom.ae_title, forward=self.settings.forward)
+                                  own_ae=self.settings.dicom.ae_title, forward=self.settings.forward,
+                                  order_priority=order_priority(work.headers))
         except Exception as exc:
             log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
             self._fail_or_retry(work, exc)
@@ -301,7 +326,9 @@ class TriageWorker:
         patient_id = str(work.headers[0].get("PatientID", ""))
         self.audit.record(
             EventCode.INSTANCES_TRANSFERRED, action="C", outcome=SUCCESS,
-            outcome_desc=(f"SR created: priority {report.priority}, "
+            outcome_desc=(f"SR created: priority {report.priority}"
+                          + (f" (kept from SR {report.priority_kept_from})" if report.priority_kept_from else "")
+                          + f", worklist priority {report.worklist_priority}, "
                           + ("AI assessment" if report.assist else f"no AI assessment ({report.reason})")),
             participants=[self._me],
             objects=[AuditObject(type="patient", id=patient_id),
@@ -309,9 +336,12 @@ class TriageWorker:
                          "job_id": work.job_id, "profile": work.profile.name if work.profile else "",
                          "images_evaluated": len(work.images), "skipped": work.skipped[:50]}),
                      AuditObject(type="report", id=report.sop_instance_uid, details={
-                         "priority": report.priority, "assist": report.assist, "reason": report.reason})])
+                         "priority": report.priority, "worklist_priority": report.worklist_priority,
+                         "priority_kept_from": report.priority_kept_from,
+                         "assist": report.assist, "reason": report.reason})])
         self._audit_job(work.study_uid, work.job_id, "triage job finished")
         log.info("job_done", job_id=work.job_id, study_ref=study_ref(work.study_uid), priority=report.priority,
+                 worklist_priority=report.worklist_priority, priority_kept=bool(report.priority_kept_from),
                  assist=report.assist, reason=report.reason, images=len(work.images))
 
     def _fail_or_retry(self, work: _StudyWork, exc: Exception) -> None:
@@ -321,7 +351,7 @@ class TriageWorker:
         if attempts >= self.settings.triage.max_attempts:
             finish_job(self.db, work.job_id, "failed", f"{type(exc).__name__}: {exc}")
         else:
-            finish_job(self.db, work.job_id, "queued", f"{type(exc).__name__}: {exc}")
+            requeue_job(self.db, work.job_id, f"{type(exc).__name__}: {exc}")
         self._audit_job(work.study_uid, work.job_id, f"triage job error: {type(exc).__name__}", outcome=MINOR_FAILURE)
 
     def _audit_job(self, study_uid: str, job_id: int, what: str, outcome: int = SUCCESS) -> None:

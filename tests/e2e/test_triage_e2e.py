@@ -254,8 +254,9 @@ def test_late_instance_leads_to_a_superseding_sr(healthy: Healthy, tmp_path: Pat
                      WAIT_S, "a superseding SR")
     second_sr = row["sr_sop_instance_uid"]
 
-    jobs = study_jobs(db, study_uid)
-    assert [j.state for j in jobs] == ["done", "done"]
+    # The row is written before the job is marked done: wait for that, do not race it.
+    jobs = wait_until(lambda: (js := study_jobs(db, study_uid)) and [j.state for j in js] == ["done", "done"]
+                      and js, WAIT_S, "both jobs done")
     srs = sr_instances(db, study_uid)
     assert sorted(r[1] for r in srs) == sorted([first_sr, second_sr])  # the first SR is kept
     assert first_path.is_file()

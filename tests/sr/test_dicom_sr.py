@@ -26,6 +26,7 @@ from dicom_sr import (
     Code,
     FindingResult,
     FindingState,
+    ImageAssessment,
     ImageRef,
     SRReference,
     TriageResult,
@@ -509,3 +510,70 @@ def test_sr_goes_into_a_new_series_and_supersedes_only_its_own_study(study: Stud
     elsewhere = SRReference(generate_uid(), generate_uid(), Comprehensive3DSRStorage, generate_uid())
     with pytest.raises(ValueError, match="another study"):
         _build(_assist_result(study), study, study.images, predecessor=elsewhere)
+
+
+# --------------------------------------------------------------------------- issue 7: kept raise, every score
+
+
+def _traceable_no_assist(study: Study, *, kept_from: str | None) -> TriageResult:
+    """An urgent-indeterminate no-assist result with its scores, bands and per-image facts."""
+    evaluated = (_ref(study.pa),)
+    findings = (
+        FindingResult(finding=Code("36118008", "SCT", "Pneumothorax"), state=FindingState.INDETERMINATE,
+                      score=0.55, threshold=0.6, urgent=True, source_images=evaluated, band_low=0.4, band_high=0.6),
+        FindingResult(finding=Code("60046008", "SCT", "Pleural effusion"), state=FindingState.NOT_DETECTED,
+                      score=0.1, threshold=0.7, urgent=False, source_images=evaluated, band_low=0.3, band_high=0.7),
+    )
+    images = (
+        ImageAssessment(image=_ref(study.pa), preprocessing="tn-pre-1: window(center=2048, width=4096)",
+                        evaluated=True, domain_score=0.93),
+        ImageAssessment(image=_ref(study.lateral), preprocessing="tn-pre-1: window(center=2000, width=4000)",
+                        evaluated=False, domain_score=0.12),
+    )
+    return TriageResult(
+        assist=False, priority="HIGH" if kept_from else "MEDIUM",
+        no_assist_reason=Code("urgent-finding-indeterminate", "99TRIAGE", "Urgent finding indeterminate"),
+        no_assist_text="No AI assessment: the score of an urgent finding is in its indeterminate band.",
+        findings=findings, evaluated_images=evaluated, algorithm=_algorithm(), images=images,
+        priority_kept_from=kept_from)
+
+
+@pytest.mark.parametrize("kept_from", [None, "1.2.826.0.1.3680043.8.498.123456789"])
+def test_no_assist_sr_keeps_every_score_band_domain_score_and_a_kept_high(
+        study: Study, tmp_path: Path, kept_from: str | None) -> None:
+    result = _traceable_no_assist(study, kept_from=kept_from)
+    path, ds = _save_and_reread(_build(result, study, study.images), tmp_path)
+    _assert_dciodvfy_clean(path)
+    back = read_triage_sr(ds)
+    assert back.priority_kept_from == kept_from and back.priority == result.priority
+    assert [(f.band_low, f.band_high, f.threshold) for f in back.findings] == [(0.4, 0.6, 0.6), (0.3, 0.7, 0.7)]
+    assert [f.score for f in back.findings] == pytest.approx([0.55, 0.1])
+    assert [(a.image.sop_instance_uid, a.evaluated) for a in back.images] == [
+        (study.pa.SOPInstanceUID, True), (study.lateral.SOPInstanceUID, False)]
+    assert [a.domain_score for a in back.images] == pytest.approx([0.93, 0.12])
+    assert [a.preprocessing for a in back.images] == [a.preprocessing for a in result.images]
+    texts = _texts(ds)
+    if kept_from:
+        assert f"Priority kept HIGH from the earlier assessment {kept_from}: only a person clears a raised priority." \
+            in texts
+    else:
+        assert not any("Priority kept" in t for t in texts)
+
+
+def test_kept_priority_rules_are_enforced(study: Study) -> None:
+    kept = _traceable_no_assist(study, kept_from="1.2.3")
+    with pytest.raises(ValueError, match="only a HIGH priority can be kept"):
+        dataclasses.replace(kept, priority="MEDIUM")
+    with pytest.raises(ValueError, match="MEDIUM"):  # no-assist HIGH without a kept raise
+        dataclasses.replace(kept, priority_kept_from=None)
+    assist = _assist_result(study)
+    without_urgent = dataclasses.replace(assist, findings=assist.findings[1:], priority_kept_from="1.2.3")
+    assert without_urgent.priority == "HIGH"  # a kept HIGH explains itself
+    with pytest.raises(ValueError, match="raise the priority to HIGH"):  # urgent present must raise
+        dataclasses.replace(assist, priority="MEDIUM")
+    with pytest.raises(ValueError, match="inside the indeterminate band"):
+        dataclasses.replace(kept.findings[0], threshold=0.5)
+    with pytest.raises(ValueError, match="exactly the images marked evaluated"):
+        dataclasses.replace(kept, evaluated_images=())
+    with pytest.raises(ValueError, match="domain score"):
+        ImageAssessment(image=_ref(study.pa), preprocessing="x", evaluated=True, domain_score=None)
