@@ -10,8 +10,8 @@ For each size the script reports, per method, p50/p95 latency of single queries 
 a time, as `GET /search` runs) and recall@10 against exact search:
   exact  -- numpy float32 matrix-vector product over all vectors (the peer: what the node does
             below [search] exact_max);
-  ivf    -- the node's VectorIndex beyond exact_max: FAISS IndexIVFFlat, nlist ~ 4 sqrt(n),
-            nprobe = max(16, nlist / 16), built with VectorIndex.build (streamed, as at start).
+  ivf    -- the node's VectorIndex beyond exact_max: FAISS IndexIVFFlat, nlist ~ sqrt(n),
+            nprobe = max(16, nlist / 32), built with VectorIndex.build (streamed, as at start).
 
     .venv/bin/python bench/search.py                      # 10k, 100k, 1M (needs ~10 GB RAM, ~15 min on 2 cores)
     .venv/bin/python bench/search.py --sizes 10000,100000 --queries 200
@@ -88,7 +88,7 @@ def run_size(n: int, queries: np.ndarray, data: Synthetic) -> list[dict]:
     build_s = time.perf_counter() - t0
     nlist = ivf_nlist(n)
     results = []
-    for nprobe in sorted({ivf_nprobe(nlist), max(16, nlist // 64), min(nlist, max(64, nlist // 16))}):
+    for nprobe in sorted({ivf_nprobe(nlist), max(8, nlist // 64), min(nlist, max(32, nlist // 16))}):
         ivf._faiss.nprobe = nprobe
         t_ivf, recall = [], []
         for q, want in zip(queries, truth):

@@ -193,7 +193,7 @@ class SearchSection(_Section):
     """Search by text or by example over the kept embeddings (node/search)."""
 
     exact_max: int = Field(default=20_000, ge=0)  # up to this many vectors: exact numpy search; beyond: FAISS IVF
-    nprobe: int | None = Field(default=None, ge=1)  # IVF cells visited per query; unset = max(32, nlist / 32)
+    nprobe: int | None = Field(default=None, ge=1)  # IVF cells visited per query; unset = max(16, nlist / 32)
     refresh_seconds: float = Field(default=10.0, gt=0)  # how often the node adds newly kept embeddings
     max_limit: int = Field(default=1000, ge=1)  # largest `limit` a query may ask for
 
