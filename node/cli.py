@@ -152,7 +152,11 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_echo(args: argparse.Namespace) -> int:
     from node.dimse.scu import Destination, echo
 
-    status = echo(Destination.parse(args.to), calling_ae=args.aet, timeout=args.timeout)
+    try:
+        status = echo(Destination.parse(args.to), calling_ae=args.aet, timeout=args.timeout)
+    except (ConnectionError, ValueError, OSError) as exc:
+        print(f"C-ECHO {args.to} failed: {exc}", file=sys.stderr)
+        return 1
     if status == 0:
         print(f"C-ECHO {args.to}: success")
         return 0
@@ -442,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("demo", help="the whole path on synthetic studies with a random test model")
-    p.add_argument("--keep", action="store_true", help="keep the demo's temp folder")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the demo's temp folder and its node running for the operator console (Ctrl-C stops)")
     p.set_defaults(func=cmd_demo)
 
     audit = sub.add_parser("audit", help="audit log tools")

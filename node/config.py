@@ -238,8 +238,9 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> list[str]:
-    applied = []
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, str]:
+    """Apply ``TRIAGE_NODE__*`` overrides; returns dotted key -> the variable that set it."""
+    applied: dict[str, str] = {}
     for name, raw in environ.items():
         if not name.upper().startswith(ENV_PREFIX):
             continue
@@ -252,18 +253,21 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> list[str]:
             if not isinstance(target, dict):
                 raise ConfigError(f"environment variable {name}: {'.'.join(parts[:-1])} is not a table")
         target[parts[-1]] = _parse_env_value(raw)
-        applied.append(".".join(parts))
+        applied[".".join(parts)] = name
     return applied
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, from_env: dict[str, str] | None = None) -> str:
+    """One line per problem, naming the key and, when an environment variable set it, the variable."""
     lines = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"])
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
+        variable = next((name for dotted, name in (from_env or {}).items()
+                         if key == dotted or key.startswith(dotted + ".")), None)
+        lines.append(f"  {key}: {msg}" + (f" (set by environment variable {variable})" if variable else ""))
     return "\n".join(lines)
 
 
@@ -280,9 +284,9 @@ def load_settings(path: Path | str | None, environ: dict[str, str] | None = None
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    _apply_env(data, dict(os.environ if environ is None else environ))
+    from_env = _apply_env(data, dict(os.environ if environ is None else environ))
     data["source"] = source
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration in {source}:\n{_describe(exc)}") from None
+        raise ConfigError(f"invalid configuration in {source}:\n{_describe(exc, from_env)}") from None

@@ -8,8 +8,11 @@ and the banner, the worklist and the SRs all say so.
 
 from __future__ import annotations
 
+import secrets
 import shutil
+import signal
 import socket
+import threading
 import tempfile
 import time
 from datetime import date
@@ -104,6 +107,19 @@ def demo_studies(folder: Path) -> dict[str, Path]:
     return out
 
 
+def wait_in_console(node, token: str) -> None:  # type: ignore[no-untyped-def]
+    """``demo --keep``: leave the node running for the operator console until Ctrl-C (or SIGTERM)."""
+    from node.console import console_url
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"\nOperator console: {console_url(node.settings.http.host, node.http_port)}  (log in with token {token})")
+    print("The demo node keeps running for the console; Ctrl-C to stop.", flush=True)
+    while not stop.wait(0.5):
+        pass
+
+
 def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
     from dicom_sr import read_triage_sr
     from node import oplog
@@ -118,7 +134,8 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
     root = Path(tempfile.mkdtemp(prefix="triage-node-demo-"))
     oplog.configure("warning")
     port = _free_port()
-    print(f"\n[1/4] building a tiny random SigLIP in {root / 'tiny-model'} ...", flush=True)
+    where = f"in {root}" if keep else "in a temporary folder (deleted at the end; `triage-node demo --keep` keeps it)"
+    print(f"\n[1/4] building a tiny random SigLIP {where} ...", flush=True)
     model_dir = build_tiny_siglip(root / "tiny-model")
     env = {
         "TRIAGE_NODE__NODE__DATA_DIR": str(root / "data"),
@@ -136,11 +153,14 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
         "TRIAGE_NODE__MODEL__DEVICE": "cpu",
         "TRIAGE_NODE__TRIAGE__PROFILES_DIR": f'"{REPO_PROFILES}"',
     }
+    token = secrets.token_urlsafe(12)
+    env["TRIAGE_NODE__HTTP__TOKEN"] = token  # the console (and DICOMweb) need it: printed for --keep
     settings = load_settings(None, env)
     node = Node(settings)
     node.start()
     try:
-        print(f"[2/4] node TRIAGE_NODE listening on 127.0.0.1:{port}, data in {root / 'data'}", flush=True)
+        print(f"[2/4] node TRIAGE_NODE listening on 127.0.0.1:{port}"
+              + (f", data in {root / 'data'}" if keep else ""), flush=True)
         studies = demo_studies(root / "studies")
         print("[3/4] sending four studies by C-STORE:", flush=True)
         for label, folder in studies.items():
@@ -171,12 +191,18 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
                   f"profile {alg.profile_name} {alg.profile_version}, preprocessing {alg.preprocessing_version}")
             for f in result.findings:
                 print(f"    {f.finding.meaning:<28} {f.state.value:<14} score {f.score:.3f} (random model)")
-            print(f"    SR file: {path}")
+            if keep:
+                print(f"    SR file: {path}")
         print("\n" + BANNER)
-        return 0 if len(items) == len(studies) else 1
+        ok = len(items) == len(studies)
+        if keep and node.http is not None:
+            wait_in_console(node, token)
+        return 0 if ok else 1
     finally:
         node.stop()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
+            print("The demo's data (index, SR files, audit log) was deleted; run `triage-node demo --keep` to keep "
+                  "it and look at the files.")
         else:
-            print(f"kept {root}")
+            print(f"kept {root} (index.db, storage/ with the SR files, audit.jsonl)")

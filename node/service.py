@@ -180,6 +180,10 @@ class Node:
               f"{self.settings.dicom.host}:{self.listener.port}"
               + (f", HTTP on {self.settings.http.host}:{self.http_port}" if self.http else "")
               + "; Ctrl-C to stop", flush=True)
+        if self.http is not None:
+            from node.console import console_url
+
+            print(f"operator console: {console_url(self.settings.http.host, self.http_port)}", flush=True)
         for text in self.calibration_warnings:
             print(f"WARNING {text} (see README, 'Tune it on your data')", file=sys.stderr, flush=True)
         while not stop.wait(0.5):

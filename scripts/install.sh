@@ -5,9 +5,10 @@
 #   bash scripts/install.sh --no-test  # runtime dependencies only
 #
 # pip runs with -qq: warnings are hidden, errors are shown.
-# torch is installed first, pinned to the CPU build (torch==2.13.0): a plain
-# "pip install torch" would pull the multi-GB CUDA build. pyproject.toml only
-# asks torch>=2.4, so the pinned build satisfies it and pip keeps it.
+# torch is installed first, pinned (torch==2.13.0), from the PyTorch CPU wheel
+# index (TORCH_INDEX_URL): a plain "pip install torch" would pull the multi-GB
+# CUDA build. pyproject.toml only asks torch>=2.4, so the pinned build
+# satisfies it and pip keeps it.
 set -euo pipefail
 
 TORCH_VERSION="2.13.0"
@@ -55,8 +56,22 @@ except m.PackageNotFoundError:
 PY
 )"
 if [ "$have_torch" != "$TORCH_VERSION" ]; then
-  echo "Installing torch==$TORCH_VERSION"
-  "$PY" -m pip install -qq "torch==$TORCH_VERSION"
+  # The PyTorch CPU wheel index, as docker/Dockerfile.cpu uses: a plain "pip install torch" on
+  # Linux pulls the CUDA build (GBs). Where that index cannot be reached (an offline mirror, a
+  # package proxy that only serves PyPI), fall back to the default index and say so.
+  TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+  if "$PY" - "$TORCH_INDEX_URL" <<'PY' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=5).read(1)
+PY
+  then
+    echo "Installing torch==$TORCH_VERSION (CPU build, from $TORCH_INDEX_URL)"
+    "$PY" -m pip install -qq --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION"
+  else
+    echo "Installing torch==$TORCH_VERSION from the default index ($TORCH_INDEX_URL not reachable;" \
+         "on Linux that may be the large CUDA build: set TORCH_INDEX_URL to a CPU wheel index)"
+    "$PY" -m pip install -qq "torch==$TORCH_VERSION"
+  fi
 fi
 
 # 3. the project itself (editable). Skipped when pyproject.toml has not changed since
@@ -64,7 +79,7 @@ fi
 STAMP="$VENV/.triage-node-install"
 want="$MODE $(sha256sum pyproject.toml | cut -d' ' -f1)"
 check='import node, dicom_sr'
-[ "$MODE" = "test" ] && check="$check, pytest, httpx, dicomweb_client"
+[ "$MODE" = "test" ] && check="$check, pytest, httpx, dicomweb_client, playwright"
 if [ -f "$STAMP" ] && { [ "$(cat "$STAMP")" = "$want" ] \
      || { [ "$MODE" = "runtime" ] && [ "$(cat "$STAMP")" = "test ${want#* }" ]; }; } \
    && "$PY" -c "$check" >/dev/null 2>&1; then

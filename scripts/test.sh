@@ -4,7 +4,7 @@
 #   bash scripts/test.sh              # = pytest -q
 #   bash scripts/test.sh -k store -x  # any pytest arguments
 #
-# 1. installs the system tools the tests use (DCMTK, dicom3tools, PostgreSQL, Orthanc) if missing;
+# 1. installs the system tools the tests use (DCMTK, dicom3tools, PostgreSQL, Orthanc, Chromium) if missing;
 # 2. installs the project into .venv (scripts/install.sh);
 # 3. starts a private PostgreSQL on 127.0.0.1 (free port, trust auth, data in /tmp),
 #    exports TRIAGE_TEST_POSTGRES_URL, and stops and deletes it on exit;
@@ -32,7 +32,7 @@ command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 [ -n "$(pg_bindir)" ] || missing+=(postgresql)
 command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # evaluate report rendering test (issue 13)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # console browser tests, evaluate report test
 if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then

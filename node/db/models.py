@@ -143,6 +143,8 @@ class WorklistItem(Base):
     state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # Whether the operating points in force were calibrated on local data (issue 13), in words.
     calibration: Mapped[str] = mapped_column(String(200), default="")
+    # The console's page order and filters read only this index (migration 0020).
+    __table_args__ = (Index("ix_worklist_order", "priority", "queued_at", "assist", "profile"),)
 
 
 class OutboxItem(Base):

@@ -18,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from node import __version__
+from node import console
 from node.dicomweb import ops, problems, qido, stow, ups_rs, wado
 from node.dicomweb.auth import require_token
 from node.dicomweb.context import WebContext
@@ -41,6 +42,8 @@ def create_app(node_or_parts: Any) -> FastAPI:
     app.include_router(search_router, dependencies=auth, tags=["search"])
     for module, tag in ((stow, "STOW-RS"), (qido, "QIDO-RS"), (wado, "WADO-RS"), (ups_rs, "UPS-RS")):
         app.include_router(module.router, prefix=BASE, dependencies=auth, tags=[tag])
+
+    console.mount(app)  # the operator console under /ui/ (its own access rules: node/console/access.py)
 
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
     def openapi() -> JSONResponse:

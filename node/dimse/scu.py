@@ -42,12 +42,38 @@ def _ae(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
+def refusal(assoc: object, dest: Destination, calling_ae: str) -> str:
+    """Why an association was not established, in words a newcomer can act on.
+
+    The A-ASSOCIATE-RJ's result source 1 (service user) diagnostics are PS3.8 Table 9-21:
+    3 = calling AE title not recognised, 7 = called AE title not recognised; source 3
+    (service provider, presentation) reason 2 = local limit exceeded.
+    """
+    where = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
+    if not getattr(assoc, "is_rejected", False) or primitive is None:
+        return f"no association with {where}: no answer (is the node listening there?)"
+    source, diagnostic = getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None)
+    if source == 1 and diagnostic == 3:
+        return (f"{where} refused the calling AE title {calling_ae!r}: it is not in that node's "
+                f"dicom.allowed_peers. Pass --aet with an allowed title (the shipped config allows MODALITY1), "
+                f"or add {calling_ae!r} to allowed_peers there.")
+    if source == 1 and diagnostic == 7:
+        return (f"{where} refused the called AE title {dest.ae_title!r}: that node has another AE title "
+                "(dicom.ae_title); fix the AET part of --to.")
+    if source == 3 and diagnostic == 2:
+        return f"{where} refused the association: too many associations at once there (local limit exceeded)."
+    return (f"{where} rejected the association (result {getattr(primitive, 'result', None)}, "
+            f"source {source}, reason {diagnostic}).")
+
+
 def echo(dest: Destination, calling_ae: str = "TRIAGE_SCU", timeout: float = 30) -> int | None:
+    """C-ECHO status (None: no response). Raises ConnectionError saying why when not associated."""
     ae = _ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
     if not assoc.is_established:
-        return None
+        raise ConnectionError(refusal(assoc, dest, calling_ae))
     try:
         status = assoc.send_c_echo()
         return int(status.Status) if status else None
@@ -77,7 +103,7 @@ def send(paths: list[Path], dest: Destination, calling_ae: str = "TRIAGE_SCU", t
         raise ValueError("more than 128 SOP class/transfer syntax combinations in one send")
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
     if not assoc.is_established:
-        raise ConnectionError(f"association with {dest.ae_title}@{dest.host}:{dest.port} was not accepted")
+        raise ConnectionError(refusal(assoc, dest, calling_ae))
     results = []
     try:
         for path, ds in datasets:

@@ -429,6 +429,36 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
         return None
 
 
+def remedies(settings: ModelSettings) -> str:
+    """What a newcomer can do when the model cannot be had (one sentence, in every such message)."""
+    return (
+        f"Remedies: export {settings.hf_token_env} with a Hugging Face token that has accepted the "
+        f"{settings.id} terms (and let this machine reach the hub); or download the checkpoint elsewhere, "
+        "copy the folder here and set model.path to it with model.offline = true; or run "
+        "`triage-node demo` to see the whole path with a random test model. Until then every study gets "
+        "a 'no AI assessment' SR."
+    )
+
+
+def _require_hub(settings: ModelSettings, timeout_s: float = 5.0) -> None:
+    """Fail fast when the hub endpoint does not answer a TCP connect within ``timeout_s``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parts = urlsplit(endpoint)
+    host = parts.hostname or "huggingface.co"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        raise ModelUnavailable(
+            f"model {settings.id!r} is not in the local cache and the Hugging Face hub ({endpoint}) cannot be "
+            f"reached from this machine ({type(exc).__name__}: {exc}). {remedies(settings)}"
+        ) from None
+
+
 def _explain(source: str, settings: ModelSettings, exc: BaseException) -> str:
     text = _first_line(exc)
     low = str(exc).lower()
@@ -444,7 +474,7 @@ def _explain(source: str, settings: ModelSettings, exc: BaseException) -> str:
             f"model {source!r} is not in the local Hugging Face cache and offline mode is on: download it first "
             f"(hf download {source}) or set model.path to a local folder ({text})"
         )
-    return f"cannot load model {source!r}: {type(exc).__name__}: {text}"
+    return f"cannot load model {source!r}: {type(exc).__name__}: {text}. {remedies(settings)}"
 
 
 def load_model(settings: ModelSettings, *, cache_dir: str | Path | None = None) -> LoadedModel:
@@ -483,7 +513,13 @@ def _load(settings: ModelSettings, cache_dir: str | Path | None) -> LoadedModel:
         folder = None
         source = settings.id
         token = os.environ.get(settings.hf_token_env) or None
-        common = {"revision": settings.revision, "token": token, "local_files_only": bool(settings.offline)}
+        # A checkpoint already in the local cache loads without the network (no HEAD requests
+        # that retry for half a minute when the hub cannot be reached); otherwise fail within
+        # seconds, naming the remedies, when the hub is out of reach.
+        local_only = bool(settings.offline) or _hub_snapshot(settings.id, settings.revision) is not None
+        if not local_only:
+            _require_hub(settings)
+        common = {"revision": settings.revision, "token": token, "local_files_only": local_only}
 
     try:
         with quiet_transformers():

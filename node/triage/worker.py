@@ -87,6 +87,7 @@ class TriageWorker:
         self.model: LoadedModel | None = None
         self.model_error = "not loaded yet"
         self._last_load_attempt = 0.0
+        self._loading: threading.Thread | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -137,9 +138,10 @@ class TriageWorker:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
-        self.ensure_model()
+        self.ensure_model()  # the first load is waited for: jobs queued at start-up get the model
         while not self._stop.is_set():
             try:
+                self.ensure_model(wait=False)  # later retries load in the background
                 worked = self.run_once()
             except Exception as exc:  # never let the loop die; the jobs stay visible as running/failed
                 log.error("worker_loop_error", error=type(exc).__name__, detail=str(exc)[:300])
@@ -148,27 +150,44 @@ class TriageWorker:
                 self._stop.wait(self.settings.triage.poll_seconds)
 
     # ------------------------------------------------------------------ model
-    def ensure_model(self) -> LoadedModel | None:
-        """Load the model once; after a failure, retry no more often than retry_load_seconds."""
+    def ensure_model(self, *, wait: bool = True) -> LoadedModel | None:
+        """Load the model once; after a failure, retry no more often than retry_load_seconds.
+
+        With ``wait=False`` a due retry runs in a background thread and this returns None at
+        once: queued triage is answered ("model not loaded") instead of waiting behind a load
+        attempt that may take minutes. The model is used from the first batch after it loaded.
+        """
         if self.model is not None:
             return self.model
+        if self._loading is not None and self._loading.is_alive():
+            return None
         now = time.monotonic()
         if self._last_load_attempt and now - self._last_load_attempt < self.settings.model.retry_load_seconds:
             return None
         self._last_load_attempt = now
+        if wait:
+            return self._load()
+        self._loading = threading.Thread(target=self._load, name="model-load", daemon=True)
+        self._loading.start()
+        return None
+
+    def _load(self) -> LoadedModel | None:
         m = self.settings.model
         try:
-            self.model = self._model_loader(
+            loaded = self._model_loader(
                 ModelSettings(id=m.id, path=m.path, revision=m.revision, device=m.device, batch_size=m.batch_size,
                               offline=m.offline, hf_token_env=m.hf_token_env, dtype=m.dtype,
                               timeout_s=m.timeout_seconds),
                 cache_dir=Path(self.settings.node.data_dir) / "cache")
             for profile in self.profiles:
-                embed_profile(self.model, profile)  # prompt embeddings once, at load
-            self._check_probes(self.model.identity.weights_sha256)
-        except ModelUnavailable as exc:
+                embed_profile(loaded, profile)  # prompt embeddings once, at load
+            self._check_probes(loaded.identity.weights_sha256)  # a probe of other weights: refuse the model
+            self.model = loaded  # published only when ready (a background load races the batch loop)
+        except Exception as exc:  # noqa: BLE001 - ModelUnavailable, or a prompt forward that failed
+            if not isinstance(exc, ModelUnavailable):
+                exc = ModelUnavailable(f"model start-up failed: {type(exc).__name__}: {str(exc)[:200]}")
             self.model, self.model_error = None, str(exc)
-            log.error("model_unavailable", detail=str(exc)[:300])
+            log.error("model_unavailable", detail=str(exc)[:1000])
             self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=MINOR_FAILURE,
                               outcome_desc=f"model not loaded: {str(exc)[:300]}", participants=[self._me])
             return None
@@ -204,7 +223,7 @@ class TriageWorker:
         # The model first: its input size decides how the batch is preprocessed (a model of
         # another size than 448 must not fail as model-error), and without a model no pixel
         # needs decoding at all.
-        model = self.ensure_model()
+        model = self.ensure_model(wait=False)
         works = []
         for job in jobs:
             self._audit_job(job.study_instance_uid, job.id, "triage job started")

@@ -33,7 +33,7 @@ from e2e_helpers import NodeConfig, PROFILES_DIR, SCU_AE, NODE_AE, clean_env, cl
     sr_instances, wait_until, worklist_row
 from node.demo import synthetic_image
 
-N_STUDIES = 40
+N_STUDIES = 32
 FINDINGS = ("pneumothorax", "pleural_effusion")
 WAIT_S = 180
 

@@ -436,14 +436,17 @@ def test_an_urgent_indeterminate_no_assist_sr_holds_every_computed_score(shared:
 
 
 def test_the_image_size_comes_from_a_model_loaded_after_start(shared: Shared, tmp_path: Path) -> None:
-    """The model appears after start-up: the batch is preprocessed at its size (64), not 448."""
+    """The model appears after start-up (loaded by a background retry): the batch is
+    preprocessed at its size (64), not 448."""
     late = tmp_path / "late-model"
     cfg = shared.config("late-model", mode="lower", model={"path": str(late), "retry_load_seconds": 0.3})
     first, second = generate_uid(), generate_uid()
-    with running(cfg):
+    with running(cfg) as node:
         triage_once(shared, cfg, first, generate_uid(), tmp_path, number=1)
         assert row_of(cfg, first)["reason"] == "model-unavailable"
         shutil.copytree(shared.tiny, late)
+        # the retry loads it in the background, without holding up the queue
+        wait_until(lambda: node.worker.model is not None, WAIT_S, "the model to load on a retry")
         triage_once(shared, cfg, second, generate_uid(), tmp_path, number=1)
         row = row_of(cfg, second)
     assert row["assist"] and row["reason"] == "", row

@@ -393,3 +393,6 @@ def test_demo_runs_and_says_its_model_is_random(tmp_path: Path) -> None:
     assert "RANDOM TEST MODEL" in proc.stdout
     assert "MEAN NOTHING" in proc.stdout
     assert " LOW " not in proc.stdout
+    # without --keep it prints no path that it then deletes, and says how to keep the data
+    assert str(tmp_path) not in proc.stdout
+    assert "triage-node demo --keep" in proc.stdout

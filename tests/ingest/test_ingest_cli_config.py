@@ -145,6 +145,8 @@ def test_bad_environment_override_names_the_key(variable, value, expected, free_
     rc, out, err = main_in_process(["serve", "--config", "{config}"], "", env={variable: value}, port=free_port)
     assert rc != 0
     assert expected in err, err
+    # ... and names the variable that set it, the only place a newcomer can fix it
+    assert f"set by environment variable TRIAGE_NODE__{variable.replace('.', '__').upper()}" in err, err
 
 
 def test_missing_config_file_and_other_commands(tmp_path, main_in_process) -> None:

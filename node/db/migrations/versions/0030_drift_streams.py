@@ -1,7 +1,7 @@
 """drift streams: frozen reference windows and alert state per stream (issue 9)
 
 Revision ID: 0030
-Revises: 0005
+Revises: 0021
 Create Date: 2026-12-01 15:00:00
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0030'
-down_revision = '0005'
+down_revision = '0021'
 branch_labels = None
 depends_on = None
 

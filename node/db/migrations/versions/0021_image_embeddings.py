@@ -1,15 +1,15 @@
 """image embeddings kept per image, weights and preprocessing version; worklist calibration (issue 13)
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0021
+Revises: 0020
 Create Date: 2026-12-01 14:40:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0005'
-down_revision = '0004'
+revision = '0021'
+down_revision = '0020'
 branch_labels = None
 depends_on = None
 
