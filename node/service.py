@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -80,7 +79,7 @@ class Node:
         self.scheduler.add_job(self.tick, "interval", seconds=self.settings.stability.tick_seconds,
                                id="stability", max_instances=1, coalesce=True)
         self.scheduler.add_job(self.refresh_search, "interval", seconds=self.settings.search.refresh_seconds,
-                               id="search", max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
+                               id="search", max_instances=1, coalesce=True)
         if self.settings.drift.enabled:
             self.scheduler.add_job(self.drift.run, "interval", seconds=self.settings.drift.interval_seconds,
                                    id="drift", max_instances=1, coalesce=True)
