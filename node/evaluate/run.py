@@ -16,7 +16,6 @@ import os
 import json
 import math
 import sys
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
