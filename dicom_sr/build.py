@@ -108,6 +108,7 @@ def algorithm_device_uid(algorithm: AlgorithmInfo) -> str:
         algorithm.profile_name,
         algorithm.profile_version,
         algorithm.preprocessing_version,
+        *((algorithm.probe_versions,) if algorithm.probe_versions else ()),
     )
 
 
@@ -303,6 +304,8 @@ def _air_equipment_item(
         f"profile {algorithm.profile_name} {algorithm.profile_version}, "
         f"preprocessing {algorithm.preprocessing_version}"
     )
+    if algorithm.probe_versions:
+        description += f", linear probes {algorithm.probe_versions}"
     if algorithm.is_test_model:
         description += ". RANDOM TEST MODEL: scores are meaningless"
     item.ContributionDescription = description[:1024]

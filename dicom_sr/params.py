@@ -24,9 +24,8 @@ PARAMETER_KEYS = (
     "is_test_model",
 )
 
-
 #: Keys written only when the field is set (an SR written before they existed still reads).
-OPTIONAL_KEYS = ("calibration",)
+OPTIONAL_KEYS = ("calibration", "probe_versions")
 
 
 def encode_parameters(algorithm: AlgorithmInfo) -> list[str]:

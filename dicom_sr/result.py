@@ -181,6 +181,7 @@ class AlgorithmInfo:
     is_test_model: bool = False
     #: Whether the operating points were calibrated on local data, in words (issue 13); "" = not stated.
     calibration: str = ""
+    probe_versions: str = ""  # "finding=sha256:..." per linear-probe finding, ";"-joined; "" = prompts only
 
     def __post_init__(self) -> None:
         _require_text(

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from node import __version__
+from node import __version__, oplog
 from node.config import ConfigError, Settings, load_settings
 
 DEFAULT_CONFIG = "config/node.toml"
@@ -253,6 +253,111 @@ def cmd_profile_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from node.db.engine import Database
+    from node.embeddings.current import current_weights_sha256, profile_preprocessing_versions
+    from node.search.run import run_search
+    from node.search.service import SearchError, SearchIndexes
+
+    settings = _settings(args)
+    oplog.configure(settings.node.log_level)  # logs to stderr: stdout is the answer
+    db = Database(settings.database.url)
+    model = None
+    try:
+        if args.text is not None:
+            from node.evaluate.run import model_settings
+            from node.triage.model import ModelUnavailable, load_model
+
+            try:
+                model = load_model(model_settings(settings), cache_dir=Path(settings.node.data_dir) / "cache")
+            except ModelUnavailable as exc:
+                print(f"triage-node search: the model is needed to embed the text: {exc}", file=sys.stderr)
+                return 2
+        weights = model.identity.weights_sha256 if model is not None else current_weights_sha256(settings, db)
+        indexes = SearchIndexes(db, Path(settings.node.data_dir), settings.search, persist=False)
+        results = run_search(indexes, weights=weights, preprocessings=profile_preprocessing_versions(settings),
+                             text=args.text, like=args.like, limit=args.limit, max_limit=settings.search.max_limit,
+                             modality=args.modality, model=model)
+    except SearchError as exc:
+        print(f"triage-node search: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        if not results:
+            print("no images found")
+        for r in results:
+            print(f"{r.score:8.4f}  {r.sop_instance_uid}  study {r.study_instance_uid}")
+    return 0
+
+
+def cmd_probe_train(args: argparse.Namespace) -> int:
+    from node.probes.train import ProbeTrainError, TrainOptions, train_probe
+
+    opts = TrainOptions(labels=Path(args.labels), finding=args.finding, out=Path(args.out) if args.out else None,
+                        profile=args.profile, c=args.C, folds=args.folds, bootstrap=args.bootstrap, seed=args.seed)
+    try:
+        settings = _settings(args)
+        oplog.configure(settings.node.log_level)
+        summary = train_probe(settings, opts)
+    except ProbeTrainError as exc:
+        print(f"triage-node probe train: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        lo, hi = summary["cv_auroc_ci"]
+        print(f"{summary['finding']}: {summary['n_pos']} positive, {summary['n_neg']} negative studies; "
+              f"{summary['folds']}-fold CV AUROC {summary['cv_auroc']:.3f} [{lo:.3f}, {hi:.3f}]; "
+              f"wrote {summary['path']} ({summary['probe_version']})")
+    if summary["is_test_model"]:
+        print("triage-node probe train: WARNING the model is a random test model: this probe means nothing "
+              "clinically", file=sys.stderr)
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from node.db.engine import Database
+    from node.drift.report import drift_report, freeze_references
+    from node.embeddings.current import current_weights_sha256, profile_preprocessing_versions
+
+    settings = _settings(args)
+    oplog.configure(settings.node.log_level)  # logs to stderr: stdout is the answer
+    db = Database(settings.database.url)
+    try:
+        weights = current_weights_sha256(settings, db)
+        versions = profile_preprocessing_versions(settings)
+        if getattr(args, "drift_command", None) == "freeze":
+            if not weights:
+                print("triage-node drift freeze: no embeddings are kept yet", file=sys.stderr)
+                return 2
+            frozen = freeze_references(settings, db, weights, versions, args.stream)
+            if not frozen:
+                print(f"triage-node drift freeze: no stream {args.stream!r}" if args.stream else
+                      "triage-node drift freeze: no streams yet", file=sys.stderr)
+                return 2
+            for key, n in frozen:
+                print(f"froze the reference of {key}: its last {n} images")
+            return 0
+        reports = drift_report(settings, db, weights, versions)
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps({"weights_sha256": weights, "streams": [r.as_dict() for r in reports]}, indent=2))
+        return 0
+    if not reports:
+        print("no streams yet (no image embeddings of the current model)")
+    for r in reports:
+        state = "ALERT" if r.alert else ("new" if r.new_stream else "ok")
+        p = "" if r.p_value is None else f" p {r.p_value:.4f}"
+        print(f"{state:<5} {r.key}  reference {r.n_reference} ({r.reference}), recent {r.n_recent}{p}")
+        for reason in r.reasons:
+            print(f"      {reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triage-node", description=(
         "DICOM node that keeps studies, triages them with MedSigLIP (research use only) and answers in DICOM."))
@@ -318,6 +423,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-positives", type=int, default=30,
                    help="findings with fewer positives keep their old threshold (default 30)")
     p.set_defaults(func=cmd_profile_tune)
+
+    p = with_config(sub.add_parser("search", help="images most like a text or a stored image"))
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", metavar="QUERY", help="e.g. \"large right pleural effusion\"")
+    query.add_argument("--like", metavar="SOP_UID", help="a stored image's SOP Instance UID")
+    p.add_argument("--limit", type=int, default=20, help="how many images (default 20)")
+    p.add_argument("--modality", metavar="CODE", help="only images of this modality, e.g. DX")
+    p.add_argument("--json", action="store_true", help="a JSON list of {sop_instance_uid, study_instance_uid, "
+                   "series_instance_uid, score}")
+    p.set_defaults(func=cmd_search)
+
+    probe = sub.add_parser("probe", help="linear probes on the kept image embeddings")
+    probe_sub = probe.add_subparsers(dest="probe_command", required=True)
+    p = with_config(probe_sub.add_parser("train", help="train a logistic-regression probe for one finding"))
+    p.add_argument("--labels", required=True, metavar="CSV", help="labels.csv as for evaluate")
+    p.add_argument("--finding", required=True, metavar="KEY", help="the labels.csv column to learn")
+    p.add_argument("--out", metavar="PATH", help="probe file (default ./<profile>-<finding>.probe.json)")
+    p.add_argument("--profile", help="profile whose image selection and preprocessing are used (default: the first)")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength (default 1)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print finding, n_pos, n_neg, cv_auroc, cv_auroc_ci, path")
+    p.set_defaults(func=cmd_probe_train)
+
+    p = with_config(sub.add_parser("drift", help="drift per stream: embeddings, scores, no-assist rate, headers"))
+    p.add_argument("--json", action="store_true", help='{"streams": [{"key", "n_reference", "n_recent", '
+                   '"embedding_shift", "p_value", "score_shift", "alert", "reasons", ...}]}')
+    p.set_defaults(func=cmd_drift)
+    drift_sub = p.add_subparsers(dest="drift_command")
+    q = drift_sub.add_parser("freeze", help="make each stream's last [drift] reference_size images its reference")
+    q.add_argument("--config", default=argparse.SUPPRESS, help="TOML config (as for drift)")  # either position
+    q.add_argument("--stream", metavar="KEY", help="only this stream (modality|manufacturer|model|station)")
+    q.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("demo", help="the whole path on synthetic studies with a random test model")
     p.add_argument("--keep", action="store_true",

@@ -319,6 +319,28 @@ class HttpSection(_Section):
     cors_origins: tuple[str, ...] = ()
 
 
+class SearchSection(_Section):
+    """Search by text or by example over the kept embeddings (node/search)."""
+
+    exact_max: int = Field(default=20_000, ge=0)  # up to this many vectors: exact numpy search; beyond: FAISS IVF
+    nprobe: int | None = Field(default=None, ge=1)  # IVF cells visited per query; unset = max(16, nlist / 32)
+    refresh_seconds: float = Field(default=10.0, gt=0)  # how often the node adds newly kept embeddings
+    max_limit: int = Field(default=1000, ge=1)  # largest `limit` a query may ask for
+
+
+class DriftSection(_Section):
+    """Drift watch per stream (modality, manufacturer, model, station) (node/drift)."""
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=300.0, gt=0)  # background computation schedule
+    reference_size: int = Field(default=200, ge=10)  # first N embedded images of a stream (unless frozen)
+    recent_size: int = Field(default=100, ge=10)  # last M images compared with the reference
+    min_recent: int = Field(default=20, ge=5)  # fewer recent images: no test, no alert
+    alpha: float = Field(default=0.01, gt=0, lt=1)  # family-wise alarm level per stream (Bonferroni over tests)
+    permutations: int = Field(default=1000, ge=50)  # MMD permutation test (raised to 4 / (alpha / 2) if fewer)
+    pca_components: int = Field(default=10, ge=1)
+
+
 class Settings(_Section):
     """All of the node's configuration, one section per part of the flow."""
 
@@ -331,6 +353,8 @@ class Settings(_Section):
     model: ModelSection = ModelSection()
     triage: TriageSection = TriageSection()
     http: HttpSection = HttpSection()
+    search: SearchSection = SearchSection()
+    drift: DriftSection = DriftSection()
     forward: tuple[ForwardDestination, ...] = ()
     results: ResultsSection = ResultsSection()
     hl7: tuple[Hl7Destination, ...] = ()

@@ -110,6 +110,11 @@ class Node:
 
             self.forwarder = Forwarder(settings, self.db, self.audit)
         self.http = None  # node.dicomweb.app.HttpServer while serving
+        from node.drift.watch import DriftWatch
+        from node.search.service import SearchIndexes
+
+        self.search = SearchIndexes(self.db, self.data_dir, settings.search)  # GET /search, refreshed below
+        self.drift = DriftWatch(settings, self.db, self.audit, self.embedding_space)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self._stopped = threading.Event()
         self.calibration_warnings: list[str] = []
@@ -136,9 +141,15 @@ class Node:
         if "receive" in self.roles:
             self.scheduler.add_job(self.refusals.flush, "interval", seconds=REFUSAL_WINDOW_SECONDS,
                                    id="refusal-summaries", max_instances=1, coalesce=True)
+        if "http" in self.roles:  # the search index serves GET /search
+            self.scheduler.add_job(self.refresh_search, "interval", seconds=self.settings.search.refresh_seconds,
+                                   id="search", max_instances=1, coalesce=True)
         if "stability" in self.roles:
             self.scheduler.add_job(self.tick, "interval", seconds=self.settings.stability.tick_seconds,
                                    id="stability", max_instances=1, coalesce=True)
+            if self.settings.drift.enabled:  # one drift watcher per deployment: the stability role's
+                self.scheduler.add_job(self.drift.run, "interval", seconds=self.settings.drift.interval_seconds,
+                                       id="drift", max_instances=1, coalesce=True)
             self.tick()  # studies whose quiet period ended while we were down
         self.scheduler.start()
         if self.worker is not None:
@@ -208,6 +219,24 @@ class Node:
                     if not instance_exists(session, sop_uid) and reindex_file(self.db, self.files, rel):
                         reindexed += 1
         log.info("recovery", unclean_stop=unclean, temp_files_removed=removed, files_reindexed=reindexed)
+
+    def embedding_space(self) -> tuple[str | None, list[str]]:
+        """The current weights (the loaded model's, else the configured checkpoint's) and the profiles'
+        preprocessing versions: what search and drift compare within."""
+        from node.embeddings.current import current_weights_sha256, profile_preprocessing_versions
+
+        model = getattr(self.worker, "model", None)
+        weights = model.identity.weights_sha256 if model is not None else current_weights_sha256(self.settings, self.db)
+        return weights, profile_preprocessing_versions(self.settings)
+
+    def refresh_search(self) -> None:
+        """Add newly kept embeddings to the search index (built, or loaded from disk, at the first run)."""
+        try:
+            weights, versions = self.embedding_space()
+            if weights:
+                self.search.refresh([(weights, v) for v in versions])
+        except Exception as exc:  # noqa: BLE001 - the schedule must survive a database hiccup
+            log.error("search_refresh_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
     def tick(self) -> None:
         try:

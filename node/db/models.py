@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (BigInteger, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
+from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -204,4 +204,30 @@ class ImageEmbedding(Base):
     __table_args__ = (
         UniqueConstraint("sop_instance_uid", "weights_sha256", "preprocessing_version", name="uq_embedding_key"),
         Index("ix_embedding_model", "weights_sha256", "preprocessing_version"),
+    )
+
+
+class DriftStream(Base):
+    """One drift stream (modality | manufacturer | model | station) of one embedding space (issue 9).
+
+    Holds the stream's frozen reference window (``triage-node drift freeze``: embedding row ids
+    ``reference_first_id..reference_last_id``; null = the stream's first N images) and its alert
+    state, so an alert is audited once when it is raised and once when it clears, whichever
+    process computes it.
+    """
+
+    __tablename__ = "drift_stream"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stream_key: Mapped[str] = mapped_column(String(300))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    preprocessing_version: Mapped[str] = mapped_column(String(32))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reference_first_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reference_last_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    frozen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    alert: Mapped[bool] = mapped_column(Boolean, default=False)
+    alert_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reasons: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (
+        UniqueConstraint("stream_key", "weights_sha256", "preprocessing_version", name="uq_drift_stream"),
     )

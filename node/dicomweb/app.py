@@ -37,6 +37,9 @@ def create_app(node_or_parts: Any) -> FastAPI:
     auth = [Depends(require_token)]
     app.include_router(ops.public)
     app.include_router(ops.router, dependencies=auth)
+    from node.search.http import router as search_router  # GET /search (issue 9)
+
+    app.include_router(search_router, dependencies=auth, tags=["search"])
     for module, tag in ((stow, "STOW-RS"), (qido, "QIDO-RS"), (frames, "WADO-RS"), (wado, "WADO-RS"),
                         (ups_rs, "UPS-RS")):
         app.include_router(module.router, prefix=BASE, dependencies=auth, tags=[tag])

@@ -24,6 +24,7 @@ class WebContext:
     worker: Any = None  # node.triage.worker.TriageWorker or None
     listener: Any = None  # node.dimse.server.DicomListener or None (association gauges, /healthz)
     refusals: Any = None  # node.audit.refusals.RefusalLedger or None (HTTP 401s)
+    search: Any = None  # node.search.service.SearchIndexes of the node, or None (made on first use)
 
     @classmethod
     def of(cls, node_or_parts: Any) -> "WebContext":
@@ -34,7 +35,8 @@ class WebContext:
         n = node_or_parts
         return cls(settings=n.settings, db=n.db, files=n.files, ingestor=n.ingestor,
                    audit=getattr(n, "audit", None), worker=getattr(n, "worker", None),
-                   listener=getattr(n, "listener", None), refusals=getattr(n, "refusals", None))
+                   listener=getattr(n, "listener", None), refusals=getattr(n, "refusals", None),
+                   search=getattr(n, "search", None))
 
 
 def ctx(request: Request) -> WebContext:

@@ -255,6 +255,14 @@ def run_evaluation(settings: Settings, opts: EvaluationOptions, *,
             model = model_loader(model_settings(settings), cache_dir=Path(settings.node.data_dir) / "cache")
         except ModelUnavailable as exc:
             raise EvaluationError(f"the model is needed (prompt embeddings, missing image embeddings): {exc}") from None
+        from node.probes.probe import ProbeError, check_probe
+
+        try:
+            for f in profile.findings:
+                if f.probe is not None:
+                    check_probe(f.probe, weights_sha256=model.identity.weights_sha256)
+        except ProbeError as exc:
+            raise EvaluationError(str(exc)) from None
         prompts = embed_profile(model, profile)  # one text forward; cached per prompt set
         resolved = _resolve(db, table)
         studies = _gather(settings, db, profile, resolved, opts.progress)

@@ -5,6 +5,9 @@ prompts) and p (present prompts)::
 
     p_f(x) = softmax(logit_scale * [x.a, x.p])[1]
 
+A finding with a linear probe (``probe = "path"`` in the profile, issue 9) is scored by the probe
+instead: ``p_f(x) = sigmoid(w . standardise(x / |x|) + b)`` (node/probes/probe.py). Either way
+:func:`image_scores` is the one per-image scoring function, for live triage and evaluation alike.
 A study's score for f is the maximum over its evaluated images. The domain check is the same
 computation with the profile's in-domain / out-of-domain prompts, per image: images whose
 in-domain probability is below ``domain.min_score`` are not evaluated.
@@ -38,7 +41,7 @@ import torch
 
 if TYPE_CHECKING:  # pragma: no cover
     from node.triage.model import LoadedModel
-    from node.triage.profiles import TriageProfile
+    from node.triage.profiles import FindingSpec, TriageProfile
 
 __all__ = [
     "NoAssistReason",
@@ -55,6 +58,7 @@ __all__ = [
     "two_class_probability",
     "domain_probabilities",
     "finding_probabilities",
+    "image_scores",
     "decide",
     "no_assist",
 ]
@@ -141,7 +145,7 @@ def _prompt_key(profile: TriageProfile) -> tuple:
     return (
         profile.domain.in_domain_prompts,
         profile.domain.out_of_domain_prompts,
-        tuple((f.key, f.absent_prompts, f.present_prompts) for f in profile.findings),
+        tuple((f.key, f.absent_prompts, f.present_prompts) for f in profile.findings if f.probe is None),
     )
 
 
@@ -169,7 +173,8 @@ def embed_profile(model: LoadedModel, profile: TriageProfile) -> PromptEmbedding
             return hit
 
     groups: list[tuple[str, ...]] = [profile.domain.in_domain_prompts, profile.domain.out_of_domain_prompts]
-    for f in profile.findings:
+    prompt_findings = [f for f in profile.findings if f.probe is None]  # probe findings have no prompts
+    for f in prompt_findings:
         groups += [f.absent_prompts, f.present_prompts]
     flat = [p for g in groups for p in g]
     emb = model.embed_texts(flat)
@@ -179,7 +184,7 @@ def embed_profile(model: LoadedModel, profile: TriageProfile) -> PromptEmbedding
         means.append(class_mean(emb[start : start + len(g)]))
         start += len(g)
     result = PromptEmbeddings(
-        findings={f.key: (means[2 + 2 * i], means[3 + 2 * i]) for i, f in enumerate(profile.findings)},
+        findings={f.key: (means[2 + 2 * i], means[3 + 2 * i]) for i, f in enumerate(prompt_findings)},
         domain=(means[0], means[1]),
         profile_version=profile.version,
         model_sha256=model.identity.weights_sha256,
@@ -225,6 +230,14 @@ def finding_probabilities(
     return {k: two_class_probability(x, a, p, logit_scale) for k, (a, p) in prompts.findings.items()}
 
 
+def image_scores(x: torch.Tensor, finding: FindingSpec, prompts: PromptEmbeddings, logit_scale: float) -> torch.Tensor:
+    """p_f per image (rows of the normalised ``x``) for one finding: its probe, else its prompts -> (N,) float64."""
+    if finding.probe is not None:
+        return torch.from_numpy(finding.probe.probabilities(x.numpy()))
+    a, p = prompts.findings[finding.key]
+    return two_class_probability(x, a, p, logit_scale)
+
+
 def _state(score: float, threshold: float, band: tuple[float, float]) -> FindingState:
     low, high = band
     if low <= score <= high:
@@ -256,7 +269,7 @@ def decide(
         raise ValueError(
             f"prompt embeddings are for profile version {prompts.profile_version}, not {profile.version}"
         )
-    missing = [f.key for f in profile.findings if f.key not in prompts.findings]
+    missing = [f.key for f in profile.findings if f.probe is None and f.key not in prompts.findings]
     if missing:
         raise ValueError(f"prompt embeddings lack findings {missing}")
     if not torch.isfinite(image_embeddings).all() or not math.isfinite(float(logit_scale)):
@@ -283,8 +296,7 @@ def decide(
     xe = x[list(evaluated)]
     scores: list[FindingScore] = []
     for f in profile.findings:
-        a, p = prompts.findings[f.key]
-        probs = two_class_probability(xe, a, p, logit_scale)
+        probs = image_scores(xe, f, prompts, logit_scale)
         j = int(torch.argmax(probs))
         score = float(probs[j])
         scores.append(

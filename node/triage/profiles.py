@@ -39,6 +39,8 @@ File layout (every key is required unless marked optional; unknown keys are erro
     threshold = 0.5                   # score >= threshold -> "present" (outside the band)
     indeterminate_band = [0.4, 0.6]   # low <= threshold <= high; low <= score <= high -> indeterminate
     urgency = "high"                  # "high" (raises priority to HIGH) | "routine"
+    # probe = "probes/pneumothorax.json"  # instead of absent/present prompts: a linear probe trained
+                                      # by `triage-node probe train` (path relative to this file)
 
     [calibration]                     # optional, written by `triage-node profile tune` (never by hand)
     evaluation_sha256 = "..."         # SHA-256 of the metrics.json the operating points came from
@@ -115,6 +117,7 @@ class FindingSpec:
     threshold: float
     indeterminate_band: tuple[float, float]  # [low, high]; low <= threshold <= high
     urgency: Urgency
+    probe: Any = None  # node.probes.probe.Probe scoring this finding instead of the prompts (issue 9)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,10 @@ class TriageProfile:
         return CalibrationState(True, f"operating points calibrated on local data: evaluation sha256:"
                                       f"{cal.evaluation_sha256[:16]}, {cal.cohort_size} studies, {cal.date}",
                                 cal.evaluation_sha256, cal.cohort_size)
+
+    def probe_versions(self) -> str:
+        """``key=sha256:...`` per probe finding, ``;``-joined ("" without probes): what the SR records."""
+        return ";".join(f"{f.key}={f.probe.version}" for f in self.findings if f.probe is not None)
 
     def finding(self, key: str) -> FindingSpec:
         for f in self.findings:
@@ -394,13 +401,20 @@ def _finding(ctx: _Ctx, obj: Any, i: int) -> FindingSpec:
             "key",
             "display_name",
             "code",
-            "absent_prompts",
-            "present_prompts",
             "threshold",
             "indeterminate_band",
             "urgency",
         },
+        {"absent_prompts", "present_prompts", "probe"},
     )
+    if "probe" in t:
+        extra = sorted({"absent_prompts", "present_prompts"} & set(t))
+        if extra:
+            raise ctx.fail(f"{k}.{extra[0]}", "a probe finding has no prompts (the probe replaces them)")
+    else:
+        for name in ("absent_prompts", "present_prompts"):
+            if name not in t:
+                raise ctx.fail(f"{k}.{name}", "missing key (or give probe = \"path\")")
     key = ctx.string(t["key"], f"{k}.key")
     if not _KEY_RE.match(key):
         raise ctx.fail(f"{k}.key", f"{key!r} must match {_KEY_RE.pattern}")
@@ -423,12 +437,23 @@ def _finding(ctx: _Ctx, obj: Any, i: int) -> FindingSpec:
     urgency = ctx.string(t["urgency"], f"{k}.urgency")
     if urgency not in get_args(Urgency):
         raise ctx.fail(f"{k}.urgency", f"must be one of {', '.join(get_args(Urgency))}")
+    probe = None
+    if "probe" in t:
+        from node.probes.probe import ProbeError, load_probe
+
+        where = Path(ctx.string(t["probe"], f"{k}.probe"))
+        try:
+            probe = load_probe(where if where.is_absolute() else Path(ctx.file).parent / where)
+        except ProbeError as exc:
+            raise ctx.fail(f"{k}.probe", str(exc)) from None
     return FindingSpec(
         key=key,
         display_name=ctx.string(t["display_name"], f"{k}.display_name"),
         code=code_t,  # type: ignore[arg-type]
-        absent_prompts=ctx.strings(t["absent_prompts"], f"{k}.absent_prompts", nonempty_list=True),
-        present_prompts=ctx.strings(t["present_prompts"], f"{k}.present_prompts", nonempty_list=True),
+        absent_prompts=() if probe else ctx.strings(t["absent_prompts"], f"{k}.absent_prompts", nonempty_list=True),
+        present_prompts=() if probe else ctx.strings(t["present_prompts"], f"{k}.present_prompts",
+                                                     nonempty_list=True),
+        probe=probe,
         threshold=threshold,
         indeterminate_band=(low, high),
         urgency=urgency,  # type: ignore[arg-type]
@@ -460,13 +485,19 @@ def parse_profile(data: bytes, source: str | Path = "<profile>") -> TriageProfil
         if f.key in seen:
             raise ctx.fail(f"findings[{i}].key", f"duplicate key {f.key!r}")
         seen.add(f.key)
+    preprocessing = _preprocessing(ctx, t["preprocessing"])
+    for i, f in enumerate(findings):
+        if f.probe is not None and f.probe.preprocessing_version != preprocessing.method:
+            raise ctx.fail(f"findings[{i}].probe", f"{f.probe.path}: probe trained on preprocessing "
+                           f"{f.probe.preprocessing_version}, but the profile uses {preprocessing.method}: "
+                           "train it again (triage-node probe train)")
     return TriageProfile(
         name=name,
         version=profile_version(data),
         description=ctx.string(t["description"], "description"),
         selection=_selection(ctx, t["selection"]),
         domain=_domain(ctx, t["domain"]),
-        preprocessing=_preprocessing(ctx, t["preprocessing"]),
+        preprocessing=preprocessing,
         findings=findings,
         calibration=_calibration(ctx, t["calibration"], seen) if "calibration" in t else None,
     )

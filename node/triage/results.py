@@ -71,7 +71,8 @@ def algorithm_info(identity: ModelIdentity | None, profile: TriageProfile, prepr
         preprocessing_description=preprocessing_description,
         is_test_model=bool(identity and identity.is_test_model),
         # Issue 13: whether the operating points were tuned on local data for these weights.
-        calibration=profile.calibration_state(identity.weights_sha256 if identity else None).text)
+        calibration=profile.calibration_state(identity.weights_sha256 if identity else None).text,
+        probe_versions=profile.probe_versions())
 
 
 def deciding_threshold(spec: FindingSpec) -> float:

@@ -109,7 +109,20 @@ class TriageWorker:
         if missing:
             raise ConfigError(f"triage.profiles: no profile named {', '.join(missing)} in "
                               f"{self.settings.triage.profiles_dir} (have: {', '.join(sorted(available))})")
-        return [available[name] for name in self.settings.triage.profiles]
+        profiles = [available[name] for name in self.settings.triage.profiles]
+        if any(f.probe is not None for p in profiles for f in p.findings):
+            from node.embeddings.current import configured_weights_sha256
+            from node.probes.probe import ProbeError, check_probe
+
+            weights = configured_weights_sha256(self.settings)  # None: not on disk yet, checked after load
+            try:
+                for p in profiles:
+                    for f in p.findings:
+                        if f.probe is not None:
+                            check_probe(f.probe, weights_sha256=weights)
+            except ProbeError as exc:
+                raise ConfigError(f"triage.profiles: {exc}") from None
+        return profiles
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -179,6 +192,7 @@ class TriageWorker:
                 cache_dir=Path(self.settings.node.data_dir) / "cache")
             for profile in self.profiles:
                 embed_profile(loaded, profile)  # prompt embeddings once, at load
+            self._check_probes(loaded.identity.weights_sha256)  # a probe of other weights: refuse the model
             self.model = loaded  # published only when ready (a background load races the batch loop)
         except Exception as exc:  # noqa: BLE001 - ModelUnavailable, or a prompt forward that failed
             if not isinstance(exc, ModelUnavailable):
@@ -198,6 +212,18 @@ class TriageWorker:
                               "revision": ident.revision, "weights_sha256": ident.weights_sha256,
                               "device": ident.device, "dtype": ident.dtype, "test_model": ident.is_test_model})])
         return self.model
+
+    def _check_probes(self, weights: str) -> None:
+        """A probe of other weights must never score a study: refuse the model (no-assist SRs)."""
+        from node.probes.probe import ProbeError, check_probe
+
+        try:
+            for profile in self.profiles:
+                for f in profile.findings:
+                    if f.probe is not None:
+                        check_probe(f.probe, weights_sha256=weights)
+        except ProbeError as exc:
+            raise ModelUnavailable(str(exc)) from None
 
     # ------------------------------------------------------------------ one batch
     def run_once(self) -> bool:
