@@ -64,6 +64,21 @@ class StateChange:
         return self.status in (SUCCESS, ALREADY_CANCELED, ALREADY_COMPLETED)
 
 
+def audit_description(change: StateChange, *, via: str, requested: str, ups_uid: str,
+                      by: str) -> tuple[str, list[Any]]:
+    """The audit text and objects of a state change, the same for N-ACTION and UPS-RS: the
+    workitem, and the study whose AI raise a COMPLETED / CANCELED cleared (who, which SR)."""
+    from node.audit import AuditObject
+
+    desc = f"{via} change state to {requested}: 0x{change.status:04X} {change.message}"
+    objects: list[Any] = [AuditObject(type="job", id=ups_uid)]
+    if change.cleared_raise:
+        desc += f"; AI priority raise by SR {change.cleared_raise} cleared"
+        objects.append(AuditObject(type="study", id=change.study_instance_uid,
+                                   details={"cleared_raise": change.cleared_raise, "by": by}))
+    return desc, objects
+
+
 def _dt(value: datetime | None) -> str:
     if value is None:
         return ""
@@ -297,5 +312,5 @@ def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: st
         return StateChange(NOT_UPDATABLE, f"the workitem is {current} and may no longer be updated", current)
 
 
-__all__ = ["StateChange", "UPS_PULL_SOP_CLASS", "UPS_PUSH_SOP_CLASS", "WORKLIST_LABEL", "change_state",
+__all__ = ["StateChange", "audit_description", "UPS_PULL_SOP_CLASS", "UPS_PUSH_SOP_CLASS", "WORKLIST_LABEL", "change_state",
            "find_workitems", "get_workitem", "project", "ups_dataset"]

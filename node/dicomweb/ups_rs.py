@@ -118,15 +118,10 @@ async def put_state(request: Request, uid: str) -> Response:
     new_state = _value(payload, "00741000").upper()
     transaction_uid = _value(payload, "00081195")
     client = request.client.host if request.client else "unknown"
-    change = await run_in_threadpool(ups.change_state, ctx(request).db, uid, new_state, transaction_uid,
-                                     f"UPS-RS client {client}")
+    by = f"UPS-RS client {client}"
+    change = await run_in_threadpool(ups.change_state, ctx(request).db, uid, new_state, transaction_uid, by)
     status = HTTP_STATUS.get(change.status, 409)
-    desc = f"UPS-RS change state to {new_state}: 0x{change.status:04X} {change.message}"
-    objects = [AuditObject(type="job", id=uid)]
-    if change.cleared_raise:
-        desc += f"; AI priority raise by SR {change.cleared_raise} cleared"
-        objects.append(AuditObject(type="study", id=change.study_instance_uid,
-                                   details={"cleared_raise": change.cleared_raise, "by": f"UPS-RS client {client}"}))
+    desc, objects = ups.audit_description(change, via="UPS-RS", requested=new_state, ups_uid=uid, by=by)
     await run_in_threadpool(audit, request, EventCode.APPLICATION_ACTIVITY, outcome=0 if change.ok else 4,
                             desc=desc, objects=objects)
     if status != 200:

@@ -346,12 +346,8 @@ class QueryRetrieveSCP:
         log.info("ups_change_state", status=f"0x{result.status:04X}", state=result.state, message=result.message,
                  calling_ae=calling)
         if result.ok:  # a state change is a person's act on the worklist: audited, like UPS-RS
-            desc = f"UPS N-ACTION change state to {result.state}: 0x{result.status:04X} {result.message}"
-            objects = [AuditObject(type="job", id=uid)]
-            if result.cleared_raise:
-                desc += f"; AI priority raise by SR {result.cleared_raise} cleared"
-                objects.append(AuditObject(type="study", id=result.study_instance_uid,
-                                           details={"cleared_raise": result.cleared_raise, "by": f"AE {calling}"}))
+            desc, objects = ups.audit_description(result, via="UPS N-ACTION", requested=str(result.state),
+                                                  ups_uid=uid, by=f"AE {calling}")
             self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=AUDIT_SUCCESS, outcome_desc=desc,
                               participants=[self._peer(event), self._us("destination")],
                               objects=objects)

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 from pathlib import Path
 
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from node import metrics
@@ -195,3 +198,17 @@ def reindex_file(db: Database, files: FileStore, rel: Path) -> bool:
     with db.write_lock, db.session() as session, session.begin():
         return add_instance(db, session, h, rel_path=rel.as_posix(), size=path.stat().st_size,
                             transfer_syntax_uid=ts, calling_ae="")
+
+
+def encode_own_instance(ds: Dataset) -> tuple[FileMetaDataset, bytes]:
+    """A data set the node made itself (SR, summary card, PDF), as :meth:`Ingestor.store` takes a
+    received one: our file meta, the data set as Explicit VR Little Endian bytes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return meta, buf.getvalue()

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from dicom_sr import FindingState, TriageResult
 from dicom_sr.card import THUMB, build_card_pdf, build_card_sc, card_pdf, render_card
 from node import __version__
 from node.config import FhirDestination, ForwardDestination, Hl7Destination, Settings
 from node.oplog import get_logger
-from node.store.ingest import Ingestor
+from node.store.ingest import Ingestor, encode_own_instance
 
 log = get_logger("results")
 CARD_SERIES_NUMBER = 9902
@@ -72,18 +70,6 @@ def _thumbnail(result: TriageResult, evidence: list[Dataset]):  # type: ignore[n
         return None
 
 
-def _encode(ds: Dataset) -> tuple[FileMetaDataset, bytes]:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_dataset(buf, ds)
-    return meta, buf.getvalue()
-
-
 def store_summary(ingestor: Ingestor, outputs: ResultOutputs, *, result: TriageResult, study_context: Dataset,
                   evidence: list[Dataset], sr_sop_instance_uid: str, job_id: int, own_ae: str) -> dict[str, str]:
     """Build and store the summary card and/or its PDF (as configured) in the result's study.
@@ -108,7 +94,7 @@ def store_summary(ingestor: Ingestor, outputs: ResultOutputs, *, result: TriageR
             series_instance_uid=generate_uid(entropy_srcs=["triage-node-pdf-series", study_uid, str(job_id)]),
             series_number=PDF_SERIES_NUMBER, software_versions=__version__)))
     for kind, ds in datasets:
-        meta, body = _encode(ds)
+        meta, body = encode_own_instance(ds)
         outcome = ingestor.store(meta, body, calling_ae=own_ae, touch_stability=False)
         if not outcome.ok:
             raise RuntimeError(f"could not store the summary {kind}: 0x{outcome.status:04X} {outcome.reason}")

@@ -19,10 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
-from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 from sqlalchemy import select
 
 import dicom_sr
@@ -32,7 +30,7 @@ from node.db.engine import Database
 from node.config import ForwardDestination
 from node.db.models import WorklistItem
 from node.forward.outbox import enqueue_study
-from node.store.ingest import Ingestor
+from node.store.ingest import Ingestor, encode_own_instance
 from node.triage.model import ModelIdentity
 from node.triage.outputs import ResultOutputs, store_summary
 from node.triage.policy import REASON_TEXT, NoAssistReason, StudyDecision
@@ -143,18 +141,6 @@ def reason_meaning(reason: NoAssistReason) -> str:
     }[reason]
 
 
-def _encode(ds: Dataset) -> tuple[FileMetaDataset, bytes]:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_dataset(buf, ds)
-    return meta, buf.getvalue()
-
-
 def current_report(db: Database, study_uid: str) -> WorklistItem | None:
     with db.session() as session:
         return session.execute(select(WorklistItem).where(WorklistItem.study_instance_uid == study_uid)).scalar_one_or_none()
@@ -197,7 +183,7 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
     sr = dicom_sr.build_triage_sr(
         result, study_context, evidence, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
         sop_instance_uid=sop_uid, instance_number=1, software_versions=__version__, predecessor=predecessor)
-    meta, body = _encode(sr)
+    meta, body = encode_own_instance(sr)
     outcome = ingestor.store(meta, body, calling_ae=own_ae, touch_stability=False)
     if not outcome.ok:
         raise RuntimeError(f"could not store the SR: 0x{outcome.status:04X} {outcome.reason}")
