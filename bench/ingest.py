@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import os
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
@@ -265,7 +264,11 @@ def main() -> int:
     print(f"load average after: {open('/proc/loadavg').read().strip()}", flush=True)
     if raw.exists():
         keep.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(raw, keep)
+        # the kept copy is committed: it names no path of this machine
+        text = raw.read_text()
+        for path, name in ((str(REPO), "<repo>"), (str(REPO.parent / "shared"), "<shared>"), ("/tmp/", "<tmp>/")):
+            text = text.replace(path, name)
+        keep.write_text(text)
         print(f"\nraw results: {keep}\n")
         print(table([str(keep)]))
     return rc
