@@ -79,6 +79,10 @@ def _group(result: TriageResult, findings: Sequence[FindingResult], image: Datas
                          source_image=SourceImageForRegion(referenced_sop_class_uid=image.SOPClassUID,
                                                            referenced_sop_instance_uid=image.SOPInstanceUID))
     ordered = sorted(findings, key=lambda f: (_ORDER[f.state], -f.score))
+    # Viewers draw these groups as labels on the image. A no-assist result offers no assessment,
+    # so its label says so and carries no per-finding numbers or states there (they stay in the
+    # study-level finding groups, for the audit of the decision: rule 6 / issue 7).
+    shown = ordered if result.assist else []
     return PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=_uid(sop_instance_uid, str(image.SOPInstanceUID)),
                                                identifier=_label(result, ordered)),
@@ -86,9 +90,9 @@ def _group(result: TriageResult, findings: Sequence[FindingResult], image: Datas
         finding_type=codes.AI_ASSESSMENT,
         algorithm_id=algorithm_id,
         measurements=[hd.sr.Measurement(name=_concept(f), value=round(f.score * 100.0, 2), unit=PERCENT)
-                      for f in ordered],
+                      for f in shown] or None,
         qualitative_evaluations=[QualitativeEvaluation(name=_concept(f), value=codes.STATE_CODES[f.state])
-                                 for f in ordered],
+                                 for f in shown] or None,
     )
 
 

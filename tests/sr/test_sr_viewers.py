@@ -135,3 +135,41 @@ def test_no_assist_summary_card_and_pdf_validate(study: Study, tmp_path: Path) -
         _assert_dciodvfy_clean(path)
         assert (back.StudyInstanceUID, back.PatientID) == (study.pa.StudyInstanceUID, study.pa.PatientID)
     assert bytes(pdf.EncapsulatedDocument)[:4] == b"%PDF" and pdf.EncapsulatedDocumentLength <= len(pdf.EncapsulatedDocument)
+
+
+def test_a_no_assist_result_draws_no_scores_on_the_image(study: Study, tmp_path: Path) -> None:
+    """Viewers draw image-level groups as labels: a no-assist SR labels the image "No AI
+    assessment (...)" and puts no finding score or state there (they stay at study level)."""
+    import pytest
+
+    from dicom_sr import Code, FindingResult, FindingState, ImageRef, TriageResult
+    from test_dicom_sr import _algorithm
+
+    evaluated = (ImageRef(study.pa.SOPClassUID, study.pa.SOPInstanceUID, study.pa.SeriesInstanceUID),)
+    finding = FindingResult(finding=Code("36118008", "SCT", "Pneumothorax"), state=FindingState.INDETERMINATE,
+                            score=0.55, threshold=0.6, urgent=True, source_images=evaluated,
+                            band_low=0.4, band_high=0.6)
+    result = TriageResult(assist=False, priority="MEDIUM",
+                          no_assist_reason=Code("urgent-finding-indeterminate", "99TRIAGE",
+                                                "Urgent finding indeterminate"),
+                          no_assist_text="No AI assessment: an urgent finding is indeterminate.",
+                          findings=(finding,), evaluated_images=evaluated, algorithm=_algorithm())
+    path, ds = _save_and_reread(_build(result, study, [study.pa]), tmp_path)
+    _assert_dciodvfy_clean(path)
+
+    def walk(items):  # type: ignore[no-untyped-def]
+        for item in items:
+            yield item
+            yield from walk(item.get("ContentSequence", []))
+
+    image_groups = [g for g in walk(ds.ContentSequence) if g.ValueType == "CONTAINER"
+                    and any(i.ValueType == "SCOORD" for i in g.get("ContentSequence", []))]
+    assert image_groups, "the image still carries a label"
+    for group in image_groups:
+        items = group.ContentSequence
+        label = next(i.TextValue for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier")
+        assert label.startswith("No AI assessment")
+        assert not [i for i in items if i.ValueType == "NUM"]
+        assert not [i for i in items if i.ConceptNameCodeSequence[0].CodeValue == "36118008"]
+    back = read_triage_sr(ds)
+    assert back.findings[0].score == pytest.approx(0.55)  # the study-level score is still there
