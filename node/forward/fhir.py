@@ -66,7 +66,7 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
                           {"value": alg.profile_version, "type": {"text": f"profile {alg.profile_name}"}}],
               "note": [{"text": "Research use only. Not a medical device."}]}
     observations = []
-    for f in result.findings:
+    for f in (result.findings if result.assist else ()):  # no-assist: no finding Observation (scores stay in the SR)
         value, scheme, meaning = STATE_CODE[f.state]
         text = "Not detected by the model" if meaning == "Not detected" else meaning
         observations.append({

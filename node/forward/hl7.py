@@ -119,7 +119,9 @@ def build_oru(result: TriageResult, facts: StudyFacts, dest: Hl7Destination, con
             seg.obx_7 = ref_range
         seg.obx_11 = "P"
 
-    for n, f in enumerate(result.findings, start=1):
+    # A no-assist result offers no assessment: no per-finding OBX a RIS could show as one (the
+    # computed scores stay in the SR, named below by its UID, for the audit of the decision).
+    for n, f in enumerate(result.findings if result.assist else (), start=1):
         code = f"{_clean(f.finding.value)}^{_clean(f.finding.meaning)}^{_clean(f.finding.scheme)}"
         value, scheme, meaning = STATE_CODE[f.state]
         obx("CWE", code, f"{value}^{meaning}^{scheme}", str(n))
