@@ -14,8 +14,9 @@ forks into two lines with one ``seq``.
 
 At start (under the append lock) the writer looks at the tail: a torn last line (a crash mid-write) is moved aside to ``<log>.torn-<time>`` and the
 chain continues from the last complete line, with an audit event saying so; one complete line
-after the database head (a crash between the file's fsync and the head's commit) is anchored.
-More than one is not: that is for `audit verify` to report.
+after the database head whose hash is the head's *pending* hash (a crash between the line's
+fsync and the head's commit) is anchored. Any other line after the head is not: that is for
+`audit verify` to report.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class AuditLog:
             start, end = last_line_span(f)
             f.seek(start)
             entry = json.loads(f.read(end - start))
-        if entry.get("prev_hash") != head.hash:
+        if entry.get("prev_hash") != head.hash or entry.get("hash") != head.pending_hash:
             return False
         self._store_head()
         return True
@@ -219,6 +220,7 @@ class AuditLog:
                 "prev_hash": self._prev,
             }
             entry["hash"] = entry_hash(entry)
+            self._store_pending(entry["hash"])
             self._file.write(canonical(entry) + b"\n")
             self._file.flush()
             if self.fsync:
@@ -228,10 +230,22 @@ class AuditLog:
             self._store_head()
             return entry
 
+    def _store_pending(self, line_hash: str) -> None:
+        """Commit the coming line's hash before the line is written (see ``_store_head``)."""
+        self._upsert_head(pending_hash=line_hash)
+
     def _store_head(self) -> None:
-        """Upsert this file's head row (keyed by host and path: several processes, one database)."""
+        """Upsert this file's head row (keyed by host and path: several processes, one database).
+
+        Two commits a line: the line's hash as *pending* before its fsync, the head after it. A
+        process killed in between leaves one line after the head whose hash is the pending one:
+        `audit verify` and the next start accept exactly that line, and no forged one.
+        """
+        self._upsert_head(pending_hash=None)
+
+    def _upsert_head(self, *, pending_hash: str | None) -> None:
         values = {"log_path": head_key(self.host, self.path), "seq": self._seq, "hash": self._prev,
-                  "last_ts": self._last_ts}
+                  "last_ts": self._last_ts, "pending_hash": pending_hash}
         with self.database.write_lock, self.database.session() as session, session.begin():
             if self.database.is_sqlite:
                 from sqlalchemy.dialects.sqlite import insert
@@ -239,7 +253,7 @@ class AuditLog:
                 from sqlalchemy.dialects.postgresql import insert
             session.execute(insert(AuditHead).values(values).on_conflict_do_update(
                 index_elements=["log_path"],
-                set_={"seq": values["seq"], "hash": values["hash"], "last_ts": values["last_ts"]}))
+                set_={k: v for k, v in values.items() if k != "log_path"}))
 
     def close(self) -> None:
         with self._lock:

@@ -42,6 +42,7 @@ def verify_log(path: Path, database: Database | None, *, key: str | None = None)
                 if head is not None:
                     break
     hash_at_head: str | None = None
+    pending_line: int | None = None
     ts_last = ""
     prev = GENESIS_HASH
     seq = 0
@@ -69,6 +70,10 @@ def verify_log(path: Path, database: Database | None, *, key: str | None = None)
             ts_last = str(entry.get("ts", ""))
             if head is not None and seq == head.seq:
                 hash_at_head = prev
+            if head is not None and seq == head.seq + 1 and prev == head.pending_hash \
+                    and hash_at_head == head.hash:
+                pending_line = number  # the node's own line, its head commit cut off by a crash
+                continue
             if head is not None and seq > head.seq:
                 return VerifyResult(
                     False, count - 1, f"line {number} (seq {seq}): after the database head (seq {head.seq}): "
@@ -87,6 +92,10 @@ def verify_log(path: Path, database: Database | None, *, key: str | None = None)
         if hash_at_head != head.hash:
             return VerifyResult(False, count, f"line with seq {head.seq} differs from the database head "
                                 "(the log was rewritten)", head.seq)
+    if pending_line is not None:
+        return VerifyResult(True, count, f"audit chain intact: {count} lines, head seq {seq} (line "
+                            f"{pending_line} written by the node just before it stopped, not yet anchored: "
+                            "its hash is the one the node committed before writing it)")
     return VerifyResult(True, count, f"audit chain intact: {count} lines, head seq {seq}")
 
 

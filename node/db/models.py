@@ -104,6 +104,9 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
     # "ts" of the last line: tells a deletion (log still ends with this event) from a truncation
     last_ts: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # hash of the line being written, committed before its fsync: a line after the head with
+    # this hash is the node's own (killed between the line's fsync and the head's commit)
+    pending_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class WorklistItem(Base):

@@ -189,6 +189,50 @@ def test_verify_refuses_a_correctly_chained_line_appended_after_the_head(active_
     assert re.search(rf"\bline {len(lines) + 1}\b", result.stderr) and "not anchored" in result.stderr
 
 
+_KILLED_BETWEEN_LINE_AND_HEAD = """
+import os, signal, sys
+from pathlib import Path
+from node.audit import AuditLog, EventCode
+from node.config import load_settings
+from node.db.engine import Database
+settings = load_settings(sys.argv[1])
+log = AuditLog(Path(settings.audit.path), Database(settings.database.url), source_id="killed")
+log._store_head = lambda: os.kill(os.getpid(), signal.SIGKILL)  # die right after the line's fsync
+log.record(EventCode.APPLICATION_ACTIVITY, outcome_desc="the last line before the kill")
+"""
+
+
+def test_a_line_whose_head_commit_was_cut_by_kill_9_verifies_and_is_anchored_at_start(
+        active_log, node_factory) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    settings, config, _, _ = active_log
+    path = Path(settings.audit.path)
+    before = path.read_bytes().splitlines()
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_LINE_AND_HEAD, str(config)], timeout=60,
+                            check=False)
+    assert killed.returncode == -9
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == len(before) + 1 and b"the last line before the kill" in lines[-1]
+
+    result = verify(config)  # the node's own line: accepted, and said to be not yet anchored
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert f"line {len(lines)} written by the node just before it stopped" in result.stdout
+
+    # the same seq with other content (a forger replacing it) is refused
+    last = json.loads(lines[-1])
+    forged = dict(last, outcome_desc="forged in its place")
+    forged["hash"] = entry_hash(forged)
+    _rewrite(path, lines[:-1] + [_line(forged)])
+    assert verify(config).returncode != 0
+    _rewrite(path, lines)
+
+    node_factory(settings).stop()  # the next start anchors it: verify no longer needs the pending rule
+    result = verify(config)
+    assert result.returncode == 0 and "not yet anchored" not in result.stdout, result.stdout
+
+
 def test_verify_reports_a_deletion_with_the_rest_rechained_as_a_deletion(active_log) -> None:
     settings, config, _, _ = active_log
     path = Path(settings.audit.path)
