@@ -1,111 +1,62 @@
-"""Shared fixtures for the whole suite: free ports, node settings, an in-process node, PostgreSQL
-databases, and a factory of synthetic DICOM instances (CT series, DX images, small MR).
+"""Shared fixtures for the whole suite. They are thin: what they build comes from tests/support/
+(one of each: config builder, in-process node runner, `triage-node serve` subprocess, tiny model,
+free port, polling helper, and the "skip locally, fail in CI" rule).
 
 Everything a test writes lives under its ``tmp_path``; nodes listen on 127.0.0.1 only.
 
 Fixtures (names are what tests request):
-  free_port         a TCP port free on 127.0.0.1 right now
-  make_settings     make_settings(tmp_path, **overrides) -> node.config.Settings
-  node_factory      node_factory(settings) -> started node.service.Node, stopped at teardown
-  running_node      a started Node with make_settings(tmp_path) defaults
-  postgres_url      a fresh, uniquely named PostgreSQL database (dropped at teardown)
-  db_url            parametrised: the SQLite default and (marked postgres) a fresh PostgreSQL one
-  dicom_factory     DicomFactory writing synthetic Part-10 files under tmp_path/"src"
+  free_port            a TCP port free on 127.0.0.1 right now
+  settings_dict        settings_dict(tmp_path, **sections) -> the nested config dict
+  make_settings        make_settings(tmp_path, **sections) -> node.config.Settings
+  node_factory         node_factory(settings | NodeConfig) -> started Node, stopped at teardown
+  module_node_factory  the same for module-scoped fixtures (nodes shared by a module's tests)
+  running_node         a started Node with make_settings(tmp_path) defaults
+  serve_factory        serve_factory(config dict | NodeConfig, env_overrides=None, name=) -> ServeProcess
+  tiny_model_dir       the tiny random SigLIP checkpoint, built once per session (read-only)
+  orthanc_factory      orthanc_factory(name=) -> an Orthanc (not started), stopped at teardown
+  require_tools        require_tools("storescu", ...): skip locally, fail under CI=true
+  postgres_url         a fresh, uniquely named PostgreSQL database (dropped at teardown)
+  db_url               parametrised: the SQLite default and (marked postgres) a fresh PostgreSQL one
+  dicom_factory        DicomFactory writing synthetic Part-10 files under tmp_path/"src"
+  session_dicom_factory  the same, shared by a session (read-only by convention)
+
+Marker: ``needs_tools("storescu", ...)`` (tests.support.ci.needs_tools) applies require_tools.
 """
 
 from __future__ import annotations
 
-import copy
-import datetime as _dt
 import os
-import shutil
-import socket
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    RLELossless,
-    generate_uid,
-)
 
-NODE_AE = "TRIAGE_NODE"
-ALLOWED_PEERS = ("STORESCU", "TRIAGE_SCU", "PYSCU")
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+from tests.support import ci
+from tests.support.config import NodeConfig, config_dict, make_settings, write_toml
+from tests.support.factory import DicomFactory
+from tests.support.model import build_test_model
+from tests.support.nodes import NodeRunner
+from tests.support.orthanc import Orthanc
+from tests.support.ports import free_port as pick_free_port
+from tests.support.serve import ServeProcess, node_env
 
 
-# --------------------------------------------------------------------------- ports
-def pick_free_port() -> int:
-    """A port free on 127.0.0.1 now (bound and released; a small race is accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers(ci.MARKER):
+        ci.require_tools(*marker.args)
 
 
+# --------------------------------------------------------------------------- ports and settings
 @pytest.fixture
 def free_port() -> int:
     return pick_free_port()
 
 
-# --------------------------------------------------------------------------- settings
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def settings_dict(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
-    """The nested dict behind make_settings (also what the subprocess tests write as TOML).
-
-    Overrides are sections merged into the defaults, e.g.
-    ``settings_dict(tmp, dicom={"allowed_peers": ["*"]}, storage={"min_free_bytes": 10**18})``.
-    """
-    data_dir = Path(tmp_path) / "data"
-    base: dict[str, Any] = {
-        "node": {"data_dir": str(data_dir), "log_level": "warning"},
-        "dicom": {
-            "ae_title": NODE_AE,
-            "host": "127.0.0.1",
-            "port": pick_free_port(),
-            "allowed_peers": list(ALLOWED_PEERS),
-            "max_associations": 8,
-            "acse_timeout_seconds": 10,
-            "dimse_timeout_seconds": 30,
-            "network_timeout_seconds": 30,
-        },
-        "storage": {"path": str(data_dir / "storage"), "min_free_bytes": 0},
-        "database": {"url": f"sqlite:///{data_dir / 'index.db'}"},
-        "stability": {"quiet_seconds": 1.0, "tick_seconds": 0.2},
-        "audit": {"path": str(data_dir / "audit.jsonl")},
-        # The ingest tests watch jobs stay queued: no worker consumes them (and no model loads).
-        "triage": {"enabled": False},
-        # HTTP (DICOMweb) only where a test asks for it: tests/web enable it on port 0.
-        "http": {"enabled": False, "host": "127.0.0.1", "port": 0},
-    }
-    return _deep_merge(base, overrides)
-
-
-def make_settings(tmp_path: Path, **overrides: Any):  # type: ignore[no-untyped-def]
-    """Settings with every path under ``tmp_path/data``, a free loopback port, our test peers."""
-    from node.config import Settings
-
-    return Settings.model_validate(settings_dict(tmp_path, **overrides))
+@pytest.fixture(name="settings_dict")
+def settings_dict_fixture() -> Callable[..., dict[str, Any]]:
+    return config_dict
 
 
 @pytest.fixture(name="make_settings")
@@ -113,74 +64,77 @@ def make_settings_fixture() -> Callable[..., Any]:
     return make_settings
 
 
-@pytest.fixture(name="settings_dict")
-def settings_dict_fixture() -> Callable[..., dict[str, Any]]:
-    return settings_dict
+@pytest.fixture(scope="session")
+def require_tools() -> Callable[..., None]:
+    return ci.require_tools
 
 
 # --------------------------------------------------------------------------- nodes
 @pytest.fixture
 def node_factory() -> Iterator[Callable[..., Any]]:
     """``node_factory(settings)`` starts a Node in this process; all are stopped at teardown."""
-    from node.service import Node
+    with NodeRunner() as runner:
+        yield runner.start
 
-    from node import oplog
 
-    oplog.configure("warning")  # operational log on stderr, warnings only (pytest captures it)
-    nodes: list[Node] = []
-
-    def start(settings) -> Node:  # type: ignore[no-untyped-def]
-        from node.config import ConfigError
-
-        for attempt in range(3):
-            node = Node(settings)
-            try:
-                node.start()
-            except ConfigError as exc:
-                node.audit.close()
-                node.db.dispose()
-                # the port picked for the settings was taken meanwhile by another process: pick again
-                if "cannot listen" not in str(exc) or attempt == 2:
-                    raise
-                dicom = settings.dicom.model_copy(update={"port": pick_free_port()})
-                settings = settings.model_copy(update={"dicom": dicom})
-                continue
-            nodes.append(node)
-            return node
-        raise AssertionError("unreachable")
-
-    yield start
-    for node in reversed(nodes):
-        node.stop()  # idempotent
+@pytest.fixture(scope="module")
+def module_node_factory() -> Iterator[Callable[..., Any]]:
+    """``node_factory`` for module-scoped fixtures: the nodes are stopped after the module."""
+    with NodeRunner() as runner:
+        yield runner.start
 
 
 @pytest.fixture
-def running_node(tmp_path: Path, node_factory: Callable[..., Any]):  # type: ignore[no-untyped-def]
+def running_node(tmp_path: Path, node_factory: Callable[..., Any]) -> Any:
     return node_factory(make_settings(tmp_path))
 
 
-# --------------------------------------------------------------------------- PostgreSQL
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+@pytest.fixture
+def serve_factory(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """``serve_factory(config, env_overrides=None, name="serve")`` -> a (not yet started) ServeProcess.
+
+    ``config`` is a config dict (written as TOML under tmp_path) or a NodeConfig (its file is used,
+    the process runs in its folder); ``env_overrides`` ({"dicom.port": 1234}) become TRIAGE_NODE__*
+    variables. Every process still running at teardown is stopped (SIGTERM, then SIGKILL).
+    """
+    made: list[ServeProcess] = []
+
+    def make(config: dict[str, Any] | NodeConfig, env_overrides: dict[str, Any] | None = None,
+             name: str = "serve") -> ServeProcess:
+        if isinstance(config, NodeConfig):
+            path, workdir = config.config_path, config.root
+        else:
+            path, workdir = write_toml(tmp_path / f"{name}.toml", config), tmp_path
+        made.append(ServeProcess(path, workdir, env=node_env(env_overrides), name=name))
+        return made[-1]
+
+    yield make
+    for proc in made:
+        proc.stop(timeout=10)
 
 
+# --------------------------------------------------------------------------- model and peers
 @pytest.fixture(scope="session")
-def require_tools() -> Callable[..., None]:
-    """``require_tools("storescu", ...)``: skip when a command is missing, but fail under CI=true,
-    where scripts/test.sh installs every peer the suite uses (a green CI must mean they ran)."""
-
-    def check(*tools: str) -> None:
-        missing = [t for t in tools if shutil.which(t) is None]
-        if not missing:
-            return
-        message = f"needs {', '.join(missing)} on PATH"
-        if _truthy(os.environ.get("CI")):
-            pytest.fail(message + " and CI=true: these tests must not be skipped")
-        pytest.skip(message)
-
-    return check
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random SigLIP checkpoint folder, built once per session and shared by every folder
+    (read-only by convention: copy it before changing it)."""
+    return build_test_model(tmp_path_factory.mktemp("tiny-siglip"))
 
 
+@pytest.fixture
+def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
+    made: list[Orthanc] = []
+
+    def make(name: str = "orthanc") -> Orthanc:
+        made.append(Orthanc(tmp_path / name))
+        return made[-1]
+
+    yield make
+    for o in made:
+        o.stop()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, from TRIAGE_TEST_POSTGRES_URL.
@@ -189,10 +143,7 @@ def postgres_url() -> Iterator[str]:
     """
     base = os.environ.get("TRIAGE_TEST_POSTGRES_URL", "").strip()
     if not base:
-        message = "TRIAGE_TEST_POSTGRES_URL is not set (run the suite through scripts/test.sh)"
-        if _truthy(os.environ.get("CI")):
-            pytest.fail(message + " and CI=true: PostgreSQL tests must not be skipped")
-        pytest.skip(message)
+        ci.skip_or_fail("TRIAGE_TEST_POSTGRES_URL is not set (run the suite through scripts/test.sh)")
     import psycopg
     from sqlalchemy.engine import make_url
 
@@ -217,232 +168,6 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- synthetic DICOM
-@dataclass(frozen=True)
-class Patient:
-    patient_id: str
-    name: str
-    birth_date: str
-    sex: str
-
-
-class DicomFactory:
-    """Writes realistic-looking synthetic instances (Explicit VR Little Endian unless compressed).
-
-    Headers carry what a modality sends: patient, study, series, equipment and image modules.
-    Pixel data is structured (an ellipse "body" and a few blobs) plus seeded noise.
-    """
-
-    def __init__(self, root: Path, seed: int = 1234) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.rng = np.random.default_rng(seed)
-        self._n = 0
-
-    # ---- building blocks
-    def patient(self, index: int | None = None) -> Patient:
-        self._n += 1
-        i = self._n if index is None else index
-        return Patient(patient_id=f"PAT{i:05d}", name=f"TEST^PATIENT{i}^^MR",
-                       birth_date=f"19{50 + i % 40:02d}0{1 + i % 9}1{i % 10}", sex="MF"[i % 2])
-
-    @staticmethod
-    def patient_of(path: Path) -> Patient:
-        """The patient of an instance written earlier (for late instances of the same study)."""
-        from pydicom import dcmread
-
-        ds = dcmread(path, stop_before_pixels=True)
-        return Patient(ds.PatientID, str(ds.PatientName), ds.PatientBirthDate, ds.PatientSex)
-
-    def _base(self, sop_class: str, patient: Patient, study_uid: str, series_uid: str, modality: str,
-              *, accession: str, study_desc: str, series_number: int, series_desc: str,
-              body_part: str, instance_number: int, sop_uid: str | None = None) -> Dataset:
-        now = _dt.datetime(2024, 3, 14, 9, 30, 0)
-        sop_uid = sop_uid or generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "TRIAGE_TESTS"
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceCreationDate = now.strftime("%Y%m%d")
-        ds.InstanceCreationTime = now.strftime("%H%M%S")
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-        ds.AccessionNumber = accession
-        ds.Modality = modality
-        ds.Manufacturer = "SYNTHETIC MEDICAL"
-        ds.InstitutionName = "LOOPBACK HOSPITAL"
-        ds.ReferringPhysicianName = "REFERRER^ROBERT"
-        ds.StationName = "TESTSTATION1"
-        ds.StudyDescription = study_desc
-        ds.SeriesDescription = series_desc
-        ds.ManufacturerModelName = "conftest.py"
-        ds.PatientName = patient.name
-        ds.PatientID = patient.patient_id
-        ds.IssuerOfPatientID = "LOOPBACK"
-        ds.PatientBirthDate = patient.birth_date
-        ds.PatientSex = patient.sex
-        ds.BodyPartExamined = body_part
-        ds.SoftwareVersions = "1.0"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = accession[-6:]
-        ds.SeriesNumber = series_number
-        ds.InstanceNumber = instance_number
-        return ds
-
-    def _pixels(self, rows: int, cols: int, bits_stored: int, phase: float) -> np.ndarray:
-        yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-        yy = (yy - rows / 2) / rows
-        xx = (xx - cols / 2) / cols
-        top = (1 << bits_stored) - 1
-        img = np.full((rows, cols), 0.05 * top, dtype=np.float32)
-        body = (xx / 0.45) ** 2 + (yy / (0.35 + 0.05 * np.sin(phase))) ** 2 <= 1
-        img[body] = 0.45 * top
-        for cx in (-0.18, 0.18):
-            img[((xx - cx) / 0.12) ** 2 + (yy / 0.2) ** 2 <= 1] = 0.15 * top
-        img[(xx / 0.05) ** 2 + ((yy - 0.25) / 0.05) ** 2 <= 1] = 0.9 * top
-        img += self.rng.normal(0, 0.01 * top, size=(rows, cols)).astype(np.float32)
-        return np.clip(img, 0, top)
-
-    @staticmethod
-    def _set_pixels(ds: Dataset, arr: np.ndarray, bits_allocated: int, bits_stored: int,
-                    photometric: str = "MONOCHROME2") -> None:
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.Rows, ds.Columns = int(arr.shape[0]), int(arr.shape[1])
-        ds.BitsAllocated = bits_allocated
-        ds.BitsStored = bits_stored
-        ds.HighBit = bits_stored - 1
-        ds.PixelRepresentation = 0
-        dtype = "<u2" if bits_allocated == 16 else "u1"
-        ds.PixelData = np.ascontiguousarray(arr).astype(dtype).tobytes()
-        ds["PixelData"].VR = "OW" if bits_allocated == 16 else "OB"
-
-    def _save(self, ds: Dataset, out_dir: Path, name: str) -> Path:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / name
-        ds.save_as(path, enforce_file_format=True)
-        return path
-
-    # ---- public makers
-    def ct_series(self, n: int = 30, *, size: int = 256, out_dir: str | Path = "ct",
-                  patient: Patient | None = None, study_uid: str | None = None,
-                  series_uid: str | None = None, start: int = 1) -> list[Path]:
-        """An axial CT series of ``n`` slices (16-bit allocated, 12 stored, HU rescale)."""
-        patient = patient or self.patient()
-        study_uid = study_uid or generate_uid()
-        series_uid = series_uid or generate_uid()
-        for_uid = generate_uid()
-        out = self.root / out_dir
-        paths = []
-        for i in range(start, start + n):
-            ds = self._base(CT_IMAGE_STORAGE, patient, study_uid, series_uid, "CT",
-                            accession=f"ACC{zlib.crc32(study_uid.encode()) % 10**8:08d}",
-                            study_desc="CT CHEST WITH CONTRAST", series_number=2,
-                            series_desc="AXIAL 1.0mm", body_part="CHEST", instance_number=i)
-            ds.FrameOfReferenceUID = for_uid
-            ds.PositionReferenceIndicator = ""
-            ds.PatientPosition = "HFS"
-            ds.KVP = 120
-            ds.SliceThickness = 1.0
-            ds.PixelSpacing = [0.78125, 0.78125]
-            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-            ds.ImagePositionPatient = [-100.0, -100.0, -float(i)]
-            ds.SliceLocation = -float(i)
-            ds.RescaleIntercept = -1024
-            ds.RescaleSlope = 1
-            ds.RescaleType = "HU"
-            ds.WindowCenter = 40
-            ds.WindowWidth = 400
-            self._set_pixels(ds, self._pixels(size, size, 12, i / 10), 16, 12)
-            paths.append(self._save(ds, out, f"CT{i:04d}.dcm"))
-        return paths
-
-    def dx_image(self, *, rows: int = 512, cols: int = 400, bits: int = 14, out_dir: str | Path = "dx",
-                 patient: Patient | None = None, name: str | None = None) -> Path:
-        """A PA chest DX (For Presentation), one image in its own study."""
-        patient = patient or self.patient()
-        ds = self._base(DX_PRESENTATION_STORAGE, patient, generate_uid(), generate_uid(), "DX",
-                        accession=f"DX{self.rng.integers(10**7):08d}", study_desc="XR CHEST PA",
-                        series_number=1, series_desc="PA", body_part="CHEST", instance_number=1)
-        ds.ImageType = ["ORIGINAL", "PRIMARY"]
-        ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.ViewPosition = "PA"
-        ds.PatientOrientation = ["L", "F"]
-        ds.ImagerPixelSpacing = [0.15, 0.15]
-        ds.DetectorType = "SCINTILLATOR"
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.RescaleType = "US"
-        ds.PixelIntensityRelationship = "LOG"
-        ds.PixelIntensityRelationshipSign = 1
-        ds.WindowCenter = (1 << bits) // 2
-        ds.WindowWidth = 1 << bits
-        ds.LossyImageCompression = "00"
-        ds.BurnedInAnnotation = "NO"
-        self._set_pixels(ds, self._pixels(rows, cols, bits, 0.3), 16 if bits > 8 else 8, bits)
-        return self._save(ds, self.root / out_dir, name or f"DX_{ds.SOPInstanceUID[-12:]}.dcm")
-
-    def dx_images(self, n: int = 3, **kwargs: Any) -> list[Path]:
-        return [self.dx_image(**kwargs) for _ in range(n)]
-
-    def mr_small(self, n: int = 10, *, size: int = 64, out_dir: str | Path = "mr",
-                 patient: Patient | None = None, study_uid: str | None = None) -> list[Path]:
-        """Small MR instances (two series in one study), 16-bit, ~8 KB each."""
-        patient = patient or self.patient()
-        study_uid = study_uid or generate_uid()
-        series = [generate_uid(), generate_uid()]
-        paths = []
-        for i in range(n):
-            ds = self._base(MR_IMAGE_STORAGE, patient, study_uid, series[i % 2], "MR",
-                            accession=f"MR{zlib.crc32(study_uid.encode()) % 10**8:08d}", study_desc="MR BRAIN",
-                            series_number=1 + i % 2, series_desc=("T1 AX", "T2 AX")[i % 2],
-                            body_part="HEAD", instance_number=i // 2 + 1)
-            ds.ScanningSequence = "SE"
-            ds.SequenceVariant = "NONE"
-            ds.ScanOptions = ""
-            ds.MRAcquisitionType = "2D"
-            ds.EchoTime = 15.0
-            ds.RepetitionTime = 500.0
-            ds.MagneticFieldStrength = 1.5
-            ds.SliceThickness = 5.0
-            ds.PixelSpacing = [3.5, 3.5]
-            self._set_pixels(ds, self._pixels(size, size, 12, i), 16, 12)
-            paths.append(self._save(ds, self.root / out_dir, f"MR{i:04d}.dcm"))
-        return paths
-
-    def compressed(self, transfer_syntax: str, *, out_dir: str | Path = "compressed") -> Path:
-        """One image in a compressed transfer syntax, encoded by pydicom (RLE, JPEG 2000 lossless)."""
-        if transfer_syntax not in (RLELossless, JPEG2000Lossless):
-            raise ValueError("use jpeg_baseline() for JPEG baseline (dcmcjpeg)")
-        path = self.ct_series(1, size=128, out_dir=out_dir)[0]
-        from pydicom import dcmread
-
-        ds = dcmread(path)
-        ds.compress(transfer_syntax)
-        target = path.with_name(f"{transfer_syntax.name.split()[0]}_{ds.SOPInstanceUID[-10:]}.dcm")
-        ds.save_as(target, enforce_file_format=True)
-        path.unlink()
-        return target
-
-    def jpeg_baseline(self, *, out_dir: str | Path = "compressed") -> Path:
-        """An 8-bit DX compressed to JPEG Baseline (Process 1) by DCMTK's dcmcjpeg."""
-        import subprocess
-
-        src = self.dx_image(rows=256, cols=200, bits=8, out_dir=Path(out_dir) / "raw8")
-        target = self.root / out_dir / f"JPEGBASE_{src.stem}.dcm"
-        subprocess.run(["dcmcjpeg", "+eb", str(src), str(target)], check=True, capture_output=True,
-                       timeout=60)
-        return target
-
-
 @pytest.fixture
 def dicom_factory(tmp_path: Path) -> DicomFactory:
     return DicomFactory(tmp_path / "src")

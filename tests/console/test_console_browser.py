@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from console_helpers import SCRIPT_NAME, TOKEN, ConsoleNode, wait_until
+from tests.support.console import SCRIPT_NAME, TOKEN, ConsoleNode
+from tests.support.polling import wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 RANK = {"HIGH": 0, "MEDIUM": 1, "LOW": 2}

@@ -22,7 +22,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from console_helpers import TOKEN, ConsoleNode, wait_until
+from tests.support.console import TOKEN, ConsoleNode
+from tests.support.polling import wait_until
 
 PAGES = ["/ui/", "/ui/outbox", "/ui/audit", "/ui/health"]
 

@@ -15,8 +15,11 @@ import pydicom
 from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 from sqlalchemy import func, select
 
-from e2e_helpers import NODE_AE, SCU_AE, clean_env, cli_command, node_config, open_db, wait_until
 from node.demo import synthetic_image
+from tests.support.config import NODE_AE, SCU_AE, node_config
+from tests.support.index import open_db
+from tests.support.polling import wait_until
+from tests.support.serve import cli_command, node_env
 
 N_IMAGES = 80
 
@@ -35,13 +38,13 @@ def count_rows(url: str, version: str | None = None) -> int:
         db.dispose()
 
 
-def test_embed_backfills_batched_and_resumes_after_kill9(tmp_path: Path, e2e_tiny_model: Path,
-                                                         inprocess_nodes) -> None:  # type: ignore[no-untyped-def]
+def test_embed_backfills_batched_and_resumes_after_kill9(tmp_path: Path, tiny_model_dir: Path,
+                                                         node_factory) -> None:  # type: ignore[no-untyped-def]
     from node.dimse.scu import Destination, send
 
     # A node without a worker: studies are stored, nothing is embedded yet (as after an upgrade).
-    cfg = node_config(tmp_path / "node", e2e_tiny_model, triage={"enabled": False}, model={"batch_size": 1})
-    inprocess_nodes(cfg)
+    cfg = node_config(tmp_path / "node", tiny_model_dir, triage={"enabled": False}, model={"batch_size": 1})
+    node_factory(cfg)
     (tmp_path / "src").mkdir()
     files = [synthetic_image(tmp_path / "src" / f"{i}.dcm", modality="DX", sop_class=DigitalXRayImageStorageForPresentation,
                              view="PA", body_part="CHEST", age=50, study_uid=generate_uid(), patient_id=f"B{i}",
@@ -50,7 +53,7 @@ def test_embed_backfills_batched_and_resumes_after_kill9(tmp_path: Path, e2e_tin
     assert count_rows(cfg.db_url) == 0
 
     cmd = [*cli_command(), "embed", "--config", str(cfg.config_path), "--all"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(), cwd=cfg.root)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=node_env(), cwd=cfg.root)
     wait_until(lambda: count_rows(cfg.db_url) > 0 or proc.poll() is not None, 120, "the first kept embedding",
                interval=0.01)
     os.kill(proc.pid, signal.SIGKILL)
@@ -58,21 +61,21 @@ def test_embed_backfills_batched_and_resumes_after_kill9(tmp_path: Path, e2e_tin
     partial = count_rows(cfg.db_url)
     assert 0 < partial < N_IMAGES, f"kill -9 came too late ({partial} rows)"
 
-    done = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), cwd=cfg.root, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=node_env(), cwd=cfg.root, timeout=300)
     assert done.returncode == 0, done.stderr
     assert count_rows(cfg.db_url) == N_IMAGES
     assert f"{N_IMAGES - partial} images embedded now, {partial} already kept" in done.stdout
     assert "embedding for cxr (tn-pre-1)" in done.stderr  # the progress bar, on stderr
 
-    again = subprocess.run(cmd, capture_output=True, text=True, env=clean_env(), cwd=cfg.root, timeout=300)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=node_env(), cwd=cfg.root, timeout=300)
     assert f"0 images embedded now, {N_IMAGES} already kept" in again.stdout
     # another preprocessing version is kept apart, under its own name
     other = subprocess.run([*cmd, "--preprocessing", "google-dicom-1"], capture_output=True, text=True,
-                           env=clean_env(), cwd=cfg.root, timeout=300)
+                           env=node_env(), cwd=cfg.root, timeout=300)
     assert other.returncode == 0, other.stderr
     assert count_rows(cfg.db_url, "google-dicom-1") == N_IMAGES and count_rows(cfg.db_url) == 2 * N_IMAGES
     bad = subprocess.run([*cli_command(), "embed", "--config", str(cfg.config_path)], capture_output=True, text=True,
-                         env=clean_env(), cwd=cfg.root, timeout=120)
+                         env=node_env(), cwd=cfg.root, timeout=120)
     assert bad.returncode == 2 and "--all" in bad.stderr
 
 

@@ -29,9 +29,11 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 from sklearn.metrics import roc_auc_score
 
 from dicom_sr import read_triage_sr
-from e2e_helpers import NodeConfig, PROFILES_DIR, SCU_AE, NODE_AE, clean_env, cli_command, node_config, open_db, \
-    sr_instances, wait_until, worklist_row
 from node.demo import synthetic_image
+from tests.support.config import NODE_AE, PROFILES_DIR, SCU_AE, NodeConfig, node_config
+from tests.support.index import open_db, sr_instances, worklist_row
+from tests.support.polling import wait_until
+from tests.support.serve import cli_command, node_env
 
 N_STUDIES = 32
 FINDINGS = ("pneumothorax", "pleural_effusion")
@@ -70,12 +72,12 @@ class Cohort:
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path, inprocess_nodes) -> Cohort:  # type: ignore[no-untyped-def]
+def cohort(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, module_node_factory) -> Cohort:  # type: ignore[no-untyped-def]
     from node.dimse.scu import Destination, send
 
     root = tmp_path_factory.mktemp("evaluate")
-    cfg = node_config(root / "node", e2e_tiny_model)
-    node = inprocess_nodes(cfg)
+    cfg = node_config(root / "node", tiny_model_dir)
+    node = module_node_factory(cfg)
     files, studies = [], {}
     (root / "src").mkdir()
     rows = []
@@ -110,7 +112,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path, inpro
 
 def evaluate_cli(cfg: NodeConfig, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([*cli_command(), "evaluate", "--config", str(cfg.config_path), *args],
-                          capture_output=True, text=True, env=clean_env(), cwd=cfg.root, timeout=timeout)
+                          capture_output=True, text=True, env=node_env(), cwd=cfg.root, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -172,8 +174,9 @@ def first_run(cohort: Cohort) -> tuple[dict, Path]:
 
 
 def test_worker_kept_every_embedding(cohort: Cohort, e2e_tiny_sha: str) -> None:
-    from node.db.models import ImageEmbedding
     from sqlalchemy import select
+
+    from node.db.models import ImageEmbedding
 
     db = open_db(cohort.cfg.db_url)
     with db.session() as session:
@@ -334,7 +337,7 @@ def current_sr(cfg: NodeConfig, db, uid: str) -> Path:  # type: ignore[no-untype
 
 
 def test_tuned_profile_is_served_and_its_srs_say_calibrated(cohort: Cohort, first_run: tuple[dict, Path],
-                                                            e2e_tiny_model: Path, inprocess_nodes) -> None:  # type: ignore[no-untyped-def]
+                                                            tiny_model_dir: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
     import hashlib
 
     import httpx
@@ -353,7 +356,7 @@ def test_tuned_profile_is_served_and_its_srs_say_calibrated(cohort: Cohort, firs
     assert read_triage_sr(pydicom.dcmread(untuned)).algorithm.calibration == NOT_CALIBRATED_TEXT
     assert sr_texts(untuned).count(NOT_CALIBRATED_TEXT) == 13  # next to each finding's threshold
     listed = subprocess.run([*cli_command(), "worklist", "--config", str(cohort.cfg.config_path), "--json"],
-                            capture_output=True, text=True, env=clean_env(), timeout=120)
+                            capture_output=True, text=True, env=node_env(), timeout=120)
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert rows and all(r["calibrated"] is False and r["calibration"] == NOT_CALIBRATED_TEXT for r in rows)
@@ -363,16 +366,16 @@ def test_tuned_profile_is_served_and_its_srs_say_calibrated(cohort: Cohort, firs
     proc = subprocess.run([*cli_command(), "profile", "tune", "--config", str(cohort.cfg.config_path),
                            "--evaluation", str(out / "metrics.json"), "--profile", "cxr",
                            "--out", str(tuned_dir / "cxr.toml"), "--min-positives", "5"],
-                          capture_output=True, text=True, env=clean_env(), cwd=cohort.root, timeout=120)
+                          capture_output=True, text=True, env=node_env(), cwd=cohort.root, timeout=120)
     assert proc.returncode == 0, proc.stderr
     sha = hashlib.sha256((out / "metrics.json").read_bytes()).hexdigest()
     tuned = load_profile(tuned_dir / "cxr.toml")
     suggested = metrics["findings"]["pneumothorax"]["suggested"]["threshold"]
     assert tuned.finding("pneumothorax").threshold == round(suggested, 4)
 
-    cfg = node_config(cohort.root / "tuned-node", e2e_tiny_model, triage={"profiles_dir": tuned_dir},
+    cfg = node_config(cohort.root / "tuned-node", tiny_model_dir, triage={"profiles_dir": tuned_dir},
                       http={"enabled": True, "host": "127.0.0.1", "port": 0})
-    node = inprocess_nodes(cfg)
+    node = node_factory(cfg)
     assert node.calibration_warnings == []
     (cohort.root / "src-tuned").mkdir()
     path = labelled_image(cohort.root / "src-tuned" / "t.dcm", index=1, positive=False, sex="F")

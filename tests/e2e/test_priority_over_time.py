@@ -21,6 +21,7 @@ indeterminate" a band [0, 1], "lower" a band [1, 1].
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -37,23 +38,16 @@ from pynetdicom import AE
 from pynetdicom.sop_class import UnifiedProcedureStepPull, UnifiedProcedureStepPush  # type: ignore[attr-defined]
 
 from dicom_sr import FindingState, read_triage_sr
-from e2e_helpers import (
-    NODE_AE,
-    SCU_AE,
-    NodeConfig,
-    clean_env,
-    cli_command,
-    needs_dcmtk,
-    node_config,
-    open_db,
-    sr_instances,
-    storescu,
-    study_jobs,
-    wait_until,
-)
 from node.demo import synthetic_image
+from tests.support.ci import needs_tools
+from tests.support.config import NODE_AE, SCU_AE, NodeConfig, node_config
+from tests.support.dimse import send_files
+from tests.support.index import open_db, sr_instances, study_jobs
+from tests.support.nodes import NodeRunner
+from tests.support.polling import wait_until
+from tests.support.serve import cli_command, node_env
 
-pytestmark = [pytest.mark.dcmtk, needs_dcmtk]
+pytestmark = [pytest.mark.dcmtk, needs_tools("storescu", "echoscu", "dcmcrle", "dciodvfy")]
 
 WAIT_S = 90
 
@@ -155,28 +149,15 @@ class Shared:
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path) -> Shared:
-    from node import oplog
-
-    oplog.configure("warning")
-    return Shared(tmp_path_factory.mktemp("prio"), e2e_tiny_model)
+def shared(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Shared:
+    return Shared(tmp_path_factory.mktemp("prio"), tiny_model_dir)
 
 
-class running:
+@contextlib.contextmanager
+def running(cfg: NodeConfig) -> Iterator[Any]:
     """``with running(cfg) as node:`` an in-process node, stopped on exit."""
-
-    def __init__(self, cfg: NodeConfig) -> None:
-        self.cfg = cfg
-
-    def __enter__(self) -> Any:
-        from node.service import Node
-
-        self.node = Node(self.cfg.settings())
-        self.node.start()
-        return self.node
-
-    def __exit__(self, *exc: object) -> None:
-        self.node.stop()
+    with NodeRunner() as nodes:
+        yield nodes.start(cfg)
 
 
 def chest(path: Path, *, study_uid: str, series_uid: str, number: int = 1, patient_id: str = "PRIO",
@@ -206,7 +187,7 @@ def jobs_done(db_url: str, study_uid: str, n: int) -> bool:
 
 def worklist_json(cfg: NodeConfig) -> list[dict[str, Any]]:
     out = subprocess.run([*cli_command(), "worklist", "--config", str(cfg.config_path), "--json"],
-                         capture_output=True, text=True, timeout=60, env=clean_env(), check=True)
+                         capture_output=True, text=True, timeout=60, env=node_env(), check=True)
     return json.loads(out.stdout)
 
 
@@ -242,7 +223,7 @@ def triage_once(shared: Shared, cfg: NodeConfig, study_uid: str, series_uid: str
                 number: int, order: dict[str, Any] | None = None) -> None:
     """Send one instance of the study to ``cfg``'s running node and wait for its job to be done."""
     before = len(study_jobs(open_db(shared.db_url), study_uid))
-    storescu(cfg.port, [chest(tmp / f"{study_uid}-{number}.dcm", study_uid=study_uid, series_uid=series_uid,
+    send_files(cfg.port, [chest(tmp / f"{study_uid}-{number}.dcm", study_uid=study_uid, series_uid=series_uid,
                               number=number, order=order)])
     wait_until(lambda: jobs_done(shared.db_url, study_uid, before + 1), WAIT_S, f"triage job {before + 1}")
 
@@ -318,7 +299,7 @@ def test_worklist_clear_lowers_a_kept_raise_and_is_audited(
     with running(cfg):  # the node is live and writing to the same audit file while a person clears
         out = subprocess.run([*cli_command(), "worklist", "clear", study_uid, "--config", str(cfg.config_path),
                               "--by", "Dr. Reader", "--reason", "pneumothorax ruled out on review"],
-                             capture_output=True, text=True, timeout=60, env=clean_env())
+                             capture_output=True, text=True, timeout=60, env=node_env())
         assert out.returncode == 0, out.stderr
         assert "HIGH -> MEDIUM" in out.stdout
         row = row_of(cfg, study_uid)
@@ -338,7 +319,7 @@ def test_worklist_clear_lowers_a_kept_raise_and_is_audited(
     assert details["id"] == study_uid and details["details"]["reason"] == "pneumothorax ruled out on review"
     assert details["details"]["cleared_raise"] == first_sr
     verify = subprocess.run([*cli_command(), "audit", "verify", "--config", str(cfg.config_path)],
-                            capture_output=True, text=True, timeout=60, env=clean_env())
+                            capture_output=True, text=True, timeout=60, env=node_env())
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -401,7 +382,7 @@ def test_an_urgent_indeterminate_no_assist_sr_holds_every_computed_score(shared:
     study_uid, series_uid = generate_uid(), generate_uid()
     with running(cfg):
         triage_once(shared, cfg, study_uid, series_uid, tmp_path, number=1)
-        storescu(cfg.port, [chest(tmp_path / "second.dcm", study_uid=study_uid, series_uid=series_uid, number=2)])
+        send_files(cfg.port, [chest(tmp_path / "second.dcm", study_uid=study_uid, series_uid=series_uid, number=2)])
         wait_until(lambda: jobs_done(shared.db_url, study_uid, 2), WAIT_S, "the second job")
         row = row_of(cfg, study_uid)
     assert row["priority"] == "MEDIUM" and not row["assist"] and row["reason"] == "urgent-finding-indeterminate"

@@ -23,9 +23,11 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 from sqlalchemy import select
 
 from dicom_sr import read_triage_sr
-from e2e_helpers import NODE_AE, PROFILES_DIR, SCU_AE, NodeConfig, clean_env, cli_command, node_config, open_db, \
-    sr_instances, wait_until, worklist_row
 from node.demo import synthetic_image
+from tests.support.config import NODE_AE, PROFILES_DIR, SCU_AE, NodeConfig, node_config
+from tests.support.index import open_db, sr_instances, worklist_row
+from tests.support.polling import wait_until
+from tests.support.serve import cli_command, node_env
 
 TOKEN = "issue9-token"
 STREAM = "DX|ACME|Model A|ROOM1"
@@ -76,13 +78,13 @@ def send_and_wait(node, cfg: NodeConfig, files: list[Path]) -> list[str]:  # typ
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path, inprocess_nodes) -> Archive:  # type: ignore[no-untyped-def]
+def archive(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, module_node_factory) -> Archive:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("issue9")
-    cfg = node_config(root / "node", e2e_tiny_model,
+    cfg = node_config(root / "node", tiny_model_dir,
                       http={"enabled": True, "port": 0, "token": TOKEN},
                       search={"refresh_seconds": 0.5},
                       drift={"interval_seconds": 0.5, "reference_size": 20, "recent_size": 15, "min_recent": 12})
-    node = inprocess_nodes(cfg)
+    node = module_node_factory(cfg)
     (root / "src").mkdir()
     files = [make_image(root / "src" / f"a{i:03d}.dcm", index=i, positive=i % 2 == 0) for i in range(N_COHORT)]
     uids = send_and_wait(node, cfg, files)
@@ -98,7 +100,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path, inpr
 
 def cli(cfg: NodeConfig, *args: str, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([*cli_command(), *args, "--config", str(cfg.config_path)], capture_output=True, text=True,
-                          env=clean_env(), cwd=cfg.root, timeout=timeout)
+                          env=node_env(), cwd=cfg.root, timeout=timeout)
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -128,7 +130,7 @@ def http_get(node, path: str, token: str | None = TOKEN) -> tuple[int, str]:  # 
 # ------------------------------------------------------------------------------------------- search
 
 
-def test_search_like_and_text_match_the_stored_embeddings(archive: Archive, e2e_tiny_model: Path) -> None:
+def test_search_like_and_text_match_the_stored_embeddings(archive: Archive, tiny_model_dir: Path) -> None:
     query = archive.sops[3]
     like = json.loads(cli(archive.cfg, "search", "--like", query, "--limit", "5", "--json").stdout)
     assert like[0]["sop_instance_uid"] == query and abs(like[0]["score"] - 1.0) < 1e-5
@@ -139,7 +141,7 @@ def test_search_like_and_text_match_the_stored_embeddings(archive: Archive, e2e_
 
     text = "large left pneumothorax"
     found = json.loads(cli(archive.cfg, "search", "--text", text, "--limit", "10", "--json").stdout)
-    model = load_model(ModelSettings(id="tiny", path=str(e2e_tiny_model), device="cpu", offline=True))
+    model = load_model(ModelSettings(id="tiny", path=str(tiny_model_dir), device="cpu", offline=True))
     q = model.embed_texts([text])[0].double().numpy()
     direct = {sop: float(v @ q / np.linalg.norm(v)) for sop, v in stored_vectors(archive.cfg).items()}
     best = sorted(direct.items(), key=lambda kv: -kv[1])[:10]
@@ -207,15 +209,15 @@ def probe_profile(folder: Path, probe_ref: str) -> Path:
 
 
 def test_profile_with_the_probe_scores_srs_as_the_probe_by_hand(archive: Archive, probe: tuple[dict, Path],
-                                                                 e2e_tiny_model: Path, inprocess_nodes,  # type: ignore[no-untyped-def]
+                                                                 tiny_model_dir: Path, node_factory,  # type: ignore[no-untyped-def]
                                                                  tmp_path: Path) -> None:
     from node.probes.probe import load_probe
     from node.triage.profiles import load_profile
 
     _, path = probe
     profiles = probe_profile(archive.root / "profiles", "probes/pneumothorax.json").parent
-    cfg = node_config(tmp_path / "probe-node", e2e_tiny_model, triage={"profiles_dir": profiles, "poll_seconds": 0.2})
-    node = inprocess_nodes(cfg)
+    cfg = node_config(tmp_path / "probe-node", tiny_model_dir, triage={"profiles_dir": profiles, "poll_seconds": 0.2})
+    node = node_factory(cfg)
     files = [make_image(tmp_path / f"p{i}.dcm", index=500 + i, positive=i % 2 == 0) for i in range(6)]
     uids = send_and_wait(node, cfg, files)
     p = load_probe(path)
@@ -251,7 +253,7 @@ def test_profile_with_the_probe_scores_srs_as_the_probe_by_hand(archive: Archive
 
 
 def test_a_probe_for_other_weights_or_preprocessing_is_refused(archive: Archive, probe: tuple[dict, Path],
-                                                               e2e_tiny_model: Path, tmp_path: Path) -> None:
+                                                               tiny_model_dir: Path, tmp_path: Path) -> None:
     from node.config import ConfigError
     from node.service import Node
     from node.triage.profiles import ProfileError, load_profile
@@ -260,7 +262,7 @@ def test_a_probe_for_other_weights_or_preprocessing_is_refused(archive: Archive,
     doc = json.loads(path.read_text())
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "other.json").write_text(json.dumps({**doc, "weights_sha256": "0" * 64}))
-    cfg = node_config(tmp_path / "n", e2e_tiny_model, triage={"profiles_dir": probe_profile(tmp_path / "p", "other.json").parent})
+    cfg = node_config(tmp_path / "n", tiny_model_dir, triage={"profiles_dir": probe_profile(tmp_path / "p", "other.json").parent})
     with pytest.raises(ConfigError, match="other.json"):
         Node(cfg.settings())
     (tmp_path / "q").mkdir()

@@ -33,25 +33,16 @@ from pydicom.uid import (
 )
 
 from dicom_sr import read_predecessor, read_triage_sr, run_dciodvfy
-from e2e_helpers import (
-    NodeConfig,
-    clean_env,
-    cli_command,
-    echoscu,
-    needs_dcmtk,
-    node_config,
-    open_db,
-    sr_instances,
-    storescu,
-    study_instances,
-    study_jobs,
-    wait_until,
-    worklist_row,
-)
 from node.demo import demo_studies, synthetic_image
 from node.triage.tiny_model import TINY_MODEL_ID
+from tests.support.ci import needs_tools
+from tests.support.config import NodeConfig, node_config
+from tests.support.dimse import echoscu, send_files
+from tests.support.index import open_db, sr_instances, study_instances, study_jobs, worklist_row
+from tests.support.polling import wait_until
+from tests.support.serve import cli_command, node_env
 
-pytestmark = [pytest.mark.dcmtk, needs_dcmtk]
+pytestmark = [pytest.mark.dcmtk, needs_tools("storescu", "echoscu", "dcmcrle", "dciodvfy")]
 
 N_CXR_FINDINGS = 13
 WAIT_S = 120  # generous bound; each wait normally ends within a few seconds
@@ -136,12 +127,12 @@ NO_ELIGIBLE = {"lateral": "lateral chest (DX)", "child": "child PA chest (DX)", 
 
 
 @pytest.fixture(scope="module")
-def healthy(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path, inprocess_nodes) -> Healthy:  # type: ignore[no-untyped-def]
+def healthy(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, module_node_factory) -> Healthy:  # type: ignore[no-untyped-def]
     """A node with the tiny model; the four chest variants and the three no-eligible studies sent
     together (one quiet period for all), and every one of them triaged before the tests look."""
     root = tmp_path_factory.mktemp("healthy")
-    cfg = node_config(root / "node", e2e_tiny_model)
-    node = inprocess_nodes(cfg)
+    cfg = node_config(root / "node", tiny_model_dir)
+    node = module_node_factory(cfg)
     src = root / "src"
 
     demo = demo_studies(src / "demo")  # adult PA chest, lateral, child, CT (uncompressed)
@@ -159,7 +150,7 @@ def healthy(tmp_path_factory: pytest.TempPathFactory, e2e_tiny_model: Path, inpr
 
     studies = {}
     for key, (files, options, ts) in sends.items():
-        storescu(cfg.port, files, *options)
+        send_files(cfg.port, files, *options)
         uids = [uid_of(f) for f in files]
         studies[key] = SentStudy(uids[0][0], [sop for _, sop in uids], ts)
 
@@ -220,7 +211,7 @@ def test_lateral_child_and_ct_get_no_assist(healthy: Healthy, kind: str) -> None
 
 def test_worklist_cli_lists_every_study_most_urgent_first_never_low(healthy: Healthy) -> None:
     proc = subprocess.run([*cli_command(), "worklist", "--json", "--config", str(healthy.cfg.config_path)],
-                          capture_output=True, text=True, timeout=120, env=clean_env(), check=False)
+                          capture_output=True, text=True, timeout=120, env=node_env(), check=False)
     assert proc.returncode == 0, proc.stderr
     items = json.loads(proc.stdout)
     by_study = {item["study_instance_uid"]: item for item in items}
@@ -241,7 +232,7 @@ def test_late_instance_leads_to_a_superseding_sr(healthy: Healthy, tmp_path: Pat
     cfg, db = healthy.cfg, healthy.db
     study_uid, series_uid = generate_uid(), generate_uid()
     first = chest_image(tmp_path / "first.dcm", patient_id="E2E-LATE", study_uid=study_uid, series_uid=series_uid)
-    storescu(cfg.port, [first])
+    send_files(cfg.port, [first])
     wait_until(lambda: answered(db, [study_uid]), WAIT_S, "the first SR")
     row = worklist_row(db, study_uid)
     first_sr = row["sr_sop_instance_uid"]
@@ -249,7 +240,7 @@ def test_late_instance_leads_to_a_superseding_sr(healthy: Healthy, tmp_path: Pat
 
     late = chest_image(tmp_path / "late.dcm", patient_id="E2E-LATE", study_uid=study_uid, series_uid=series_uid,
                        number=2)
-    storescu(cfg.port, [late])
+    send_files(cfg.port, [late])
     row = wait_until(lambda: (r := worklist_row(db, study_uid)) and r["sr_sop_instance_uid"] != first_sr and r,
                      WAIT_S, "a superseding SR")
     second_sr = row["sr_sop_instance_uid"]
@@ -279,18 +270,18 @@ def test_late_instance_leads_to_a_superseding_sr(healthy: Healthy, tmp_path: Pat
 
 # =========================================================================== a model that cannot load
 def test_model_failing_to_load_gives_no_assist_srs_and_a_running_node(
-        tmp_path: Path, inprocess_nodes) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
     garbage = tmp_path / "garbage-model"
     garbage.mkdir()
     (garbage / "config.json").write_text("{ this is not a model config")
     (garbage / "model.safetensors").write_bytes(b"\x00garbage" * 512)
     cfg = node_config(tmp_path / "node", garbage)
-    node = inprocess_nodes(cfg)
+    node = node_factory(cfg)
     chest = chest_image(tmp_path / "src" / "chest.dcm", patient_id="E2E-NOMODEL")
     lateral = synthetic_image(tmp_path / "src" / "lateral.dcm", modality="DX",
                               sop_class=DigitalXRayImageStorageForPresentation, view="LL", body_part="CHEST",
                               age=60, study_uid=generate_uid(), patient_id="E2E-NOMODEL-LAT")
-    storescu(cfg.port, [chest, lateral])
+    send_files(cfg.port, [chest, lateral])
     chest_uid, lateral_uid = uid_of(chest)[0], uid_of(lateral)[0]
     db = node.db
     wait_until(lambda: answered(db, [chest_uid, lateral_uid]), WAIT_S, "no-assist answers for both studies")
@@ -336,9 +327,9 @@ def _slow_study(folder: Path, n: int) -> list[Path]:
 
 @pytest.mark.slow
 def test_kill_during_a_job_then_restart_completes_it_exactly_once(
-        tmp_path: Path, e2e_tiny_model: Path, serve_process) -> None:  # type: ignore[no-untyped-def]
-    cfg = node_config(tmp_path / "node", e2e_tiny_model)
-    server = serve_process(cfg)
+        tmp_path: Path, tiny_model_dir: Path, serve_factory) -> None:  # type: ignore[no-untyped-def]
+    cfg = node_config(tmp_path / "node", tiny_model_dir)
+    server = serve_factory(cfg)
     server.start()
     db = open_db(cfg.db_url)  # the server has migrated the schema by the time it listens
 
@@ -346,7 +337,7 @@ def test_kill_during_a_job_then_restart_completes_it_exactly_once(
     caught = None  # the job id seen running when the node was killed
     for attempt in range(3):  # bounded: a study whose job finished before we saw it run is no use
         files = _slow_study(tmp_path / f"src{attempt}", n=4)
-        storescu(cfg.port, files, "-xv")
+        send_files(cfg.port, files, "-xv")
         study_uid = uid_of(files[0])[0]
         sent.append(study_uid)
         job = wait_until(lambda: next((j for j in study_jobs(db, study_uid) if j.state in ("running", "done")), None),
@@ -365,7 +356,7 @@ def test_kill_during_a_job_then_restart_completes_it_exactly_once(
     server.start()  # the restart takes back the dead worker's job
     for study_uid in sent:
         wait_until(lambda: [j.state for j in study_jobs(db, study_uid)] == ["done"], WAIT_S,
-                   f"the job to complete after the restart\n{server.log()}")
+                   f"the job to complete after the restart\n{server.output()}")
     assert server.stop() == 0
 
     for study_uid in sent:
@@ -388,7 +379,7 @@ def test_kill_during_a_job_then_restart_completes_it_exactly_once(
 @pytest.mark.slow
 def test_demo_runs_and_says_its_model_is_random(tmp_path: Path) -> None:
     proc = subprocess.run([*cli_command(), "demo"], capture_output=True, text=True, timeout=300,
-                          env=clean_env(TMPDIR=str(tmp_path)), cwd=tmp_path, check=False)
+                          env=node_env(TMPDIR=str(tmp_path)), cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RANDOM TEST MODEL" in proc.stdout
     assert "MEAN NOTHING" in proc.stdout

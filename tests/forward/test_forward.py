@@ -11,211 +11,33 @@ destination of an in-process node that receives chest studies from DCMTK's store
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import pydicom
 import pytest
-from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 
-_E2E = str(Path(__file__).resolve().parents[1] / "e2e")
-if _E2E not in sys.path:
-    sys.path.append(_E2E)  # e2e_helpers: node configs, storescu, wait_until
-
-from e2e_helpers import (  # noqa: E402
-    NodeConfig,
-    clean_env,
-    cli_command,
-    e2e_free_port,
-    node_config,
-    storescu,
-    wait_until,
-    worklist_row,
+from tests.support.ci import needs_tools
+from tests.support.orthanc import (
+    WAIT_S,
+    export_events,
+    forwarding_node,
+    outbox_cli,
+    outbox_json,
+    outbox_rows,
+    send_chest_study,
+    sr_uid,
 )
+from tests.support.polling import wait_until
 
-ORTHANC_BIN = shutil.which("Orthanc")
-pytestmark = [
-    pytest.mark.dcmtk,
-    # In CI (scripts/test.sh installs both) a missing peer must fail loudly, not skip.
-    pytest.mark.skipif((ORTHANC_BIN is None or shutil.which("storescu") is None) and not os.environ.get("CI"),
-                       reason="needs Orthanc (Debian's orthanc) and DCMTK's storescu"),
-]
-WAIT_S = 60
-
-
-# --------------------------------------------------------------------------- Orthanc as the PACS
-class Orthanc:
-    """One Orthanc on 127.0.0.1 with its config and storage under ``root``; start/stop by PID."""
-
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.dicom_port = e2e_free_port()
-        self.http_port = e2e_free_port()
-        self.config = root / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "forward-test", "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomServerEnabled": True,
-            "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
-            "Plugins": [], "HttpServerEnabled": True,
-        }, indent=2))
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def start(self, timeout: float = 30) -> None:
-        self.starts += 1
-        log = (self.root / f"orthanc-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen([ORTHANC_BIN, str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.root)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"Orthanc exited ({self.proc.returncode}): "
-                            f"{(self.root / f'orthanc-{self.starts}.log').read_text(errors='replace')[-2000:]}")
-            try:
-                system = self._request("GET", "/system")
-                if system.get("DicomPort") == self.dicom_port:
-                    return
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not answer /system within {timeout:.0f} s")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
-
-    def has_instance(self, sop_uid: str) -> bool:
-        found = self._request("POST", "/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
-        return bool(found)
-
-    def instance_tags(self, sop_uid: str) -> dict[str, Any]:
-        (orthanc_id,) = self._request("POST", "/tools/find",
-                                      {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
-        return self._request("GET", f"/instances/{orthanc_id}/simplified-tags")
-
-
-@pytest.fixture
-def orthanc_factory(tmp_path: Path) -> Iterator[Any]:
-    made: list[Orthanc] = []
-
-    def make(name: str = "orthanc") -> Orthanc:
-        made.append(Orthanc(tmp_path / name))
-        return made[-1]
-
-    yield make
-    for o in made:
-        o.stop()
-
-
-# --------------------------------------------------------------------------- node side
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from node.triage.tiny_model import build_tiny_siglip
-
-    torch.set_num_threads(1)
-    return build_tiny_siglip(tmp_path_factory.mktemp("fwd-tiny-siglip"), image_size=64, seed=0)
-
-
-@pytest.fixture
-def start_node(node_factory) -> Callable[[NodeConfig], Any]:  # type: ignore[no-untyped-def]
-    """``start_node(cfg)``: the shared in-process node fixture, fed from an e2e NodeConfig."""
-    return lambda cfg: node_factory(cfg.settings())
-
-
-def forwarding_node(root: Path, model: Path, orthanc: Orthanc, *, send: str = "sr",
-                    **forwarding: float) -> NodeConfig:
-    policy = {"initial_backoff_seconds": 0.2, "max_backoff_seconds": 1.0, "max_age_seconds": 600,
-              "timeout_seconds": 10, "poll_seconds": 0.2, **forwarding}
-    cfg = node_config(root, model, forwarding=policy)
-    with cfg.config_path.open("a", encoding="utf-8") as f:
-        f.write(f'\n[[forward]]\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
-                f'send = "{send}"\n')
-    return cfg
-
-
-def send_chest_study(root: Path, port: int, patient_id: str, images: int = 1) -> tuple[str, list[str]]:
-    """storescu an adult PA chest DX study (``images`` instances); returns (study UID, image UIDs)."""
-    from node.demo import synthetic_image
-
-    root.mkdir(parents=True, exist_ok=True)
-    study_uid, series_uid = generate_uid(), generate_uid()
-    paths = [synthetic_image(root / f"{patient_id}-{n}.dcm", modality="DX",
-                             sop_class=DigitalXRayImageStorageForPresentation, view="PA", body_part="CHEST", age=54,
-                             study_uid=study_uid, patient_id=patient_id, number=n, series_uid=series_uid,
-                             photometric="MONOCHROME2", rows=128, cols=128)
-             for n in range(1, images + 1)]
-    storescu(port, paths)
-    return study_uid, [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
-
-
-def sr_uid(node: Any, study_uid: str) -> str:
-    row = wait_until(lambda: worklist_row(node.db, study_uid), WAIT_S, "the study's SR (worklist row)")
-    return str(row["sr_sop_instance_uid"])
-
-
-def outbox_cli(cfg: NodeConfig, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*cli_command(), "outbox", "--config", str(cfg.config_path), *args],
-                          capture_output=True, text=True, env=clean_env(), cwd=cfg.root, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def outbox_json(cfg: NodeConfig) -> list[dict[str, Any]]:
-    return json.loads(outbox_cli(cfg, "--json").stdout)
-
-
-def outbox_rows(node: Any, study_uid: str) -> list[Any]:
-    from sqlalchemy import select
-
-    from node.db.models import OutboxItem
-
-    with node.db.session() as session:
-        return list(session.execute(select(OutboxItem).where(OutboxItem.study_instance_uid == study_uid)
-                                    .order_by(OutboxItem.id)).scalars().all())
-
-
-def export_events(cfg: NodeConfig) -> list[dict[str, Any]]:
-    lines = cfg.audit_path.read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["event_id"]["code"] == "110106"]
+pytestmark = [pytest.mark.dcmtk, needs_tools("Orthanc", "storescu")]
 
 
 # --------------------------------------------------------------------------- tests
-def test_sr_reaches_orthanc_without_manual_step(tmp_path: Path, tiny_model: Path, orthanc_factory,
-                                                start_node) -> None:  # type: ignore[no-untyped-def]
+def test_sr_reaches_orthanc_without_manual_step(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
+                                                node_factory) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()
     orthanc.start()
-    cfg = forwarding_node(tmp_path / "node", tiny_model, orthanc, send="sr")
-    node = start_node(cfg)
+    cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send="sr")
+    node = node_factory(cfg)
     study_uid, image_uids = send_chest_study(tmp_path / "src", cfg.port, "FWD-SR")
     sr = sr_uid(node, study_uid)
 
@@ -236,12 +58,12 @@ def test_sr_reaches_orthanc_without_manual_step(tmp_path: Path, tiny_model: Path
     assert outbox_json(cfg) == []  # nothing pending, nothing dead
 
 
-def test_sr_waits_in_outbox_while_orthanc_is_down(tmp_path: Path, tiny_model: Path, orthanc_factory,
-                                                  start_node) -> None:  # type: ignore[no-untyped-def]
+def test_sr_waits_in_outbox_while_orthanc_is_down(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
+                                                  node_factory) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()  # configured, not started: its DICOM port refuses connections
-    cfg = forwarding_node(tmp_path / "node", tiny_model, orthanc, send="sr",
+    cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send="sr",
                           initial_backoff_seconds=0.3, max_backoff_seconds=1.0)
-    node = start_node(cfg)
+    node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "FWD-DOWN")
     sr = sr_uid(node, study_uid)
 
@@ -263,12 +85,12 @@ def test_sr_waits_in_outbox_while_orthanc_is_down(tmp_path: Path, tiny_model: Pa
     assert failed, "failed attempts are audited too"
 
 
-def test_dead_letter_is_listed_and_retried(tmp_path: Path, tiny_model: Path, orthanc_factory,
-                                           start_node) -> None:  # type: ignore[no-untyped-def]
+def test_dead_letter_is_listed_and_retried(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
+                                           node_factory) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()
-    cfg = forwarding_node(tmp_path / "node", tiny_model, orthanc, send="sr",
+    cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send="sr",
                           initial_backoff_seconds=0.1, max_backoff_seconds=0.2, max_age_seconds=1.0)
-    node = start_node(cfg)
+    node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "FWD-DEAD")
     sr = sr_uid(node, study_uid)
 
@@ -280,7 +102,8 @@ def test_dead_letter_is_listed_and_retried(tmp_path: Path, tiny_model: Path, ort
     assert "dead" in text and sr in text
 
     orthanc.start()
-    time.sleep(0.5)
+    # a full forwarder round now that Orthanc answers: one that would send a dead letter sends it here
+    node.forwarder.run_once()
     assert not orthanc.has_instance(sr), "a dead letter was sent without being requeued"
     out = outbox_cli(cfg, "--retry", str(item["id"]))
     assert "requeued 1" in out.stdout
@@ -294,12 +117,12 @@ def test_dead_letter_is_listed_and_retried(tmp_path: Path, tiny_model: Path, ort
     assert dead and dead >= 1
 
 
-def test_send_both_forwards_the_images_too(tmp_path: Path, tiny_model: Path, orthanc_factory,
-                                           start_node) -> None:  # type: ignore[no-untyped-def]
+def test_send_both_forwards_the_images_too(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
+                                           node_factory) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()
     orthanc.start()
-    cfg = forwarding_node(tmp_path / "node", tiny_model, orthanc, send="both")
-    node = start_node(cfg)
+    cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send="both")
+    node = node_factory(cfg)
     study_uid, image_uids = send_chest_study(tmp_path / "src", cfg.port, "FWD-BOTH", images=2)
     sr = sr_uid(node, study_uid)
 

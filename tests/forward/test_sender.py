@@ -4,7 +4,6 @@ the file travels in its stored transfer syntax."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -16,12 +15,7 @@ from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation as DXSto
 from node.config import ForwardDestination
 from node.demo import synthetic_image
 from node.forward.sender import SendItem, send_batch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.ports import free_port
 
 
 @pytest.fixture
@@ -40,7 +34,7 @@ def flaky_scp():  # type: ignore[no-untyped-def]
 
     ae = AE(ae_title="FLAKY")
     ae.add_supported_context(DXStorage, [ExplicitVRLittleEndian])
-    port = _free_port()
+    port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
     yield port, plan, received
     server.shutdown()
@@ -68,7 +62,7 @@ def test_missing_response_and_failure_are_retried_warning_counts_as_sent(tmp_pat
 
     (missing,) = send_batch(dest, [SendItem(8, tmp_path / "gone.dcm")], calling_ae="TRIAGE_NODE", timeout=1.0)
     assert not missing.ok and "cannot read" in missing.error
-    closed = ForwardDestination(ae_title="NOBODY", host="127.0.0.1", port=_free_port())
+    closed = ForwardDestination(ae_title="NOBODY", host="127.0.0.1", port=free_port())
     (refused,) = send_batch(closed, [SendItem(9, path)], calling_ae="TRIAGE_NODE", timeout=1.0)
     assert not refused.ok and refused.status is None and "association" in refused.error
 
@@ -107,7 +101,7 @@ def test_tls_destination_with_client_certificate(tmp_path: Path, require_tools) 
     received: list[str] = []
     ae = AE(ae_title="TLSPACS")
     ae.add_supported_context(DXStorage, [ExplicitVRLittleEndian])
-    port = _free_port()
+    port = free_port()
     ctx = server_context(TlsSection(enabled=True, cert_file=pki / "server.crt", key_file=pki / "server.key",
                                     ca_file=pki / "ca.crt"))  # client certificate required
     server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=ctx, evt_handlers=[

@@ -12,11 +12,15 @@ import uuid
 from contextlib import ExitStack
 
 import pytest
-from ingest_helpers import NODE_AE, audit_entries, file_sop_uid, py_echo, stored_files, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE
+from tests.support.dimse import py_echo
+from tests.support.files import file_sop_uid, stored_files
+from tests.support.index import audit_entries
+from tests.support.polling import wait_until
 
 HANDSHAKE = 3.0
 
@@ -65,7 +69,7 @@ def test_hostile_sockets_do_not_lock_out_legitimate_peers(count, tmp_path, make_
         assert elapsed < HANDSHAKE + 1, f"legitimate peer needed {elapsed:.1f} s with {count} hostile sockets"
         # and again, while they are still held open
         assert _legit_echo_and_store(node, dicom_factory) < HANDSHAKE + 1
-    wait_for(lambda: node.listener.active_associations() == 0, 5, message="associations to end")
+    wait_until(lambda: node.listener.active_associations() == 0, 5, what="associations to end")
 
 
 def test_connections_still_negotiating_do_not_take_association_slots(tmp_path, make_settings, node_factory) -> None:
@@ -73,7 +77,7 @@ def test_connections_still_negotiating_do_not_take_association_slots(tmp_path, m
     with ExitStack() as stack:
         for _ in range(20):
             stack.callback(_hostile(node.listener.port, "half_rq").close)
-        wait_for(lambda: node.listener.pending_connections() >= 20, 10, message="20 pending connections")
+        wait_until(lambda: node.listener.pending_connections() >= 20, 10, what="20 pending connections")
         assert py_echo(node.listener.port) == 0
 
 
@@ -85,8 +89,8 @@ def test_handshake_deadline_drops_a_stalled_connection_and_audits_it(tmp_path, m
     assert s.recv(100) == b""  # closed by the node
     assert time.monotonic() - start < 1 + 1
     s.close()
-    entries = wait_for(lambda: [e for e in audit_entries(node.settings.audit.path)
-                                if "association_timeout" in e["outcome_desc"]], 5, message="audit line")
+    entries = wait_until(lambda: [e for e in audit_entries(node.settings.audit.path)
+                                if "association_timeout" in e["outcome_desc"]], 5, what="audit line")
     assert entries[0]["event_id"]["code"] == "110113"
     assert entries[0]["participants"][0]["network_address"] == "127.0.0.1"
 
@@ -101,7 +105,7 @@ def test_refusals_are_aggregated_per_client(tmp_path, make_settings, node_factor
         except OSError:
             pass
         s.close()
-    wait_for(lambda: node.listener.pending_connections() == 0, 5, message="no pending connections")
+    wait_until(lambda: node.listener.pending_connections() == 0, 5, what="no pending connections")
     node.listener.refusals.flush()
     lines = [e for e in audit_entries(node.settings.audit.path) if "association_malformed" in e["outcome_desc"]]
     # one line at the first refusal, one summary for the other 49: not 50 lines
@@ -123,7 +127,7 @@ def test_half_sent_pdu_in_an_association_is_timed_out_and_frees_the_slot(tmp_pat
     assoc = _associate(node.listener.port)
     raw = assoc.dul.socket.socket
     raw.sendall(struct.pack(">BBL", 0x04, 0, 1000) + b"\x00" * 10)  # P-DATA, 990 bytes never sent
-    wait_for(lambda: node.listener.active_associations() == 0, 2 + 3, message="the stalled association to end")
+    wait_until(lambda: node.listener.active_associations() == 0, 2 + 3, what="the stalled association to end")
     assert py_echo(node.listener.port) == 0
     assoc.abort()
 
@@ -133,10 +137,10 @@ def test_pdu_larger_than_max_pdu_is_refused_before_it_is_buffered(tmp_path, make
     assoc = _associate(node.listener.port)
     raw = assoc.dul.socket.socket
     raw.sendall(struct.pack(">BBL", 0x04, 0, 0xFFFFFFFF) + b"\x00" * 1000)
-    wait_for(lambda: node.listener.active_associations() == 0, 5, message="the association to be aborted")
+    wait_until(lambda: node.listener.active_associations() == 0, 5, what="the association to be aborted")
     assoc.abort()
-    entries = wait_for(lambda: [e for e in audit_entries(node.settings.audit.path)
-                                if "pdu_refused" in e["outcome_desc"]], 5, message="audit line")
+    entries = wait_until(lambda: [e for e in audit_entries(node.settings.audit.path)
+                                if "pdu_refused" in e["outcome_desc"]], 5, what="audit line")
     assert "limit" in entries[0]["outcome_desc"]
     assert py_echo(node.listener.port) == 0
 
@@ -146,7 +150,7 @@ def test_over_limit_associations_are_rejected_without_a_thread(tmp_path, make_se
 
     node = node_factory(make_settings(tmp_path, dicom={"max_associations": 2}))
     held = [_associate(node.listener.port) for _ in range(2)]
-    wait_for(lambda: node.listener.active_associations() == 2, 5, message="two associations")
+    wait_until(lambda: node.listener.active_associations() == 2, 5, what="two associations")
     for _ in range(30):
         ae = AE(ae_title="PYSCU")
         ae.add_requested_context(Verification)

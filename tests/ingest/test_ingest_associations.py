@@ -4,14 +4,16 @@ their audit trail; the association limit."""
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
-from ingest_helpers import NODE_AE, audit_entries, py_echo, wait_for
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.dimse.scu import Destination, echo
+from tests.support.config import NODE_AE
+from tests.support.dimse import py_echo
+from tests.support.index import audit_entries
+from tests.support.polling import wait_until
 
 
 def echoscu(port: int, aet: str, aec: str = NODE_AE) -> subprocess.CompletedProcess[str]:
@@ -44,7 +46,7 @@ def test_unknown_calling_ae_is_rejected_and_audited(running_node) -> None:
     result = echoscu(running_node.listener.port, "INTRUDER")
     assert result.returncode != 0, result.stdout + result.stderr
     audit = running_node.settings.audit.path
-    alerts = wait_for(lambda: rejections(audit), 10, message="a 110113 rejection line")
+    alerts = wait_until(lambda: rejections(audit), 10, what="a 110113 rejection line")
     alert = alerts[-1]
     assert alert["event_id"]["meaning"] == "Security Alert"
     assert alert["outcome"] != 0
@@ -59,7 +61,7 @@ def test_wrong_called_ae_is_rejected(running_node) -> None:
     result = echoscu(running_node.listener.port, "STORESCU", aec="SOMEONE_ELSE")
     assert result.returncode != 0
     assert py_echo(running_node.listener.port, calling_ae="PYSCU", called_ae="SOMEONE_ELSE") is None
-    wait_for(lambda: rejections(running_node.settings.audit.path), 10, message="a rejection line")
+    wait_until(lambda: rejections(running_node.settings.audit.path), 10, what="a rejection line")
 
 
 def test_empty_allowed_peers_rejects_everyone(tmp_path, make_settings, node_factory) -> None:
@@ -67,7 +69,7 @@ def test_empty_allowed_peers_rejects_everyone(tmp_path, make_settings, node_fact
     for aet in ("STORESCU", "TRIAGE_SCU", "PYSCU", "NOBODY"):
         assert py_echo(node.listener.port, calling_ae=aet) is None, aet
     # audited per client and window: the first at once, the other three in the window's summary
-    wait_for(lambda: len(rejections(node.settings.audit.path)) >= 1, 10, message="the first rejection line")
+    wait_until(lambda: len(rejections(node.settings.audit.path)) >= 1, 10, what="the first rejection line")
     node.refusals.flush()
     lines = rejections(node.settings.audit.path)
     assert len(lines) == 2 and lines[1]["objects"][0]["details"]["count"] == 3
@@ -93,8 +95,8 @@ def test_max_associations_is_enforced(tmp_path, make_settings, node_factory) -> 
             assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
             assert assoc.is_established
             held.append(assoc)
-        wait_for(lambda: len(node.listener.ae.active_associations) >= limit, 10,
-                 message="the node to count the held associations")
+        wait_until(lambda: len(node.listener.ae.active_associations) >= limit, 10,
+                 what="the node to count the held associations")
         extra = AE(ae_title="PYSCU")
         extra.add_requested_context(Verification)
         refused = extra.associate("127.0.0.1", port, ae_title=NODE_AE)
@@ -106,10 +108,4 @@ def test_max_associations_is_enforced(tmp_path, make_settings, node_factory) -> 
         for assoc in held:
             assoc.release()
     # Once released, new associations are accepted again.
-    deadline = time.monotonic() + 10
-    while True:
-        status = py_echo(port)
-        if status == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert status == 0
+    wait_until(lambda: py_echo(port) == 0, 10, "an echo accepted after the release", interval=0.1)

@@ -9,19 +9,16 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from ingest_helpers import (
-    NODE_AE,
-    audit_entries,
-    py_echo,
-    run_cli,
-    wait_for,
-    write_node_config,
-)
 
 from node import oplog
 from node.audit import EventCode
 from node.audit.chain import GENESIS_HASH, entry_hash
 from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE, write_settings_toml
+from tests.support.dimse import py_echo
+from tests.support.index import audit_entries
+from tests.support.polling import wait_until
+from tests.support.serve import run_cli
 
 
 @pytest.fixture
@@ -39,10 +36,10 @@ def active_log(tmp_path, make_settings, node_factory, dicom_factory, capfd):  # 
     assert py_echo(port, calling_ae="INTRUDER") is None
     ct = dicom_factory.ct_series(3, size=64)
     assert [r.status for r in send(ct, Destination(NODE_AE, "127.0.0.1", port), calling_ae="TRIAGE_SCU")] == [0] * 3
-    wait_for(lambda: any(e["outcome_desc"] == "triage job queued" for e in audit_entries(settings.audit.path)),
-             20, message="the job queued line")
+    wait_until(lambda: any(e["outcome_desc"] == "triage job queued" for e in audit_entries(settings.audit.path)),
+             20, what="the job queued line")
     node.stop()
-    config = write_node_config(tmp_path / "node.toml", settings)
+    config = write_settings_toml(tmp_path / "node.toml", settings)
     return settings, config, ct, capfd.readouterr().err
 
 

@@ -11,19 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ingest_helpers import (
-    NODE_AE,
-    audit_entries,
-    cli_command,
-    env_name,
-    node_env,
-    py_echo,
-    run_cli,
-    write_toml,
-)
 
 from node.config import ConfigError, load_settings
 from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE, write_toml
+from tests.support.dimse import py_echo
+from tests.support.index import audit_entries
+from tests.support.serve import cli_command, env_name, node_env, run_cli
 
 
 def data_env(tmp_path: Path, port: int) -> dict[str, object]:

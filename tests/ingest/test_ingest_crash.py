@@ -16,21 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-from ingest_helpers import (
-    NODE_AE,
-    dataset_bytes,
-    file_sop_uid,
-    incoming_files,
-    index_snapshot,
-    run_cli,
-    status_json,
-    stored_files,
-    storescu_acknowledged,
-    wait_for,
-)
 
 from node.db.engine import Database
 from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE
+from tests.support.dimse import storescu_acknowledged
+from tests.support.files import dataset_bytes, file_sop_uid, incoming_files, stored_files
+from tests.support.index import index_snapshot
+from tests.support.polling import wait_until
+from tests.support.serve import run_cli, status_json
 
 pytestmark = [pytest.mark.slow]
 
@@ -100,8 +94,8 @@ def test_five_kill9_cycles_during_a_200_slice_send_lose_no_acknowledged_instance
         rng.shuffle(order)  # each cycle mixes instances already stored with new ones
         kill_after = rng.randint(50, 100)
         sender = StorescuRun(port, order)
-        wait_for(lambda: sender.acks >= kill_after or sender.proc.poll() is not None, 120, 0.002,
-                 f"{kill_after} acknowledgements")
+        wait_until(lambda: sender.acks >= kill_after or sender.proc.poll() is not None, 120,
+                   f"{kill_after} acknowledgements", interval=0.002)
         if cycle % 2 == 0:
             # kill while an instance is being written (its temp file exists, nothing acknowledged)
             incoming = storage / ".incoming"
@@ -155,7 +149,7 @@ def test_kill9_during_quiet_period_job_appears_at_restart(tmp_path, settings_dic
     status = status_json(node.config, env=node.env)
     assert status["instances"] == 5 and status["jobs"]["queued"] == 0 and status["studies_receiving"] == 1
 
-    wait_for(lambda: time.monotonic() - killed_at > quiet + 0.5, quiet + 5, 0.1, "the quiet period to end")
+    wait_until(lambda: time.monotonic() - killed_at > quiet + 0.5, quiet + 5, "the quiet period to end", interval=0.1)
     node.start()  # returns once it listens, i.e. after start-up's own stability tick
     status = status_json(node.config, env=node.env)
     assert status["jobs"]["queued"] == 1, status

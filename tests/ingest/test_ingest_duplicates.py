@@ -7,18 +7,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from ingest_helpers import (
-    NODE_AE,
-    audit_entries,
-    dataset_bytes,
-    file_sop_uid,
-    index_snapshot,
-    storescu,
-    stored_files,
-    wait_for,
-)
 
 from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE
+from tests.support.dimse import storescu
+from tests.support.files import dataset_bytes, file_sop_uid, stored_files
+from tests.support.index import audit_entries, index_snapshot
+from tests.support.polling import wait_until
 
 
 def duplicate_lines(audit_path: Path) -> list[dict]:
@@ -53,8 +48,8 @@ def test_same_instance_twice_is_success_once_stored(db_url, tmp_path, make_setti
     assert list(snap["instances"]) == [sop]
     assert next(iter(snap["studies"].values()))["instance_count"] == 1
 
-    dupes = wait_for(lambda: len(duplicate_lines(node.settings.audit.path)) >= 2 and
-                     duplicate_lines(node.settings.audit.path), 10, message="two audit lines with duplicates")
+    dupes = wait_until(lambda: len(duplicate_lines(node.settings.audit.path)) >= 2 and
+                     duplicate_lines(node.settings.audit.path), 10, what="two audit lines with duplicates")
     assert all("duplicate" in e["outcome_desc"] for e in dupes)
     counts = sorted(o["details"]["duplicates"] for e in dupes for o in e["objects"] if o["type"] == "study")
     assert counts == [1, 2]
@@ -85,4 +80,4 @@ def test_storescu_sending_a_file_twice(tmp_path, running_node, dicom_factory) ->
     assert result.stdout.count("Received Store Response (Success)") == 2
     assert list(stored_files(running_node.settings.storage.path)) == [file_sop_uid(path)]
     assert len(index_snapshot(running_node.db)["instances"]) == 1
-    wait_for(lambda: duplicate_lines(running_node.settings.audit.path), 10, message="a duplicates audit line")
+    wait_until(lambda: duplicate_lines(running_node.settings.audit.path), 10, what="a duplicates audit line")

@@ -10,24 +10,21 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from ingest_helpers import (
-    NODE_AE,
+
+from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE
+from tests.support.dimse import py_echo, send_file_as_is, storescu
+from tests.support.files import (
     all_files,
-    audit_entries,
     dataset_bytes,
     file_sop_uid,
     incoming_files,
-    index_snapshot,
-    py_echo,
-    send_file_as_is,
-    storescu,
     stored_files,
     unchecked_uids,
-    wait_for,
     write_raw_part10,
 )
-
-from node.dimse.scu import Destination, send
+from tests.support.index import audit_entries, index_snapshot
+from tests.support.polling import wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -205,9 +202,9 @@ def test_refused_c_stores_are_audited_with_their_statuses(tmp_path, running_node
     garbage = write_raw_part10(tmp_path / "garbage.dcm", sop_class=CT, sop_uid=file_sop_uid(src),
                                transfer_syntax=EXPLICIT_LE, body=b"this is not a DICOM data set\n" * 20)
     assert send_file_as_is(running_node.listener.port, garbage) == 0xC000
-    lines = wait_for(lambda: [e for e in audit_entries(running_node.settings.audit.path)
+    lines = wait_until(lambda: [e for e in audit_entries(running_node.settings.audit.path)
                               if e["event_id"]["code"] == "110104" and e["outcome"] != 0], 10,
-                     message="the 110104 line of the refused C-STORE")
+                     what="the 110104 line of the refused C-STORE")
     details = lines[-1]["objects"][-1]["details"]
     assert details["failures"] == 1 and details["failure_statuses"] == {"0xC000": 1}
     assert "0xC000 x1" in lines[-1]["outcome_desc"]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from ingest_helpers import NODE_AE, audit_entries, index_snapshot, wait_for
 from sqlalchemy import update
 
 from node.db.models import TriageJob
 from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE
+from tests.support.index import audit_entries, index_snapshot
+from tests.support.polling import wait_until
 
 
 def _study(node) -> dict:  # type: ignore[no-untyped-def]
@@ -44,7 +46,7 @@ def test_job_queued_after_quiet_period(db_url, tmp_path, make_settings, node_fac
         assert study["stability_state"] == "receiving"
         assert _jobs(node) == []
 
-    jobs = wait_for(lambda: _jobs(node), 20, message="a queued job")
+    jobs = wait_until(lambda: _jobs(node), 20, what="a queued job")
     assert time.monotonic() - sent_at >= quiet * 0.5  # not right away (the exact bound is checked below)
     assert len(jobs) == 1
     job = jobs[0]
@@ -55,8 +57,9 @@ def test_job_queued_after_quiet_period(db_url, tmp_path, make_settings, node_fac
     assert _study(node)["stability_state"] == "stable"
     queued_lines = [e for e in audit_entries(node.settings.audit.path) if e["outcome_desc"] == "triage job queued"]
     assert [o["id"] for e in queued_lines for o in e["objects"]] == [study["study_instance_uid"]]
-    # and no further job while nothing arrives
-    time.sleep(quiet / 2)
+    # and no further job while nothing arrives: one more stability pass (what the timer runs,
+    # now rather than after a guessed sleep) queues nothing
+    node.tick()
     assert len(_jobs(node)) == 1
 
 
@@ -69,7 +72,7 @@ def test_late_instance_reopens_the_study_and_leads_to_a_second_job(
 
     ref = pydicom.dcmread(first[0], stop_before_pixels=True)
     _send(node, first)
-    jobs = wait_for(lambda: _jobs(node), 20, message="the first job")
+    jobs = wait_until(lambda: _jobs(node), 20, what="the first job")
     assert [j["instance_count"] for j in jobs] == [3]
 
     # The worker has finished the first job (as the triage worker would mark it).
@@ -82,7 +85,7 @@ def test_late_instance_reopens_the_study_and_leads_to_a_second_job(
     study = _study(node)
     assert study["instance_count"] == 4
     assert study["stability_state"] == "receiving" or len(_jobs(node)) == 2  # re-opened (unless already re-queued)
-    jobs = wait_for(lambda: len(_jobs(node)) == 2 and _jobs(node), 20, message="a second job")
+    jobs = wait_until(lambda: len(_jobs(node)) == 2 and _jobs(node), 20, what="a second job")
     assert [j["state"] for j in jobs] == ["done", "queued"]
     assert jobs[1]["instance_count"] == 4
     assert jobs[1]["study_instance_uid"] == ref.StudyInstanceUID
@@ -99,13 +102,13 @@ def test_late_instance_while_job_still_queued_updates_that_job(
 
     ref = pydicom.dcmread(first[0], stop_before_pixels=True)
     _send(node, first)
-    wait_for(lambda: _jobs(node), 20, message="the first job")
+    wait_until(lambda: _jobs(node), 20, what="the first job")
     _send(node, dicom_factory.ct_series(2, size=64, out_dir="late", study_uid=ref.StudyInstanceUID,
                                         patient=dicom_factory.patient_of(first[0]),
                                         series_uid=ref.SeriesInstanceUID, start=3))
-    wait_for(lambda: _study(node)["stability_state"] == "stable" and _study(node)["instance_count"] == 4, 20,
-             message="the study to be stable again")
-    jobs = wait_for(lambda: [j for j in _jobs(node) if j["instance_count"] == 4], 10, message="job updated")
+    wait_until(lambda: _study(node)["stability_state"] == "stable" and _study(node)["instance_count"] == 4, 20,
+             what="the study to be stable again")
+    jobs = wait_until(lambda: [j for j in _jobs(node) if j["instance_count"] == 4], 10, what="job updated")
     assert len(_jobs(node)) == 1 and jobs[0]["state"] == "queued"
 
 
@@ -123,7 +126,7 @@ def test_restart_during_quiet_period_queues_the_job_at_start(
     assert _jobs(node) == []
 
     # wait (while down) until the quiet period has surely ended
-    wait_for(lambda: time.monotonic() - stopped_at > quiet + 0.5, quiet + 5, 0.1, "the quiet period to end")
+    wait_until(lambda: time.monotonic() - stopped_at > quiet + 0.5, quiet + 5, "the quiet period to end", interval=0.1)
     again = node_factory(settings)
     jobs = _jobs(again)  # queued by start() itself, before any timer tick
     assert len(jobs) == 1, "the job was not queued at start-up"

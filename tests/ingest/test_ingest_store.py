@@ -8,25 +8,14 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from ingest_helpers import (
-    NODE_AE,
-    dataset_bytes,
-    file_sop_uid,
-    file_transfer_syntax,
-    incoming_files,
-    index_snapshot,
-    run_cli,
-    status_json,
-    storescu,
-    storescu_acknowledged,
-    stored_files,
-    node_env,
-    write_node_config,
-    write_toml,
-)
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE, write_settings_toml, write_toml
+from tests.support.dimse import storescu, storescu_acknowledged
+from tests.support.files import dataset_bytes, file_sop_uid, file_transfer_syntax, incoming_files, stored_files
+from tests.support.index import index_snapshot
+from tests.support.serve import node_env, run_cli, status_json
 
 SENDERS = ["our_scu", pytest.param("storescu", marks=pytest.mark.dcmtk)]
 
@@ -130,7 +119,7 @@ def test_dx_images_stored_identically(sender, db_url, tmp_path, make_settings, n
     assert len(snap["studies"]) == 3 and len(snap["instances"]) == 3
     assert {s["modalities"] for s in snap["studies"].values()} == {"DX"}
 
-    status = status_json(write_node_config(tmp_path / "status.toml", node.settings))
+    status = status_json(write_settings_toml(tmp_path / "status.toml", node.settings))
     assert (status["studies"], status["series"], status["instances"]) == (3, 3, 3)
 
 

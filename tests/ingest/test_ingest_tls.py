@@ -6,7 +6,6 @@ opens TCP and never speaks TLS does not stall the accept loop.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import subprocess
@@ -14,7 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from ingest_helpers import NODE_AE, index_snapshot, py_echo
+
+from tests.support.config import NODE_AE
+from tests.support.dimse import py_echo
+from tests.support.index import index_snapshot
+from tests.support.polling import wait_until
 
 EXT = {
     "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
@@ -100,7 +103,8 @@ def test_silent_tcp_clients_do_not_stall_the_accept_loop(pki, tmp_path, make_set
         for _ in range(3):  # connect, send nothing, hold the connection open
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             silent.append(s)
-        time.sleep(0.2)  # let the node accept them
+        wait_until(lambda: node.listener.pending_connections() >= len(silent), 10,
+                   "the node to accept the silent clients")
         started = time.monotonic()
         assert py_echo(port, tls_args=(client_context(pki), "127.0.0.1")) == 0
         assert py_echo(port, tls_args=(client_context(pki), "127.0.0.1")) == 0

@@ -12,13 +12,16 @@ import time
 import zlib
 from pathlib import Path
 
-from ingest_helpers import NODE_AE, py_echo, send_file_as_is, write_raw_part10
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from tests.support.config import NODE_AE
+from tests.support.dimse import py_echo, send_file_as_is
+from tests.support.files import write_raw_part10
 
 MiB = 1024 * 1024
 LIMIT = 8 * MiB

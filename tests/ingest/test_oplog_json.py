@@ -12,9 +12,12 @@ import warnings
 
 import httpx
 import pydicom
-from ingest_helpers import NODE_AE, py_echo, send_file_as_is, storescu, wait_for, write_raw_part10
 
 from node.dimse.scu import Destination, send
+from tests.support.config import NODE_AE
+from tests.support.dimse import py_echo, send_file_as_is, storescu
+from tests.support.files import write_raw_part10
+from tests.support.polling import wait_until
 
 
 def _json_lines(text: str) -> list[dict]:  # type: ignore[type-arg]
@@ -83,11 +86,11 @@ def test_serve_stderr_under_attack_is_json_without_identifiers(tmp_path, setting
     bad = write_raw_part10(tmp_path / "bad.dcm", sop_class=str(src.SOPClassUID), sop_uid=str(src.SOPInstanceUID),
                            transfer_syntax="1.2.840.10008.1.2.1", body=body)
     assert send_file_as_is(port, bad) == 0xC000
-    http_port = wait_for(lambda: _http_port(node.output()), 10, message="the HTTP port")
+    http_port = wait_until(lambda: _http_port(node.output()), 10, what="the HTTP port")
     assert httpx.get(f"http://127.0.0.1:{http_port}/dicomweb/studies").status_code == 401
     with socket.create_connection(("127.0.0.1", port)) as stalled:
         stalled.sendall(b"\x01")
-        wait_for(lambda: "association_timeout" in node.output(), 10, message="the stalled connection timed out")
+        wait_until(lambda: "association_timeout" in node.output(), 10, what="the stalled connection timed out")
     assert node.terminate() == 0
     # the two banner lines go to stdout (merged into this output): everything else must be JSON
     stderr = "\n".join(line for line in node.output().splitlines()

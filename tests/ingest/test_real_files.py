@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from ingest_helpers import NODE_AE, send_file_as_is, stored_files
 from pydicom import uid as U
 from pydicom.data.data_manager import DATA_ROOT
 from pynetdicom import AE
+
+from tests.support.config import NODE_AE
+from tests.support.dimse import send_file_as_is
+from tests.support.files import stored_files
 
 # pydicom test files that are broken on purpose: the node must refuse them (0xC000).
 BROKEN = {

@@ -6,17 +6,18 @@ movescu to a storescp started here, an unknown move destination refused, the aud
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import time
 from datetime import date
 from pathlib import Path
 
 import pydicom
 import pytest
 
-from qr_helpers import MOVE_DEST_AE, QRNode
-from e2e_helpers import NODE_AE, SCU_AE, sr_instances, wait_until, worklist_row
+from tests.support.config import NODE_AE, SCU_AE
+from tests.support.index import sr_instances, worklist_row
+from tests.support.polling import wait_until
+from tests.support.ports import port_open
+from tests.support.qr import MOVE_DEST_AE, QRNode
 
 pytestmark = [pytest.mark.dcmtk]
 
@@ -132,21 +133,13 @@ def test_getscu_retrieves_series(qr_node: QRNode, tmp_path: Path) -> None:
                for e in lines)
 
 
-def _wait_port(port: int, timeout: float = 20) -> None:
-    def up() -> bool:
-        with socket.socket() as s:
-            s.settimeout(0.3)
-            return s.connect_ex(("127.0.0.1", port)) == 0
-    wait_until(up, timeout, "storescp to listen")
-
-
 def test_movescu_to_configured_destination(qr_node: QRNode, tmp_path: Path) -> None:
     out = tmp_path / "moved"
     out.mkdir()
     scp = subprocess.Popen(["storescp", "-aet", MOVE_DEST_AE, "-od", str(out), str(qr_node.move_port)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        _wait_port(qr_node.move_port)
+        wait_until(lambda: port_open(qr_node.move_port), 20, "storescp to listen")
         proc = subprocess.run(["movescu", "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-aem", MOVE_DEST_AE,
                                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={qr_node.chest_study}",
                                "127.0.0.1", str(qr_node.port)], capture_output=True, text=True, timeout=60,
@@ -154,13 +147,12 @@ def test_movescu_to_configured_destination(qr_node: QRNode, tmp_path: Path) -> N
         assert proc.returncode == 0, proc.stdout + proc.stderr
         expected = {r[1] for r in sr_instances(qr_node.db, qr_node.chest_study)} | {
             str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in qr_node.chest_files}
-        deadline = time.monotonic() + 20
-        got: set[str] = set()
-        while time.monotonic() < deadline and got != expected:
-            got = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()
-                   if p.is_file() and p.stat().st_size > 0}
-            time.sleep(0.2)
-        assert got == expected
+
+        def moved() -> set[str]:
+            return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()
+                    if p.is_file() and p.stat().st_size > 0}
+
+        wait_until(lambda: moved() == expected, 20, "the moved instances in storescp's folder", interval=0.2)
     finally:
         scp.terminate()
         scp.wait(10)

@@ -14,8 +14,9 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import UnifiedProcedureStepPull, UnifiedProcedureStepPush  # type: ignore[attr-defined]
 
-from qr_helpers import QRNode
-from e2e_helpers import NODE_AE, SCU_AE, worklist_row
+from tests.support.config import NODE_AE, SCU_AE
+from tests.support.index import worklist_row
+from tests.support.qr import QRNode
 
 pytestmark = [pytest.mark.dcmtk]
 

@@ -20,27 +20,21 @@ import numpy as np
 import pydicom
 import pytest
 
+from dicom_sr import read_triage_sr
+from tests.support.ci import needs_tools
+from tests.support.config import node_config
+from tests.support.orthanc import send_chest_study, sr_uid
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-for extra in (HERE.parent / "e2e", HERE.parent / "forward"):
-    if str(extra) not in sys.path:
-        sys.path.append(str(extra))
-
-from e2e_helpers import e2e_free_port, node_config, wait_until  # noqa: E402
-from test_forward import send_chest_study, sr_uid, start_node, tiny_model  # noqa: E402,F401
-
-from dicom_sr import read_triage_sr  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "ohif-test-token"
 DOCS = REPO / "docs"
 UPDATE_DOCS = os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1"
-pytestmark = [
-    pytest.mark.dcmtk,
-    pytest.mark.slow,
-    pytest.mark.skipif((not Path(CHROMIUM).exists() or shutil.which("npm") is None) and not os.environ.get("CI"),
-                       reason="needs Debian's chromium and npm (for @ohif/app)"),
-]
+pytestmark = [pytest.mark.dcmtk, pytest.mark.slow, needs_tools("chromium", "npm", "storescu")]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +50,7 @@ def ohif_server(ohif_dist: Path, tmp_path: Path) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(node_url: str) -> str:
-        port = e2e_free_port()
+        port = free_port()
         proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "ohif_serve.py"), "--dist", str(ohif_dist),
                                  "--node", node_url, "--port", str(port)],
                                 env={**os.environ, "TRIAGE_NODE_TOKEN": TOKEN}, stdout=subprocess.PIPE,
@@ -80,13 +74,13 @@ def _not_blank(png: bytes) -> float:
     return float(pixels.std())
 
 
-def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_model: Path, start_node,
+def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_model_dir: Path, node_factory,
                                                              ohif_server) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import sync_playwright
 
-    cfg = node_config(tmp_path / "node", tiny_model, http={"enabled": True, "port": 0, "token": TOKEN},
+    cfg = node_config(tmp_path / "node", tiny_model_dir, http={"enabled": True, "port": 0, "token": TOKEN},
                       results={"summary_card": True})
-    node = start_node(cfg)
+    node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "OHIF-DEMO", images=1)
     sr = sr_uid(node, study_uid)
     result = read_triage_sr(pydicom.dcmread(next(Path(node.settings.storage.path).rglob(f"{sr}.dcm"))))

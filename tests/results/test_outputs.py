@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,32 +18,16 @@ from typing import Any
 import pydicom
 import pytest
 
+from dicom_sr import read_triage_sr, run_dciodvfy
+from dicom_sr.codes import STATE_CODES
+from tests.support.ci import needs_tools
+from tests.support.config import node_config
+from tests.support.orthanc import WAIT_S, forwarding_node, outbox_rows, send_chest_study, sr_uid
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+
 HERE = Path(__file__).resolve().parent
-for extra in (HERE.parent / "e2e", HERE.parent / "forward"):
-    if str(extra) not in sys.path:
-        sys.path.append(str(extra))
-
-from e2e_helpers import e2e_free_port, node_config, wait_until  # noqa: E402
-from test_forward import (  # noqa: E402,F401  (fixtures are used by name)
-    ORTHANC_BIN,
-    WAIT_S,
-    forwarding_node,
-    orthanc_factory,
-    outbox_rows,
-    send_chest_study,
-    sr_uid,
-    start_node,
-    tiny_model,
-)
-
-from dicom_sr import read_triage_sr, run_dciodvfy  # noqa: E402
-from dicom_sr.codes import STATE_CODES  # noqa: E402
-
-pytestmark = [
-    pytest.mark.dcmtk,
-    pytest.mark.skipif(shutil.which("storescu") is None and not os.environ.get("CI"),
-                       reason="needs DCMTK's storescu, dcmdump and dicom3tools' dciodvfy"),
-]
+pytestmark = [pytest.mark.dcmtk, needs_tools("storescu", "dcmdump", "dciodvfy")]
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
@@ -90,21 +73,14 @@ def peers() -> Iterator[list[Peer]]:
         p.stop()
 
 
-def _append(cfg: Any, text: str) -> None:
-    with cfg.config_path.open("a", encoding="utf-8") as f:
-        f.write(text)
-
-
 # --------------------------------------------------------------------------- summary card and PDF
-@pytest.mark.skipif(ORTHANC_BIN is None and not os.environ.get("CI"), reason="needs Orthanc")
-def test_card_and_pdf_are_stored_forwarded_and_valid(tmp_path: Path, tiny_model: Path, orthanc_factory,
-                                                     start_node) -> None:  # type: ignore[no-untyped-def]
+@needs_tools("Orthanc")
+def test_card_and_pdf_are_stored_forwarded_and_valid(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
+                                                     node_factory) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()
     orthanc.start()
-    cfg = forwarding_node(tmp_path / "node", tiny_model, orthanc)
-    text = cfg.config_path.read_text().replace('send = "sr"', 'send = ["sr", "sc", "pdf"]')
-    cfg.config_path.write_text(text)
-    node = start_node(cfg)
+    cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send=["sr", "sc", "pdf"])
+    node = node_factory(cfg)
     study_uid, image_uids = send_chest_study(tmp_path / "src", cfg.port, "CARD-1")
     sr = sr_uid(node, study_uid)
 
@@ -143,20 +119,19 @@ def test_card_and_pdf_are_stored_forwarded_and_valid(tmp_path: Path, tiny_model:
 
 
 # --------------------------------------------------------------------------- HL7 over MLLP
-def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model: Path, start_node,
+def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model_dir: Path, node_factory,
                                                       peers: list[Peer]) -> None:  # type: ignore[no-untyped-def]
     from hl7apy.parser import parse_message
 
-    port = e2e_free_port()
+    port = free_port()
     received = tmp_path / "ris.jsonl"
     listener = Peer([str(HERE / "peers" / "mllp_listener.py"), str(port), str(received)], tmp_path / "ris.log")
     peers.append(listener)
-    cfg = node_config(tmp_path / "node", tiny_model,
+    cfg = node_config(tmp_path / "node", tiny_model_dir,
                       forwarding={"initial_backoff_seconds": 0.3, "max_backoff_seconds": 0.6,
-                                  "max_age_seconds": 600, "poll_seconds": 0.2, "timeout_seconds": 5})
-    _append(cfg, f'\n[[hl7]]\nhost = "127.0.0.1"\nport = {port}\nreceiving_application = "RIS"\n'
-                 f'timeout_seconds = 5\n')
-    node = start_node(cfg)
+                                  "max_age_seconds": 600, "poll_seconds": 0.2, "timeout_seconds": 5},
+                      hl7=[{"host": "127.0.0.1", "port": port, "receiving_application": "RIS", "timeout_seconds": 5}])
+    node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "HL7-1")
     sr = sr_uid(node, study_uid)
 
@@ -193,19 +168,19 @@ def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model
     assert "Research use only" in er7
 
 
-def test_a_refused_hl7_message_becomes_a_dead_letter(tmp_path: Path, tiny_model: Path, start_node,
+def test_a_refused_hl7_message_becomes_a_dead_letter(tmp_path: Path, tiny_model_dir: Path, node_factory,
                                                     peers: list[Peer]) -> None:  # type: ignore[no-untyped-def]
     """A RIS answering AE is not a delivery: retried, then a dead letter naming the ACK code."""
-    port = e2e_free_port()
+    port = free_port()
     received = tmp_path / "ris.jsonl"
     listener = Peer([str(HERE / "peers" / "mllp_listener.py"), str(port), str(received), "AE"], tmp_path / "ris.log")
     peers.append(listener)
     listener.start()
-    cfg = node_config(tmp_path / "node", tiny_model,
+    cfg = node_config(tmp_path / "node", tiny_model_dir,
                       forwarding={"initial_backoff_seconds": 0.2, "max_backoff_seconds": 0.4,
-                                  "max_age_seconds": 3, "poll_seconds": 0.2, "timeout_seconds": 5})
-    _append(cfg, f'\n[[hl7]]\nhost = "127.0.0.1"\nport = {port}\n')
-    node = start_node(cfg)
+                                  "max_age_seconds": 3, "poll_seconds": 0.2, "timeout_seconds": 5},
+                      hl7=[{"host": "127.0.0.1", "port": port}])
+    node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "HL7-AE")
     sr_uid(node, study_uid)
     row = wait_until(lambda: next((r for r in outbox_rows(node, study_uid) if r.state == "dead"), None), WAIT_S,
@@ -254,21 +229,21 @@ def test_hl7_priority_update_only_raises(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- FHIR
-def test_fhir_diagnostic_report_reaches_the_server(tmp_path: Path, tiny_model: Path, start_node,
+def test_fhir_diagnostic_report_reaches_the_server(tmp_path: Path, tiny_model_dir: Path, node_factory,
                                                    peers: list[Peer]) -> None:  # type: ignore[no-untyped-def]
     from fhir.resources.bundle import Bundle
 
-    port = e2e_free_port()
+    port = free_port()
     received = tmp_path / "fhir.jsonl"
     server = Peer([str(HERE / "peers" / "fhir_endpoint.py"), str(port), "s3cret", str(received)], tmp_path / "fhir.log")
     peers.append(server)
     server.start()
-    cfg = node_config(tmp_path / "node", tiny_model,
+    cfg = node_config(tmp_path / "node", tiny_model_dir,
                       forwarding={"initial_backoff_seconds": 0.3, "max_backoff_seconds": 0.6,
-                                  "max_age_seconds": 600, "poll_seconds": 0.2, "timeout_seconds": 5})
-    _append(cfg, f'\n[[fhir]]\nurl = "http://127.0.0.1:{port}/fhir"\ntoken = "s3cret"\n'
-                 f'\n[[fhir]]\nurl = "http://127.0.0.1:{port}/wrong-token"\ntoken = "nope"\n')
-    node = start_node(cfg)
+                                  "max_age_seconds": 600, "poll_seconds": 0.2, "timeout_seconds": 5},
+                      fhir=[{"url": f"http://127.0.0.1:{port}/fhir", "token": "s3cret"},
+                            {"url": f"http://127.0.0.1:{port}/wrong-token", "token": "nope"}])
+    node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "FHIR-1")
     sr = sr_uid(node, study_uid)
 

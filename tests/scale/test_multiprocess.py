@@ -11,14 +11,11 @@ attempts), exactly one SR stored and current, index rows == files, no temp file 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,131 +24,46 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
-REPO = Path(__file__).resolve().parents[2]
-NODE_AE = "TRIAGE_NODE"
+from tests.support.config import NODE_AE, PROFILES_DIR, NodeConfig, triage_sections, write_node_config
+from tests.support.polling import wait_until
+from tests.support.serve import ServeProcess
+
 SCU_AE = "SCALE_SCU"
 LEASE_SECONDS = 3.0
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Member(ServeProcess):
+    """One `triage-node serve` of the cluster, with its own config, data dir and audit file."""
 
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-@dataclass
-class Proc:
-    """One `triage-node serve` child process with its own config, data dir and audit file."""
-
-    name: str
-    root: Path
-    config: Path
-    port: int
-    proc: subprocess.Popen | None = None  # type: ignore[type-arg]
-    log: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log = self.root / f"{self.name}.log"
-
-    def start(self) -> "Proc":
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("TRIAGE_NODE__")}
-        exe = Path(sys.executable).with_name("triage-node")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "node.cli"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([*cmd, "serve", "--config", str(self.config)], env=env, cwd=self.root,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-        return "Ctrl-C to stop" in self.output()
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from node.triage.tiny_model import build_tiny_siglip
-
-    torch.set_num_threads(1)
-    return build_tiny_siglip(tmp_path_factory.mktemp("scale-tiny-siglip"), image_size=64, seed=0)
+    def __init__(self, cfg: NodeConfig, name: str) -> None:
+        super().__init__(cfg.config_path, cfg.root, name=name)
+        self.root, self.port = cfg.root, cfg.port
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres_url: str, tiny_model: Path) -> Iterator[Callable[..., Proc]]:
+def cluster(tmp_path: Path, postgres_url: str, tiny_model_dir: Path) -> Iterator[Callable[..., Member]]:
     """``make(name, roles)`` writes a config sharing the database and storage path; all stopped at teardown."""
-    made: list[Proc] = []
+    made: list[Member] = []
     shared_storage = tmp_path / "shared-storage"
 
-    def make(name: str, roles: list[str]) -> Proc:
-        root = tmp_path / name
-        root.mkdir()
-        port = _free_port()
-        data = root / "data"
-        sections: dict[str, dict[str, Any]] = {
-            "node": {"data_dir": data, "log_level": "warning", "roles": roles},
-            "dicom": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": port, "allowed_peers": [SCU_AE]},
-            "storage": {"path": shared_storage, "min_free_bytes": 0},
-            "database": {"url": postgres_url},
-            "stability": {"quiet_seconds": 1.5, "tick_seconds": 0.2},
-            "audit": {"path": data / "audit.jsonl"},  # one audit file per process (per host)
-            "model": {"path": tiny_model, "device": "cpu", "offline": True, "batch_size": 4},
-            "triage": {"profiles_dir": REPO / "config" / "profiles", "poll_seconds": 0.1,
-                       "stale_job_seconds": LEASE_SECONDS, "heartbeat_seconds": 0.5},
-            "http": {"enabled": False},
-        }
-        text_ = "\n".join(f"[{s}]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in vals.items()) + "\n"
-                          for s, vals in sections.items())
-        config = root / "node.toml"
-        config.write_text(text_, encoding="utf-8")
-        made.append(Proc(name, root, config, port))
+    def make(name: str, roles: list[str]) -> Member:
+        sections = triage_sections(tiny_model_dir, batch_size=4)
+        sections["triage"].update({"profiles_dir": str(PROFILES_DIR), "poll_seconds": 0.1,
+                                   "stale_job_seconds": LEASE_SECONDS, "heartbeat_seconds": 0.5})
+        cfg = write_node_config(tmp_path / name, **sections,
+                                node={"roles": roles},
+                                dicom={"allowed_peers": [SCU_AE]},
+                                storage={"path": str(shared_storage)},
+                                database={"url": postgres_url},
+                                stability={"quiet_seconds": 1.5, "tick_seconds": 0.2})
+        made.append(Member(cfg, name))  # one audit file per process (per host): each under its own data dir
         return made[-1]
 
     yield make
     for p in made:
-        p.stop()
+        p.stop(timeout=10)
 
 
 def _split_study(folder: Path, factory: Any, n: int) -> tuple[str, list[Path]]:
@@ -203,10 +115,10 @@ def test_two_receivers_one_worker_killed_mid_job(cluster, dicom_factory, tmp_pat
     r1, r2 = cluster("receiver1", ["receive", "stability"]), cluster("receiver2", ["receive", "stability"])
     w1 = cluster("worker1", ["triage"])
     for p in (r1, r2, w1):
-        p.start()
+        p.start(wait=False)  # the three start while the study is written
     study_uid, paths = _split_study(tmp_path / "study", dicom_factory, 16)
     for p in (r1, r2, w1):
-        wait_for(p.ready, 90, f"{p.name} to start")
+        p.wait_ready(90)
 
     # a receive-only process never loaded torch; a triage-only process opens no DICOM port
     assert r1.proc is not None and w1.proc is not None
@@ -232,19 +144,18 @@ def test_two_receivers_one_worker_killed_mid_job(cluster, dicom_factory, tmp_pat
             return list(conn.execute(text(sql), params).all())
 
     # catch the worker while it holds the running job, then SIGKILL it
-    running = wait_for(lambda: rows("SELECT id, worker FROM triage_job WHERE study_instance_uid = :u "
-                                    "AND state = 'running'", u=study_uid), 60, "the job to run", 0.01)
+    running = wait_until(lambda: rows("SELECT id, worker FROM triage_job WHERE study_instance_uid = :u "
+                                      "AND state = 'running'", u=study_uid), 60, "the job to run", interval=0.01)
     job_id, dead_worker = running[0]
-    w1.kill9()
+    w1.kill()
     killed_at = time.monotonic()
     state = rows("SELECT state, worker FROM triage_job WHERE id = :i", i=job_id)[0]
     assert state == ("running", dead_worker), f"the job finished before the kill could catch it: {state}"
 
     # another worker process (another slot, as on another host) retakes it after the lease
-    w2 = cluster("worker2", ["triage"]).start()
-    wait_for(w2.ready, 90, "worker2 to start")
-    wait_for(lambda: rows("SELECT 1 FROM triage_job WHERE id = :i AND state = 'done'", i=job_id), 60,
-             "the retaken job to finish")
+    w2 = cluster("worker2", ["triage"]).start(timeout=90)
+    wait_until(lambda: rows("SELECT 1 FROM triage_job WHERE id = :i AND state = 'done'", i=job_id), 60,
+               "the retaken job to finish")
     assert time.monotonic() - killed_at >= LEASE_SECONDS - 0.5, "retaken before the lease ran out"
 
     # invariants: one study, one job done once, exactly one current SR, rows == files, no temp files

@@ -12,24 +12,24 @@ from highdicom.sr import Comprehensive3DSR
 from pydicom.uid import generate_uid
 
 from dicom_sr import read_triage_sr
-from test_dicom_sr import (  # noqa: F401  (study is a fixture)
+from tests.support.sr import (
     Study,
-    _assert_dciodvfy_clean,
-    _assert_same_result,
-    _assist_result,
-    _build,
-    _save_and_reread,
-    study,
+    algorithm_info,
+    assert_dciodvfy_clean,
+    assert_same_result,
+    assist_result,
+    build_sr,
+    save_and_reread,
 )
 
 PERCENT = ("%", "UCUM")
 
 
 def test_image_level_groups_reference_the_images_that_drove_each_finding(study: Study, tmp_path: Path) -> None:
-    result = _assist_result(study)
-    path, ds = _save_and_reread(_build(result, study, study.images), tmp_path)
-    _assert_dciodvfy_clean(path)
-    _assert_same_result(read_triage_sr(ds), result)  # the study-level reading is unchanged
+    result = assist_result(study)
+    path, ds = save_and_reread(build_sr(result, study, study.images), tmp_path)
+    assert_dciodvfy_clean(path)
+    assert_same_result(read_triage_sr(ds), result)  # the study-level reading is unchanged
 
     report = Comprehensive3DSR.from_dataset(ds).content
     groups = report.get_planar_roi_measurement_groups()
@@ -70,8 +70,8 @@ def test_image_level_groups_reference_the_images_that_drove_each_finding(study: 
 
 
 def test_requested_procedure_evidence_and_referenced_request(study: Study, tmp_path: Path) -> None:
-    result = _assist_result(study)
-    _, ds = _save_and_reread(_build(result, study, study.images), tmp_path)
+    result = assist_result(study)
+    _, ds = save_and_reread(build_sr(result, study, study.images), tmp_path)
     (evidence,) = ds.CurrentRequestedProcedureEvidenceSequence
     assert evidence.StudyInstanceUID == study.pa.StudyInstanceUID
     listed = {s.ReferencedSOPInstanceUID for series in evidence.ReferencedSeriesSequence
@@ -91,8 +91,8 @@ def test_requested_procedure_evidence_and_referenced_request(study: Study, tmp_p
     code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "RPID17", "RADLEX", "XR Chest 2 views"
     item.RequestedProcedureCodeSequence = [code]
     study.pa.RequestAttributesSequence = [item]
-    path, ds = _save_and_reread(_build(result, study, study.images), tmp_path)
-    _assert_dciodvfy_clean(path)
+    path, ds = save_and_reread(build_sr(result, study, study.images), tmp_path)
+    assert_dciodvfy_clean(path)
     (request,) = ds.ReferencedRequestSequence
     assert request.RequestedProcedureID == "RP-7"
     assert request.RequestedProcedureCodeSequence[0].CodeValue == "RPID17"
@@ -100,7 +100,7 @@ def test_requested_procedure_evidence_and_referenced_request(study: Study, tmp_p
     # no accession number and no request: no Referenced Request (type 1C, the SR answers no known order)
     del study.pa.RequestAttributesSequence
     study.pa.AccessionNumber = ""
-    _, ds = _save_and_reread(_build(result, study, study.images, sop_instance_uid=generate_uid()), tmp_path)
+    _, ds = save_and_reread(build_sr(result, study, study.images, sop_instance_uid=generate_uid()), tmp_path)
     assert "ReferencedRequestSequence" not in ds
 
 
@@ -111,12 +111,11 @@ def test_no_assist_summary_card_and_pdf_validate(study: Study, tmp_path: Path) -
 
     from dicom_sr import Code, TriageResult
     from dicom_sr.card import build_card_pdf, build_card_sc, card_pdf, card_text, render_card
-    from test_dicom_sr import _algorithm
 
     result = TriageResult(assist=False, priority="MEDIUM",
                           no_assist_reason=Code("no-eligible-image", "99TRIAGE", "No eligible image"),
                           no_assist_text="No AI assessment: no image fits the profile", findings=(),
-                          evaluated_images=(), algorithm=_algorithm(is_test_model=True))
+                          evaluated_images=(), algorithm=algorithm_info(is_test_model=True))
     text = card_text(result, "1.2.3")
     assert text.priority.count("No AI assessment") == 1 and text.findings == ()
     assert "TEST MODEL" in text.warning
@@ -131,8 +130,8 @@ def test_no_assist_summary_card_and_pdf_validate(study: Study, tmp_path: Path) -
         if not hasattr(ds, "file_meta"):
             ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        path, back = _save_and_reread(ds, tmp_path)
-        _assert_dciodvfy_clean(path)
+        path, back = save_and_reread(ds, tmp_path)
+        assert_dciodvfy_clean(path)
         assert (back.StudyInstanceUID, back.PatientID) == (study.pa.StudyInstanceUID, study.pa.PatientID)
     assert bytes(pdf.EncapsulatedDocument)[:4] == b"%PDF" and pdf.EncapsulatedDocumentLength <= len(pdf.EncapsulatedDocument)
 
@@ -143,7 +142,6 @@ def test_a_no_assist_result_draws_no_scores_on_the_image(study: Study, tmp_path:
     import pytest
 
     from dicom_sr import Code, FindingResult, FindingState, ImageRef, TriageResult
-    from test_dicom_sr import _algorithm
 
     evaluated = (ImageRef(study.pa.SOPClassUID, study.pa.SOPInstanceUID, study.pa.SeriesInstanceUID),)
     finding = FindingResult(finding=Code("36118008", "SCT", "Pneumothorax"), state=FindingState.INDETERMINATE,
@@ -153,9 +151,9 @@ def test_a_no_assist_result_draws_no_scores_on_the_image(study: Study, tmp_path:
                           no_assist_reason=Code("urgent-finding-indeterminate", "99TRIAGE",
                                                 "Urgent finding indeterminate"),
                           no_assist_text="No AI assessment: an urgent finding is indeterminate.",
-                          findings=(finding,), evaluated_images=evaluated, algorithm=_algorithm())
-    path, ds = _save_and_reread(_build(result, study, [study.pa]), tmp_path)
-    _assert_dciodvfy_clean(path)
+                          findings=(finding,), evaluated_images=evaluated, algorithm=algorithm_info())
+    path, ds = save_and_reread(build_sr(result, study, [study.pa]), tmp_path)
+    assert_dciodvfy_clean(path)
 
     def walk(items):  # type: ignore[no-untyped-def]
         for item in items:

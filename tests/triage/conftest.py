@@ -1,8 +1,6 @@
-"""Fixtures for the model tests: a tiny random SigLIP built on the spot (no downloads).
-
-The checkpoint is written once per session by ``node.triage.tiny_model.build_tiny_siglip`` and
-loaded through the product's own ``load_model``; tests that alter it work on a copy.
-"""
+"""Fixtures for the model tests: the session's tiny random SigLIP (``tiny_model_dir``, built once by
+tests/conftest.py) loaded through the product's own ``load_model``; tests that alter the checkpoint
+work on a copy."""
 
 from __future__ import annotations
 
@@ -10,19 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from node.triage.model import LoadedModel, ModelSettings, load_model
-from node.triage.tiny_model import build_tiny_siglip
-
-TINY_IMAGE_SIZE = 64
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A read-only (by convention) tiny SigLIP checkpoint folder. Copy it before changing it."""
-    torch.set_num_threads(1)  # the CI machine is small and shared
-    return build_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip"), image_size=TINY_IMAGE_SIZE, seed=0)
 
 
 @pytest.fixture(scope="session")

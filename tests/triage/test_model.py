@@ -24,8 +24,7 @@ from node.triage.model import (
     weights_sha256,
 )
 from node.triage.tiny_model import TEST_MODEL_MARKER, TINY_MODEL_ID, build_tiny_siglip
-
-TINY_IMAGE_SIZE = 64  # as built by tests/triage/conftest.py
+from tests.support.model import TINY_IMAGE_SIZE
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:

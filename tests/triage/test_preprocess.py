@@ -9,16 +9,14 @@ import time
 import numpy as np
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 
 from node.triage.preprocess import (
@@ -30,36 +28,10 @@ from node.triage.preprocess import (
     to_model_input,
 )
 from node.triage.profiles import PreprocessDefaults
+from tests.support.pixels import make_ds
 
 # LINEAR_EXACT with c=127.5, w=255 maps x -> x on 0..255: lets a test see later steps untouched.
 IDENTITY_WINDOW = {"WindowCenter": 127.5, "WindowWidth": 255, "VOILUTFunction": "LINEAR_EXACT"}
-
-
-def make_ds(arr: np.ndarray, pi: str | None = None, *, bits_stored: int | None = None, frames: int = 1, **tags):
-    """A minimal uncompressed image dataset around ``arr`` ((frames,) rows, cols (, 3))."""
-    arr = np.ascontiguousarray(arr)
-    colour = arr.ndim == (4 if frames > 1 else 3)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.SOPInstanceUID = generate_uid()
-    shape = arr.shape[1:] if frames > 1 else arr.shape
-    ds.Rows, ds.Columns = shape[0], shape[1]
-    ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = pi or ("RGB" if colour else "MONOCHROME2")
-    if colour:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated = arr.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if arr.dtype.kind == "i" else 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    for k, v in tags.items():
-        setattr(ds, k, v)
-    ds.PixelData = arr.tobytes()
-    return ds
 
 
 def grey(out: np.ndarray) -> np.ndarray:

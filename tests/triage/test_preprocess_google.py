@@ -10,7 +10,7 @@ import pytest
 from node.triage.preprocess import to_model_input
 from node.triage.preprocess_google import GOOGLE_DICOM_VERSION, resize_bicubic_antialias
 from node.triage.profiles import PreprocessDefaults
-from test_preprocess import make_ds
+from tests.support.pixels import make_ds
 
 GOOGLE = PreprocessDefaults(window_center=None, window_width=None, multiframe="middle", method=GOOGLE_DICOM_VERSION)
 

@@ -5,7 +5,6 @@ STOW/QIDO/WADO through ``dicomweb-client``; refusals, UPS-RS and operations thro
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ from requests.exceptions import HTTPError
 from sqlalchemy import func, select
 
 from node.db.models import Instance, WorklistItem
+from tests.support.config import make_settings, triage_sections
+from tests.support.polling import wait_until
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-REPO = Path(__file__).resolve().parents[2]
 MAX_BODY = 3_000_000
 
 
@@ -41,40 +41,15 @@ def _multipart(parts: list[tuple[str, bytes]], boundary: str = "XyZbOuNdArY") ->
 
 
 def _settings(root: Path):  # type: ignore[no-untyped-def]
-    """A node on loopback with HTTP on port 0 (the suite's make_settings is function-scoped)."""
-    import socket
-
-    from node.config import Settings
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = root / "data"
-    return Settings.model_validate({
-        "node": {"data_dir": str(data), "log_level": "warning"},
-        "dicom": {"ae_title": "TRIAGE_NODE", "host": "127.0.0.1", "port": port, "allowed_peers": ["STORESCU"]},
-        "storage": {"path": str(data / "storage"), "min_free_bytes": 0},
-        "database": {"url": f"sqlite:///{data / 'index.db'}"},
-        "stability": {"quiet_seconds": 1.0, "tick_seconds": 0.2},
-        "audit": {"path": str(data / "audit.jsonl")},
-        "triage": {"enabled": False},
-        "http": {"enabled": True, "host": "127.0.0.1", "port": 0, "token": TOKEN, "max_body_bytes": MAX_BODY},
-    })
+    """A node on loopback with HTTP on port 0 and a body limit (built for module-scoped nodes)."""
+    return make_settings(root, dicom={"allowed_peers": ["STORESCU"]},
+                         http={"enabled": True, "token": TOKEN, "max_body_bytes": MAX_BODY})
 
 
 @pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory, session_dicom_factory):  # type: ignore[no-untyped-def]
-    from node import oplog
-    from node.service import Node
-
-    oplog.configure("warning")
-    node = Node(_settings(tmp_path_factory.mktemp("web")))
-    node.start()
-    factory = session_dicom_factory
-    try:
-        yield node, f"http://127.0.0.1:{node.http_port}", factory
-    finally:
-        node.stop()
+def web(tmp_path_factory: pytest.TempPathFactory, session_dicom_factory, module_node_factory):  # type: ignore[no-untyped-def]
+    node = module_node_factory(_settings(tmp_path_factory.mktemp("web")))
+    return node, f"http://127.0.0.1:{node.http_port}", session_dicom_factory
 
 
 @pytest.fixture(scope="module")
@@ -255,17 +230,9 @@ def _state(client: httpx.Client, uid: str, state: str, transaction: str) -> http
 
 
 def test_ups_rs_workitems_after_triage(tmp_path: Path, node_factory, make_settings,  # type: ignore[no-untyped-def]
-                                       dicom_factory) -> None:
-    import torch
-
-    from node.triage.tiny_model import build_tiny_siglip
-
-    torch.set_num_threads(1)
-    model = build_tiny_siglip(tmp_path / "tiny", image_size=64, seed=0)
-    settings = make_settings(
-        tmp_path, http={"enabled": True, "port": 0, "token": TOKEN},
-        model={"path": str(model), "device": "cpu", "offline": True, "batch_size": 8},
-        triage={"enabled": True, "profiles_dir": str(REPO / "config" / "profiles"), "poll_seconds": 0.2})
+                                       dicom_factory, tiny_model_dir: Path) -> None:
+    settings = make_settings(tmp_path, http={"enabled": True, "port": 0, "token": TOKEN},
+                             **triage_sections(tiny_model_dir))
     node = node_factory(settings)
     url = f"http://127.0.0.1:{node.http_port}"
     chest = [pydicom.dcmread(dicom_factory.dx_image(rows=256, cols=200)) for _ in range(2)]
@@ -273,13 +240,8 @@ def test_ups_rs_workitems_after_triage(tmp_path: Path, node_factory, make_settin
     studies = {d.StudyInstanceUID for d in chest}
 
     with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
-        deadline = time.monotonic() + 60
-        items: list[Any] = []
-        while time.monotonic() < deadline:
-            items = client.get("/dicomweb/workitems").json()
-            if len(items) >= len(studies):
-                break
-            time.sleep(0.3)
+        items: list[Any] = wait_until(lambda: (lambda got: got if len(got) >= len(studies) else None)(
+            client.get("/dicomweb/workitems").json()), 60, "a workitem per study", interval=0.3)
         workitems = [Dataset.from_json(i) for i in items]
         assert sorted(w.StudyInstanceUID for w in workitems) == sorted(studies)
         assert {w.ScheduledProcedureStepPriority for w in workitems} <= {"HIGH", "MEDIUM"}

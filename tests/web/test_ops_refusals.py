@@ -5,13 +5,14 @@ the model."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from tests.support.polling import wait_until
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -100,10 +101,9 @@ def test_healthz_degraded_while_the_model_is_not_loaded(tmp_path, make_settings,
     missing = tmp_path / "no-model-here"
     node, url = _web_node(tmp_path, make_settings, node_factory, triage={"enabled": True},
                           model={"path": str(missing), "offline": True, "retry_load_seconds": 3600})
-    deadline = time.monotonic() + 60
-    while node.worker.model_error in ("", "not loaded yet") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert node.worker.model is None and node.worker.model_error not in ("", "not loaded yet")
+    wait_until(lambda: node.worker.model_error not in ("", "not loaded yet"), 60, "the failed model load",
+               interval=0.1)
+    assert node.worker.model is None
     r = httpx.get(url + "/healthz")
     assert r.status_code == 200
     body = r.json()

@@ -16,6 +16,7 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from node.dicomweb.multipart import parse_media_type, parse_multipart
+from tests.support.config import make_settings
 
 TOKEN = "pixels-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,29 +24,10 @@ VIEWER_ORIGIN = "http://viewer.example:3000"
 
 
 @pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory, session_dicom_factory):  # type: ignore[no-untyped-def]
-    from node import oplog
-    from node.config import Settings
-    from node.service import Node
-
-    oplog.configure("warning")
-    root = tmp_path_factory.mktemp("pixels")
-    data = root / "data"
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    node = Node(Settings.model_validate({
-        "node": {"data_dir": str(data), "log_level": "warning"},
-        "dicom": {"ae_title": "TRIAGE_NODE", "host": "127.0.0.1", "port": port, "allowed_peers": ["STORESCU"]},
-        "storage": {"path": str(data / "storage"), "min_free_bytes": 0},
-        "database": {"url": f"sqlite:///{data / 'index.db'}"},
-        "audit": {"path": str(data / "audit.jsonl")},
-        "triage": {"enabled": False},
-        "http": {"enabled": True, "host": "127.0.0.1", "port": 0, "token": TOKEN, "cors_origins": [VIEWER_ORIGIN]},
-    }))
-    node.start()
+def web(tmp_path_factory: pytest.TempPathFactory, session_dicom_factory, module_node_factory):  # type: ignore[no-untyped-def]
+    node = module_node_factory(make_settings(
+        tmp_path_factory.mktemp("pixels"), dicom={"allowed_peers": ["STORESCU"]},
+        http={"enabled": True, "token": TOKEN, "cors_origins": [VIEWER_ORIGIN]}))
     factory = session_dicom_factory
     paths = [factory.mr_small(n=2, size=32, out_dir="pixels-mr")[0], factory.compressed(RLELossless, out_dir="px-rle"),
              factory.compressed(JPEG2000Lossless, out_dir="px-j2k")]
@@ -62,7 +44,6 @@ def web(tmp_path_factory: pytest.TempPathFactory, session_dicom_factory):  # typ
         yield node, client, [pydicom.dcmread(p) for p in paths]
     finally:
         client.close()
-        node.stop()
 
 
 def _url(ds: pydicom.Dataset) -> str:

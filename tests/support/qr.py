@@ -1,5 +1,6 @@
-"""Helpers for the Query/Retrieve and UPS tests (the fixture lives in conftest.py): one in-process
-node (tiny random SigLIP, triage on) holding two triaged studies, shared by test_qr.py and test_ups.py.
+"""The Query/Retrieve and UPS tests' node (built by ``qr_node`` in tests/qr/conftest.py): one
+in-process node (tiny random SigLIP, triage on) holding two triaged studies, shared by test_qr.py
+and test_ups.py.
 
 - a chest PA study (2 DX images, patient QRPAT1) -> an assisted triage + SR;
 - a lateral chest study (1 DX image, patient QRPAT2) -> a no-assist SR.
@@ -10,26 +11,11 @@ DCMTK storescp when it needs it.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-
-from e2e_helpers import (  # noqa: E402
-    NodeConfig,
-    e2e_free_port,
-    node_config,
-    open_db,
-    storescu,
-    study_jobs,
-    wait_until,
-    worklist_row,
-)
+from tests.support.config import NodeConfig
 
 MOVE_DEST_AE = "MOVE_DEST"
 
@@ -49,7 +35,7 @@ class QRNode:
         return self.cfg.port
 
     @property
-    def db(self):  # type: ignore[no-untyped-def]
+    def db(self) -> Any:
         return self.node.db
 
 

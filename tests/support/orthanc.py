@@ -1,0 +1,157 @@
+"""Orthanc (Debian's `Orthanc` binary) as the PACS the node forwards to: one process per instance,
+on free loopback ports, with its config and storage under its own folder; and the helpers of the
+forwarding tests (tests/forward, tests/results): a forwarding node's config, a chest study sent by
+storescu, the outbox as the CLI and the index show it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
+
+from tests.support.config import NodeConfig, node_config
+from tests.support.dimse import send_files
+from tests.support.index import worklist_row
+from tests.support.polling import wait_until
+from tests.support.ports import free_port
+from tests.support.serve import cli_command, node_env
+
+ORTHANC_BIN = shutil.which("Orthanc")
+WAIT_S = 60
+
+
+class Orthanc:
+    """One Orthanc on 127.0.0.1 with its config and storage under ``root``; start/stop by PID."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.config = root / "orthanc.json"
+        self.config.write_text(json.dumps({
+            "Name": "forward-test", "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomServerEnabled": True,
+            "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+            "Plugins": [], "HttpServerEnabled": True,
+        }, indent=2))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30) -> None:
+        self.starts += 1
+        log = (self.root / f"orthanc-{self.starts}.log").open("wb")
+        self.proc = subprocess.Popen([ORTHANC_BIN, str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=self.root)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"Orthanc exited ({self.proc.returncode}): "
+                            f"{(self.root / f'orthanc-{self.starts}.log').read_text(errors='replace')[-2000:]}")
+            try:
+                system = self._request("GET", "/system")
+                if system.get("DicomPort") == self.dicom_port:
+                    return
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc did not answer /system within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def has_instance(self, sop_uid: str) -> bool:
+        found = self._request("POST", "/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
+        return bool(found)
+
+    def instance_tags(self, sop_uid: str) -> dict[str, Any]:
+        (orthanc_id,) = self._request("POST", "/tools/find",
+                                      {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
+        return self._request("GET", f"/instances/{orthanc_id}/simplified-tags")
+
+
+
+def forwarding_node(root: Path, model: Path, orthanc: Orthanc, *, send: str | list[str] = "sr",
+                    **forwarding: float) -> NodeConfig:
+    """A triaging node whose one [[forward]] destination is ``orthanc`` (``send``: "sr" or "both")."""
+    policy = {"initial_backoff_seconds": 0.2, "max_backoff_seconds": 1.0, "max_age_seconds": 600,
+              "timeout_seconds": 10, "poll_seconds": 0.2, **forwarding}
+    return node_config(root, model, forwarding=policy,
+                       forward=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port,
+                                 "send": send}])
+
+
+def send_chest_study(root: Path, port: int, patient_id: str, images: int = 1) -> tuple[str, list[str]]:
+    """storescu an adult PA chest DX study (``images`` instances); returns (study UID, image UIDs)."""
+    from node.demo import synthetic_image
+
+    root.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = [synthetic_image(root / f"{patient_id}-{n}.dcm", modality="DX",
+                             sop_class=DigitalXRayImageStorageForPresentation, view="PA", body_part="CHEST", age=54,
+                             study_uid=study_uid, patient_id=patient_id, number=n, series_uid=series_uid,
+                             photometric="MONOCHROME2", rows=128, cols=128)
+             for n in range(1, images + 1)]
+    send_files(port, paths)
+    return study_uid, [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
+
+
+def sr_uid(node: Any, study_uid: str) -> str:
+    row = wait_until(lambda: worklist_row(node.db, study_uid), WAIT_S, "the study's SR (worklist row)")
+    return str(row["sr_sop_instance_uid"])
+
+
+def outbox_cli(cfg: NodeConfig, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*cli_command("outbox"), "--config", str(cfg.config_path), *args],
+                          capture_output=True, text=True, env=node_env(), cwd=cfg.root, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def outbox_json(cfg: NodeConfig) -> list[dict[str, Any]]:
+    return json.loads(outbox_cli(cfg, "--json").stdout)
+
+
+def outbox_rows(node: Any, study_uid: str) -> list[Any]:
+    from sqlalchemy import select
+
+    from node.db.models import OutboxItem
+
+    with node.db.session() as session:
+        return list(session.execute(select(OutboxItem).where(OutboxItem.study_instance_uid == study_uid)
+                                    .order_by(OutboxItem.id)).scalars().all())
+
+
+def export_events(cfg: NodeConfig) -> list[dict[str, Any]]:
+    lines = cfg.audit_path.read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event_id"]["code"] == "110106"]
+
+
