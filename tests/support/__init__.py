@@ -9,7 +9,10 @@ keeping its own copy. Fixtures stay in the conftest.py files; they import from h
 - ``serve``    one ``triage-node`` subprocess, ``ServeProcess`` (behind ``serve_factory``)
 - ``model``    one tiny SigLIP builder (behind the session-scoped ``tiny_model_dir`` fixture)
 - ``factory``  synthetic DICOM instances (behind ``dicom_factory``)
-- the rest: what the tests of one area share (DIMSE senders, index readers, Orthanc, the QR node)
+- the rest, what the tests of one area share: ``dimse`` (pynetdicom and DCMTK senders), ``files``
+  (Part-10 files sent and kept), ``index`` (index rows, jobs, worklist, audit lines), ``orthanc``
+  (Orthanc as the PACS, the outbox), ``qr`` and ``console`` (their session-scoped nodes), ``sr``
+  (synthetic studies and SR checks), ``pixels`` (minimal image data sets)
 
 The package is imported as ``tests.support`` (pyproject's ``pythonpath = ["."]``); no test touches sys.path.
 """

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -57,20 +56,18 @@ class Orthanc:
         log = (self.root / f"orthanc-{self.starts}.log").open("wb")
         self.proc = subprocess.Popen([ORTHANC_BIN, str(self.config)], stdout=log, stderr=subprocess.STDOUT,
                                      cwd=self.root)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"Orthanc exited ({self.proc.returncode}): "
+        proc = self.proc
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"Orthanc exited ({proc.returncode}): "
                             f"{(self.root / f'orthanc-{self.starts}.log').read_text(errors='replace')[-2000:]}")
             try:
-                system = self._request("GET", "/system")
-                if system.get("DicomPort") == self.dicom_port:
-                    return
+                return bool(self._request("GET", "/system").get("DicomPort") == self.dicom_port)
             except (OSError, urllib.error.URLError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not answer /system within {timeout:.0f} s")
-            time.sleep(0.1)
+                return False
+
+        wait_until(answers, timeout, "Orthanc to answer /system", interval=0.1)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
