@@ -82,7 +82,7 @@ class DriftWatch:
     def _transition(self, r: StreamReport, weights: str) -> None:
         now = datetime.now(timezone.utc)
         announce: list[tuple[str, int]] = []
-        with self.db.write_lock, self.db.session() as session, session.begin():
+        with self.db.write() as session:
             state = session.execute(select(DriftStream).where(
                 DriftStream.stream_key == r.key, DriftStream.weights_sha256 == weights,
                 DriftStream.preprocessing_version == r.preprocessing_version)).scalar_one_or_none()

@@ -23,16 +23,14 @@ from sqlalchemy import select
 from node.db.engine import Database
 from node.db.models import Instance, Patient, Series, Study, WorklistItem
 from node.uids import is_valid_uid
-from node.worklist import clear_raise_in_session, priority_rank
+from node.worklist.priority import HIGH, LOW, MEDIUM, priority_rank
+from node.worklist.rows import clear_raise_in_session
+from node.worklist.states import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED, STATES
 
 UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"  # the SOP Class of every UPS instance
 UPS_PULL_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.3"
 WORKLIST_LABEL = "AI triage"
 CHARSET = "ISO_IR 192"
-
-SCHEDULED, IN_PROGRESS, CANCELED, COMPLETED = "SCHEDULED", "IN PROGRESS", "CANCELED", "COMPLETED"
-STATES = (SCHEDULED, IN_PROGRESS, CANCELED, COMPLETED)
-FINAL = (CANCELED, COMPLETED)
 
 # PS3.4 CC status codes (N-ACTION Change State).
 SUCCESS = 0x0000
@@ -101,7 +99,7 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
     ds.SOPClassUID = UPS_PUSH_SOP_CLASS
     ds.SOPInstanceUID = item.ups_sop_instance_uid
     # Unified Procedure Step Scheduled Procedure Information Module
-    ds.ScheduledProcedureStepPriority = item.priority if item.priority in ("HIGH", "MEDIUM", "LOW") else "MEDIUM"
+    ds.ScheduledProcedureStepPriority = item.priority if item.priority in (HIGH, MEDIUM, LOW) else MEDIUM
     ds.ScheduledProcedureStepModificationDateTime = _dt(item.state_changed_at or item.triaged_at)
     ds.ProcedureStepLabel = (f"AI triage {item.priority}: "
                              + ("assessed" if item.assist else f"no assist ({item.reason or 'unknown'})"))[:64]
@@ -280,7 +278,7 @@ def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: st
         return StateChange(MISSING_ATTRIBUTE, "Transaction UID (0008,1195) is required")
     if not is_valid_uid(transaction_uid):
         return StateChange(INVALID_ARGUMENT, "Transaction UID is not a valid UID")
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         item = session.execute(select(WorklistItem).where(
             WorklistItem.ups_sop_instance_uid == ups_uid)).scalar_one_or_none()
         if item is None:
