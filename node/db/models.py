@@ -15,7 +15,7 @@ worklist_item                       node/worklist/rows.py (a result's row, a per
 outbox_item                         node/forward/outbox.py
 audit_head                          node/audit/log.py
 image_embedding                     node/embeddings/store.py
-drift_stream                        node/drift/ (report.py freezes a reference, watch.py the alert)
+drift_stream                        node/drift/streams.py (a frozen reference, the alert state)
 ==================================  ==========================================================
 
 Every write goes through ``Database.write()`` (node/db/engine.py). States kept as text are

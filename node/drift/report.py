@@ -35,6 +35,7 @@ from node.config import DriftSection, Settings
 from node.db.engine import Database
 from node.db.models import DriftStream, ImageEmbedding, WorklistItem
 from node.drift.stats import ks_shift, mmd_permutation_test, rate_change
+from node.drift.streams import freeze_reference
 from node.store.read import StoredFiles, instances_by_uid
 
 __all__ = ["StreamReport", "drift_report", "freeze_references", "stream_key", "HEADER_TAGS"]
@@ -251,14 +252,7 @@ def freeze_references(settings: Settings, db: Database, weights: str, preprocess
                 if stream is not None and key != stream:
                     continue
                 window = rows[-cfg.reference_size:]
-                state = session.execute(select(DriftStream).where(
-                    DriftStream.stream_key == key, DriftStream.weights_sha256 == weights,
-                    DriftStream.preprocessing_version == version)).scalar_one_or_none()
-                if state is None:
-                    state = DriftStream(stream_key=key, weights_sha256=weights, preprocessing_version=version,
-                                        first_seen_at=now, alert=False, reasons="")
-                    session.add(state)
-                state.reference_first_id, state.reference_last_id = window[0].id, window[-1].id
-                state.frozen_at = now
+                freeze_reference(session, key, weights, version, first_id=window[0].id, last_id=window[-1].id,
+                                 now=now)
                 frozen.append((key, len(window)))
     return frozen
