@@ -21,7 +21,8 @@ from pydicom.sequence import Sequence
 from sqlalchemy import select
 
 from node.db.engine import Database
-from node.db.models import Instance, Patient, Series, Study, WorklistItem
+from node.db.models import Patient, Study, WorklistItem
+from node.store.read import StoredInstance, instances_of_study
 from node.uids import is_valid_uid
 from node.worklist.priority import HIGH, LOW, MEDIUM, priority_rank
 from node.worklist.rows import clear_raise_in_session
@@ -92,8 +93,9 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 
 def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Patient | None = None,
-                series: list[tuple[Series, list[Instance]]] | None = None, retrieve_ae: str = "") -> Dataset:
-    """The UPS workitem of ``item`` (Transaction UID never included)."""
+                series: list[tuple[str, list[StoredInstance]]] | None = None, retrieve_ae: str = "") -> Dataset:
+    """The UPS workitem of ``item`` (Transaction UID never included); ``series`` are the study's
+    instances by Series Instance UID."""
     ds = Dataset()
     ds.SpecificCharacterSet = CHARSET
     ds.SOPClassUID = UPS_PUSH_SOP_CLASS
@@ -111,11 +113,11 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
         f"AI triage result (research use only), profile {item.profile or '-'}; "
         f"report SR {item.sr_sop_instance_uid or '-'}")[:10240]
     inputs = []
-    for se, instances in series or []:
+    for series_uid, instances in series or []:
         entry = Dataset()
         entry.TypeOfInstances = "DICOM"
         entry.StudyInstanceUID = item.study_instance_uid
-        entry.SeriesInstanceUID = se.series_instance_uid
+        entry.SeriesInstanceUID = series_uid
         refs = []
         for inst in instances:
             r = Dataset()
@@ -157,13 +159,11 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
 def _load(session: Any, item: WorklistItem, retrieve_ae: str) -> Dataset:
     study = session.execute(select(Study).where(Study.study_instance_uid == item.study_instance_uid)).scalar_one_or_none()
     patient = session.get(Patient, study.patient_pk) if study is not None else None
-    series: list[tuple[Series, list[Instance]]] = []
+    series: dict[str, list[StoredInstance]] = {}
     if study is not None:
-        for se in session.execute(select(Series).where(Series.study_pk == study.id).order_by(Series.id)).scalars():
-            insts = list(session.execute(select(Instance).where(Instance.series_pk == se.id)
-                                         .order_by(Instance.id)).scalars())
-            series.append((se, insts))
-    return ups_dataset(item, study=study, patient=patient, series=series, retrieve_ae=retrieve_ae)
+        for inst in instances_of_study(session, item.study_instance_uid):
+            series.setdefault(inst.series_instance_uid, []).append(inst)
+    return ups_dataset(item, study=study, patient=patient, series=list(series.items()), retrieve_ae=retrieve_ae)
 
 
 def get_workitem(db: Database, ups_uid: str, *, retrieve_ae: str = "") -> Dataset | None:
