@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import Select, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from node.db.engine import Database
@@ -41,12 +41,12 @@ class StoredInstance:
     path: str
 
 
-def _instances() -> Select[Any]:
-    """The one query: instances with their study and series, in a study's reading order."""
-    return (select(Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
-                   Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.path)
-            .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
-            .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id))
+#: The one query: instances with their study and series, in a study's reading order (callers
+#: add their WHERE; StoredInstance takes a row as it comes).
+_INSTANCES = (select(Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
+                     Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.path)
+              .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
+              .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id))
 
 
 @contextmanager
@@ -64,7 +64,7 @@ def instances_of_study(source: Database | Session, study_uid: str, *, series_uid
     """The study's instances in reading order, optionally of one series or only ``sop_uids``
     (at most 1000 of them); empty when the index has none. ``source`` is a Database, or the
     caller's Session to read inside its transaction."""
-    stmt = _instances().where(Study.study_instance_uid == study_uid)
+    stmt = _INSTANCES.where(Study.study_instance_uid == study_uid)
     if series_uid is not None:
         stmt = stmt.where(Series.series_instance_uid == series_uid)
     if sop_uids is not None:
@@ -82,7 +82,7 @@ def instances_of_studies(db: Database, study_uids: Sequence[str]) -> dict[str, l
     uids = list(out)
     with db.session() as session:
         for start in range(0, len(uids), _BATCH):
-            for row in session.execute(_instances().where(Study.study_instance_uid.in_(uids[start:start + _BATCH]))):
+            for row in session.execute(_INSTANCES.where(Study.study_instance_uid.in_(uids[start:start + _BATCH]))):
                 out[row[0]].append(StoredInstance(*row))
     return out
 
@@ -94,7 +94,7 @@ def instances_by_uid(db: Database, sop_uids: Sequence[str]) -> list[StoredInstan
     with db.session() as session:
         for start in range(0, len(uids), _BATCH):
             out.extend(StoredInstance(*row) for row in session.execute(
-                _instances().where(Instance.sop_instance_uid.in_(uids[start:start + _BATCH]))))
+                _INSTANCES.where(Instance.sop_instance_uid.in_(uids[start:start + _BATCH]))))
     return out
 
 

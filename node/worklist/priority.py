@@ -68,3 +68,4 @@ def priority_rank() -> Any:
     return case((WorklistItem.priority == HIGH, 0), (WorklistItem.priority == MEDIUM, 1), else_=2)
 
 
+__all__ = ["ORDER_PRIORITY_MAP", "PRIORITY_ORDER", "effective_priority", "order_priority", "priority_rank"]

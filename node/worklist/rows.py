@@ -14,10 +14,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_sr import NOT_CALIBRATED_TEXT
+from dicom_sr import NOT_CALIBRATED_TEXT, PRIORITY_MEDIUM
 from node.db.engine import Database
 from node.db.models import WorklistItem
-from node.worklist.priority import MEDIUM, effective_priority, priority_rank
+from node.worklist.priority import effective_priority, priority_rank
 from node.worklist.states import SCHEDULED
 
 
@@ -145,7 +145,7 @@ def record_report(session: Session, report: ReportRow, *, now: datetime) -> Work
     item = study_row(session, uid)
     if item is None:
         item = WorklistItem(study_instance_uid=uid, job_id=report.job_id, queued_at=report.queued_at,
-                            triaged_at=now, priority=MEDIUM, raised_by_sr_uid="",
+                            triaged_at=now, priority=PRIORITY_MEDIUM, raised_by_sr_uid="",
                             ups_sop_instance_uid=generate_uid(entropy_srcs=["triage-node-ups", uid]),
                             procedure_step_state=SCHEDULED, transaction_uid="", state_changed_at=now)
         session.add(item)

@@ -20,13 +20,14 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from sqlalchemy import select
 
+from dicom_sr import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_MEDIUM
 from node.db.engine import Database
 from node.db.models import Patient, Study, WorklistItem
 from node.store.read import StoredInstance, instances_of_study
 from node.uids import is_valid_uid
-from node.worklist.priority import HIGH, LOW, MEDIUM, priority_rank
+from node.worklist.priority import priority_rank
 from node.worklist.rows import clear_raise_in_session
-from node.worklist.states import CANCELED, COMPLETED, IN_PROGRESS, SCHEDULED, STATES
+from node.worklist.states import COMPLETED, IN_PROGRESS, SCHEDULED, STATES
 
 UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"  # the SOP Class of every UPS instance
 UPS_PULL_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.3"
@@ -101,7 +102,7 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
     ds.SOPClassUID = UPS_PUSH_SOP_CLASS
     ds.SOPInstanceUID = item.ups_sop_instance_uid
     # Unified Procedure Step Scheduled Procedure Information Module
-    ds.ScheduledProcedureStepPriority = item.priority if item.priority in (HIGH, MEDIUM, LOW) else MEDIUM
+    ds.ScheduledProcedureStepPriority = item.priority if item.priority in (PRIORITY_HIGH, PRIORITY_MEDIUM, PRIORITY_LOW) else PRIORITY_MEDIUM
     ds.ScheduledProcedureStepModificationDateTime = _dt(item.state_changed_at or item.triaged_at)
     ds.ProcedureStepLabel = (f"AI triage {item.priority}: "
                              + ("assessed" if item.assist else f"no assist ({item.reason or 'unknown'})"))[:64]
