@@ -3,7 +3,7 @@ computed, with the value that decides "present" and the indeterminate band, each
 score and preprocessing, the algorithm and profile that produced them, and the no-assist reason.
 
 Kept apart from the writing (node/results/write.py) because it is pure: it reads no file and
-no row, so it is tested on its own and reused by evaluation.
+writes no row, so it can be checked without a database.
 """
 
 from __future__ import annotations

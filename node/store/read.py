@@ -45,7 +45,8 @@ class StoredInstance:
 #: add their WHERE; StoredInstance takes a row as it comes).
 _INSTANCES = (select(Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
                      Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.path)
-              .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
+              .select_from(Instance).join(Series, Instance.series_pk == Series.id)
+              .join(Study, Series.study_pk == Study.id)
               .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id))
 
 
