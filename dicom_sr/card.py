@@ -82,7 +82,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+          width: int) -> list[str]:
     words, lines, line = text.split(), [], ""
     for word in words:
         trial = f"{line} {word}".strip()
@@ -169,8 +170,8 @@ def build_card_sc(result: TriageResult, study_context: Dataset, pixels: np.ndarr
         coordinate_system="PATIENT", patient_orientation=("L", "F"), series_instance_uid=series_instance_uid,
         series_number=series_number, sop_instance_uid=sop_instance_uid, instance_number=1,
         manufacturer=manufacturer, transfer_syntax_uid=ExplicitVRLittleEndian)
-    sc.PatientOrientation = None  # a card has no anatomy (Type 2: present, empty)
-    sc.Laterality = None  # Type 2C that dciodvfy wants present; empty: no paired body part is shown
+    sc.PatientOrientation = []  # a card has no anatomy (Type 2: present, empty)
+    sc.Laterality = ""  # Type 2C that dciodvfy wants present; empty: no paired body part is shown
     sc.SeriesDescription = "AI triage summary card (research use only)"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"  # results text, no patient identifiers in the pixels

@@ -107,7 +107,7 @@ def demo_studies(folder: Path) -> dict[str, Path]:
     return out
 
 
-def wait_in_console(node, token: str) -> None:  # type: ignore[no-untyped-def]
+def wait_in_console(node, token: str) -> None:
     """``demo --keep``: leave the node running for the operator console until Ctrl-C (or SIGTERM)."""
     from node.console import console_url
 

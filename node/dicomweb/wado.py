@@ -58,7 +58,7 @@ def _retrieve(request: Request, study: str, series: str | None, instance: str | 
           objects=[AuditObject(type="study", id=study)])
     boundary = new_boundary()
 
-    def parts():  # type: ignore[no-untyped-def]
+    def parts():
         for _uid, ts, path in rows:
             with open(path, "rb") as f:
                 body = f.read()

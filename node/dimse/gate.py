@@ -75,12 +75,12 @@ RefusalCallback = Callable[[str, str, str], None]
 class GuardedRequestHandler(RequestHandler):
     """pynetdicom's handler, with our GuardedSocket in place of its AssociationSocket."""
 
-    def _create_association(self):  # type: ignore[no-untyped-def]
+    def _create_association(self):
         from pynetdicom.association import Association
         from pynetdicom._globals import MODE_ACCEPTOR
         from pynetdicom import evt
 
-        server: NodeAssociationServer = self.server  # type: ignore[assignment]
+        server: NodeAssociationServer = self.server
         raw_socket, prefix = self.request
         assoc = Association(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
@@ -319,7 +319,7 @@ class NodeAssociationServer(ThreadedAssociationServer):
             pass
 
     # socketserver hands our (socket, prefix) tuple to shutdown_request on errors
-    def shutdown_request(self, request: Any) -> None:  # type: ignore[override]
+    def shutdown_request(self, request: Any) -> None:
         sock = request[0] if isinstance(request, tuple) else request
         try:
             sock.shutdown(socket.SHUT_WR)
@@ -327,7 +327,7 @@ class NodeAssociationServer(ThreadedAssociationServer):
             pass
         self._close(sock)
 
-    def close_request(self, request: Any) -> None:  # type: ignore[override]
+    def close_request(self, request: Any) -> None:
         # The association thread owns the socket after hand-over; socketserver must not close it.
         return
 

@@ -105,7 +105,7 @@ class QueryRetrieveSCP:
         for cls in UPS_CLASSES:
             ae.add_supported_context(cls, ALL_TRANSFER_SYNTAXES)
 
-    def handlers(self) -> list:  # type: ignore[type-arg]
+    def handlers(self) -> list:
         return [
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),

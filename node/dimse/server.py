@@ -110,7 +110,7 @@ class DicomListener:
         self.qr.add_contexts(ae)
         return ae
 
-    def handlers(self) -> list:  # type: ignore[type-arg]
+    def handlers(self) -> list:
         hs = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),

@@ -30,7 +30,7 @@ img{max-width:100%;border:1px solid #eee}h2{border-bottom:2px solid #ddd;padding
 """
 
 
-def _png(fig) -> str:  # type: ignore[no-untyped-def]
+def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

@@ -52,7 +52,7 @@ class TrainOptions:
     progress: bool = False
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):  # type: ignore[no-untyped-def]
+def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler

@@ -113,7 +113,7 @@ class VectorIndex:
         if len(self) > self.exact_max:
             self._to_faiss()
 
-    def _new_ivf(self, sample: np.ndarray, total: int):  # type: ignore[no-untyped-def]
+    def _new_ivf(self, sample: np.ndarray, total: int):
         import faiss
 
         nlist = ivf_nlist(total)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
@@ -113,7 +114,7 @@ class FileStore:
             removed += 1
         return removed
 
-    def iter_files(self):  # type: ignore[no-untyped-def]
+    def iter_files(self) -> Iterator[Path]:
         """Every stored instance file, as paths relative to the root (for reconciliation)."""
         for study in self.root.iterdir():
             if study.name == INCOMING or not study.is_dir():

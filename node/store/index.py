@@ -20,14 +20,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from node.db.engine import Database
-from node.db.models import Instance, Patient, Series, Study
+from node.db.models import Base, Instance, Patient, Series, Study
 from node.store.header import InstanceHeader
 
 # The statements are built once and run on the session's Core connection with bound
 # parameters: building them per instance and running them through the ORM layer cost about
 # 3 ms of CPU per instance (measured: bench/RESULTS.md, "Ingest (C-STORE)"), more than the
 # SQL itself. Same SQL, same single transaction as before.
-_patient, _study, _series, _instance = (m.__table__ for m in (Patient, Study, Series, Instance))
+_patient, _study, _series, _instance = (Base.metadata.tables[m.__tablename__] for m in (Patient, Study, Series, Instance))
 _INSTANCE_BY_UID = select(_instance.c.id).where(_instance.c.sop_instance_uid == bindparam("b_uid"))
 _PATIENT_PK = select(_patient.c.id).where(_patient.c.patient_id == bindparam("b_pid"),
                                           _patient.c.issuer == bindparam("b_issuer"))
