@@ -76,8 +76,8 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 
 from . import codes
-from .params import encode_parameters
 from .image_level import image_level_groups, referenced_request
+from .params import encode_parameters
 from .result import AlgorithmInfo, Code, FindingResult, ImageAssessment, ImageRef, SRReference, TriageResult
 
 #: Namespace for the name-based UUIDs behind deterministic "2.25." UIDs.

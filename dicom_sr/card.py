@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -102,9 +102,9 @@ _SHORT_STATE = {FindingState.PRESENT: "present", FindingState.NOT_DETECTED: "not
 _COLUMNS = (24, 262, 384, 448, 522, 618)
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:  # type: ignore[no-untyped-def]
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
     while text and draw.textlength(text, font=font) > width:
-        text = text[:-2] + "…" if not text.endswith("…") else text[:-2] + "…"
+        text = text[:-2] + "…"  # one character shorter, ending in an ellipsis
     return text
 
 
@@ -129,7 +129,8 @@ def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.nd
         y += 28
     y = max(y + 12, 190)
     if findings:
-        for x, head in zip(_COLUMNS, ("finding", "model says", "score", "threshold", "indeterminate", "urgent")):
+        heads = ("finding", "model says", "score", "threshold", "indeterminate", "urgent")
+        for x, head in zip(_COLUMNS, heads, strict=True):
             draw.text((x, y), head, font=tiny, fill=(150, 150, 170))
         y += row_h
         for f in findings:
@@ -138,7 +139,7 @@ def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.nd
             band = f"{f.band_low:.2f}-{f.band_high:.2f}" if getattr(f, "band_low", None) is not None else "-"
             cells = (_fit(draw, f.finding.meaning, small, _COLUMNS[1] - _COLUMNS[0] - 8), _SHORT_STATE[f.state],
                      f"{f.score:.3f}", f"{f.threshold:.2f}", band, "yes" if f.urgent else "")
-            for x, cell in zip(_COLUMNS, cells):
+            for x, cell in zip(_COLUMNS, cells, strict=True):
                 draw.text((x, y), cell, font=small, fill=tint)
             y += row_h
     y = max(y + 16, THUMB + 130)
@@ -188,7 +189,7 @@ def card_pdf(pixels: np.ndarray) -> bytes:
 
 
 def _dates(ds: Dataset) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
 
@@ -230,5 +231,12 @@ def build_card_pdf(pdf: bytes, study_context: Dataset, *, series_instance_uid: s
     return ds
 
 
-__all__ = ["CardText", "ENCAPSULATED_PDF_STORAGE", "build_card_pdf", "build_card_sc", "card_pdf", "card_text",
-           "render_card"]
+__all__ = [
+    "ENCAPSULATED_PDF_STORAGE",
+    "CardText",
+    "build_card_pdf",
+    "build_card_sc",
+    "card_pdf",
+    "card_text",
+    "render_card",
+]

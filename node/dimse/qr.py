@@ -19,6 +19,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
+from pynetdicom.dimse_primitives import N_ACTION, N_GET
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -313,6 +314,8 @@ class QueryRetrieveSCP:
 
     # ---------------------------------------------------------------- UPS N-GET / N-ACTION
     def on_n_get(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        if not isinstance(event.request, N_GET):  # bound to EVT_N_GET; pynetdicom types any primitive
+            return 0x0110, None
         uid = str(event.request.RequestedSOPInstanceUID)
         try:
             full = ups.get_workitem(self.db, uid, retrieve_ae=self.ae_title)
@@ -332,6 +335,8 @@ class QueryRetrieveSCP:
         return 0x0000, out
 
     def on_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        if not isinstance(event.request, N_ACTION):  # bound to EVT_N_ACTION; pynetdicom types any primitive
+            return 0x0110, None
         uid = str(event.request.RequestedSOPInstanceUID)
         action = int(event.action_type or 0)
         if action != 1:

@@ -51,7 +51,7 @@ def study_paths(db: Database, study_uids: Sequence[str]) -> dict[str, list[str]]
 
 def read_headers(storage_root: Path, paths: Sequence[str]) -> list[Dataset]:
     """The instances as the worker reads them: pixel data deferred, unreadable files skipped."""
-    headers = []
+    headers: list[Dataset] = []
     for rel in paths:
         try:
             headers.append(pydicom.dcmread(Path(storage_root) / rel, defer_size=1024))

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
 
+from node.db.dml import rowcount
 from node.db.engine import Database
 from node.db.models import Study, TriageJob
 
@@ -37,11 +38,11 @@ def queue_stable_studies(db: Database, quiet_seconds: float, now: datetime | Non
         ).all()
         for study_pk, uid, count, patient_pk, last_arrival in rows:
             # Only flip if no instance arrived since we read the row (another process may write).
-            flipped = session.execute(
+            flipped = rowcount(session.execute(
                 update(Study).where(Study.id == study_pk, Study.stability_state == "receiving",
                                     Study.last_arrival_at == last_arrival)
                 .values(stability_state="stable")
-            ).rowcount
+            ))
             if not flipped:
                 continue
             pending = session.execute(

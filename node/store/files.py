@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
 from node.uids import is_valid_uid
 

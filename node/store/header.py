@@ -15,17 +15,17 @@ the CPU (the size limit applies to what the data set really is, not to its compr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR
 from pydicom.filereader import data_element_generator, read_sequence
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010

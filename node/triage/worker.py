@@ -272,7 +272,7 @@ class TriageWorker:
                 select(Instance.path).join(Series, Instance.series_pk == Series.id)
                 .join(Study, Series.study_pk == Study.id).where(Study.study_instance_uid == study_uid)
                 .order_by(Series.series_number, Instance.instance_number, Instance.id)).scalars().all()
-        headers = []
+        headers: list[Dataset] = []
         for rel in paths:
             try:
                 # Pixel data stays on disk (deferred) until preprocessing asks for it.
