@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .result import FindingState, TriageResult
+from .result import FindingResult, FindingState, TriageResult
 
 WIDTH, HEIGHT = 1024, 768
 THUMB = 320
@@ -70,9 +70,9 @@ def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
     return CardText("AI triage summary", priority, findings, provenance, warning)
 
 
-def _finding_line(f) -> str:  # type: ignore[no-untyped-def]
+def _finding_line(f: FindingResult) -> str:
     band = ""
-    if getattr(f, "band_low", None) is not None:
+    if f.band_low is not None and f.band_high is not None:
         band = f", indeterminate {f.band_low:.3f}-{f.band_high:.3f}"
     return (f"{f.finding.meaning}: {STATE_TEXT.get(f.state, str(f.state))}; score {f.score:.3f}, "
             f"threshold {f.threshold:.3f}{band}{'; urgent' if f.urgent else ''}")

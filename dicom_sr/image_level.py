@@ -116,9 +116,11 @@ def image_level_groups(result: TriageResult, evidence: Sequence[Dataset], algori
     groups = []
     for uid, findings in cited.items():
         image = by_uid.get(uid)
-        outline = _outline(image) if image is not None else None
+        if image is None:
+            continue
+        outline = _outline(image)
         if outline is not None:
-            groups.append(_group(result, findings, image, outline, algorithm_id, sop_instance_uid))  # type: ignore[arg-type]
+            groups.append(_group(result, findings, image, outline, algorithm_id, sop_instance_uid))
     return groups
 
 
