@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class  # type: ignore[attr-defined]
 
@@ -24,11 +25,12 @@ from node.audit.refusals import RefusalLedger
 from node.config import ConfigError, DicomSection, RemoteNode
 from node.dimse.gate import GateLimits, NodeAssociationServer
 from node.dimse.pdu_guard import PDU_HEADER, GuardLimits
+from node.dimse import status as dimse_status
 from node.dimse.qr import QueryRetrieveSCP
 from node.dimse.tls import server_context
 from node import metrics
 from node.oplog import get_logger, study_ref
-from node.store.ingest import DATASET_TOO_LARGE, IngestOutcome, Ingestor
+from node.store.ingest import CANNOT_UNDERSTAND, DATASET_TOO_LARGE, IngestOutcome, Ingestor
 
 log = get_logger("dimse")
 # pynetdicom reads an empty require_calling_aet list as "anyone". For allowed_peers = [] we put
@@ -76,7 +78,7 @@ class DicomListener:
         self.audit = audit
         self.refusals = refusals or RefusalLedger(audit, node_ae=config.ae_title)
         # Query/Retrieve (C-FIND, C-GET, C-MOVE) and the UPS Pull worklist over the same index.
-        self.qr = QueryRetrieveSCP(config.ae_title, ingestor.db, ingestor.files.root, audit, move_destinations)
+        self.qr = QueryRetrieveSCP(config.ae_title, ingestor.db, ingestor.files, audit, move_destinations)
         self.ae = self._build_ae()
         self._server: NodeAssociationServer | None = None
         self._tallies: dict[int, dict[str, _StudyTally]] = defaultdict(dict)
@@ -110,10 +112,10 @@ class DicomListener:
         self.qr.add_contexts(ae)
         return ae
 
-    def handlers(self) -> list:  # type: ignore[type-arg]
+    def handlers(self) -> list:
         hs = [
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_C_ECHO, lambda event: dimse_status.SUCCESS),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_finished),
@@ -189,6 +191,9 @@ class DicomListener:
             cut = getattr(event.assoc.dul.socket, "take_oversized", lambda: None)()
             if cut is not None:  # the PDU guard stopped buffering this data set at the limit
                 outcome = IngestOutcome(DATASET_TOO_LARGE, f"data set of more than {cut} bytes exceeds the limit")
+                self.ingestor.count(outcome)
+            elif not isinstance(request, C_STORE) or request.DataSet is None:  # pynetdicom types any primitive
+                outcome = IngestOutcome(CANNOT_UNDERSTAND, "C-STORE request without a data set")
                 self.ingestor.count(outcome)
             else:
                 outcome = self.ingestor.store(

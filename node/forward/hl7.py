@@ -27,7 +27,7 @@ import pydicom
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
-from dicom_sr import TriageResult, read_triage_sr
+from dicom_sr import PRIORITY_HIGH, PRIORITY_MEDIUM, TriageResult, read_triage_sr
 from dicom_sr.codes import STATE_CODES
 from node.config import Hl7Destination
 
@@ -36,7 +36,7 @@ START, END = b"\x0b", b"\x1c\x0d"
 #: the finding states as the SR codes them (SNOMED CT), so that every output says the same
 STATE_CODE = {state: (concept.value, concept.scheme_designator, concept.meaning)
               for state, concept in STATE_CODES.items()}
-HL7_PRIORITY = {"HIGH": "S", "MEDIUM": "R"}
+HL7_PRIORITY = {PRIORITY_HIGH: "S", PRIORITY_MEDIUM: "R"}
 LOCAL = "99TRIAGE"
 
 
@@ -83,7 +83,7 @@ def _msh(msg: Message, dest: Hl7Destination, message_type: str, control_id: str)
     msg.msh.msh_11 = "P"
 
 
-def _pid(segment, facts: StudyFacts) -> None:  # type: ignore[no-untyped-def]
+def _pid(segment, facts: StudyFacts) -> None:
     segment.pid_3 = f"{facts.patient_id}^^^{facts.issuer}" if facts.issuer else facts.patient_id
     segment.pid_5 = facts.patient_name
     if facts.birth_date:

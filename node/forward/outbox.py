@@ -13,16 +13,19 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from pydicom.uid import generate_uid
 
 from node.config import FhirDestination, ForwardDestination, ForwardingSection, Hl7Destination
 from node.db.engine import Database
-from node.db.models import Instance, OutboxItem, Series, Study
+from node.db.models import OutboxItem
+from node.store.read import instances_of_study
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 
@@ -32,6 +35,10 @@ def destination_key(dest: ForwardDestination) -> str:
     return f"{dest.ae_title}@{dest.host}:{dest.port}"
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: datetime | None) -> datetime | None: ...
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -60,11 +67,7 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
     """INSERT ... ON CONFLICT DO NOTHING (the unique (destination, sop) key makes enqueue idempotent)."""
     if not rows:
         return 0
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     added = 0
     for start in range(0, len(rows), 500):  # stay under SQLite's bound-parameter limit
         stmt = insert(OutboxItem).values(rows[start:start + 500]).on_conflict_do_nothing(
@@ -102,10 +105,7 @@ def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], 
         return 0
     now = now or _now()
     extras = dict(extras or {})
-    rows_of_study = session.execute(
-        select(Instance.sop_instance_uid, Instance.path)
-        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
-        .where(Study.study_instance_uid == study_uid).order_by(Instance.id)).all()
+    rows_of_study = [(i.sop_instance_uid, i.path) for i in instances_of_study(session, study_uid)]
     paths = {sop: path for sop, path in rows_of_study}
     if sr_path is None:
         sr_path = paths.get(sr_sop_instance_uid)
@@ -146,13 +146,13 @@ def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime |
              .order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(limit))
     if not db.is_sqlite:
         query = query.with_for_update(skip_locked=True)
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         items = list(session.execute(query).scalars().all())
         lease_until = now + timedelta(seconds=lease_seconds)
         for item in items:
             item.next_attempt_at = lease_until
         return [Claimed(i.id, i.destination, i.kind, i.study_instance_uid, i.sop_instance_uid, i.path, i.attempts,
-                        _utc(i.created_at)) for i in items]  # type: ignore[arg-type]
+                        _utc(i.created_at)) for i in items]
 
 
 def backoff_seconds(policy: ForwardingSection, attempts_before: int, *, jitter: bool = True) -> float:
@@ -169,7 +169,7 @@ def release(db: Database, ids: Iterable[int], now: datetime | None = None) -> No
     if not ids:
         return
     now = now or _now()
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids),
                                                              OutboxItem.state == PENDING)).scalars():
             item.next_attempt_at = now
@@ -181,7 +181,7 @@ def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: dat
     if not ids:
         return
     until = (now or _now()) + timedelta(seconds=lease_seconds)
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == PENDING)
                         .values(next_attempt_at=until))
 
@@ -191,7 +191,7 @@ def mark_sent(db: Database, ids: Iterable[int], now: datetime | None = None) -> 
     if not ids:
         return
     now = now or _now()
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids))).scalars():
             item.state = SENT
             item.attempts += 1
@@ -208,7 +208,7 @@ def mark_failed(db: Database, failures: dict[int, str], policy: ForwardingSectio
         return []
     now = now or _now()
     dead: list[int] = []
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(list(failures)))
                                     .order_by(OutboxItem.id)).scalars():
             if item.state != PENDING:
@@ -217,7 +217,7 @@ def mark_failed(db: Database, failures: dict[int, str], policy: ForwardingSectio
             item.attempts += 1
             item.last_attempt_at = now
             item.last_error = failures[item.id][:2000]
-            age = (now - _utc(item.created_at)).total_seconds()  # type: ignore[operator]
+            age = (now - _utc(item.created_at)).total_seconds()
             if age >= policy.max_age_seconds:
                 item.state = DEAD
                 dead.append(item.id)
@@ -232,7 +232,7 @@ def _as_dict(item: OutboxItem) -> dict[str, Any]:
             "study_instance_uid": item.study_instance_uid, "sop_instance_uid": item.sop_instance_uid,
             "state": item.state, "attempts": item.attempts, "last_error": item.last_error,
             "next_attempt_at": nxt.isoformat() if nxt and item.state == PENDING else None,
-            "created_at": _utc(item.created_at).isoformat()}  # type: ignore[union-attr]
+            "created_at": _utc(item.created_at).isoformat()}
 
 
 def list_items(db: Database, states: Sequence[str] = (PENDING, DEAD)) -> list[dict[str, Any]]:
@@ -249,7 +249,7 @@ def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None
     query = select(OutboxItem).where(OutboxItem.state == DEAD).order_by(OutboxItem.id)
     if ids is not None:
         query = query.where(OutboxItem.id.in_(list(ids)))
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         items = list(session.execute(query).scalars().all())
         for item in items:
             item.state = PENDING

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
+from node.store.read import StoredFiles
 from node.uids import is_valid_uid
 
 INCOMING = ".incoming"
@@ -44,9 +46,11 @@ def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
     return PREAMBLE + buf.getvalue()
 
 
-class FileStore:
+class FileStore(StoredFiles):
+    """The write side over the storage root; reads are StoredFiles' (node/store/read.py)."""
+
     def __init__(self, root: Path, *, fsync: bool = True, owner: str = "node") -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.fsync = fsync
         self.owner = owner
         self.incoming = self.root / INCOMING
@@ -113,7 +117,7 @@ class FileStore:
             removed += 1
         return removed
 
-    def iter_files(self):  # type: ignore[no-untyped-def]
+    def iter_files(self) -> Iterator[Path]:
         """Every stored instance file, as paths relative to the root (for reconciliation)."""
         for study in self.root.iterdir():
             if study.name == INCOMING or not study.is_dir():

@@ -12,7 +12,7 @@ the locked row). SQLite has one writer at a time, so there the lock clause is si
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -20,14 +20,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from node.db.engine import Database
-from node.db.models import Instance, Patient, Series, Study
+from node.db.models import Base, Instance, Patient, Series, Study
+from node.db.states import StabilityState
 from node.store.header import InstanceHeader
 
 # The statements are built once and run on the session's Core connection with bound
 # parameters: building them per instance and running them through the ORM layer cost about
 # 3 ms of CPU per instance (measured: bench/RESULTS.md, "Ingest (C-STORE)"), more than the
 # SQL itself. Same SQL, same single transaction as before.
-_patient, _study, _series, _instance = (m.__table__ for m in (Patient, Study, Series, Instance))
+_patient, _study, _series, _instance = (Base.metadata.tables[m.__tablename__]
+                                        for m in (Patient, Study, Series, Instance))
 _INSTANCE_BY_UID = select(_instance.c.id).where(_instance.c.sop_instance_uid == bindparam("b_uid"))
 _PATIENT_PK = select(_patient.c.id).where(_patient.c.patient_id == bindparam("b_pid"),
                                           _patient.c.issuer == bindparam("b_issuer"))
@@ -37,7 +39,7 @@ _SERIES_PK = select(_series.c.id).where(_series.c.series_instance_uid == bindpar
 _STUDY_ADD = {  # touch_stability -> statement
     True: update(_study).where(_study.c.id == bindparam("b_pk")).values(
         instance_count=_study.c.instance_count + 1, modalities=bindparam("b_mods"),
-        last_arrival_at=bindparam("b_now"), stability_state="receiving"),
+        last_arrival_at=bindparam("b_now"), stability_state=StabilityState.RECEIVING),
     False: update(_study).where(_study.c.id == bindparam("b_pk")).values(
         instance_count=_study.c.instance_count + 1, modalities=bindparam("b_mods")),
 }
@@ -64,7 +66,7 @@ def add_instance(db: Database, session: Session, h: InstanceHeader, *, rel_path:
     ``touch_stability=False`` is for objects the node makes itself (its SRs): they must not
     re-open the study, or every SR would trigger another triage.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     conn = _conn(session)
     ignore = _INSERT_IGNORE[db.is_sqlite]
     if instance_exists(conn, h.sop_instance_uid):
@@ -80,7 +82,7 @@ def add_instance(db: Database, session: Session, h: InstanceHeader, *, rel_path:
             study_instance_uid=h.study_instance_uid, patient_pk=patient_pk, study_date=h.study_date,
             study_time=h.study_time, accession_number=h.accession_number[:16], study_id=h.study_id[:16],
             description=h.study_description, referring_physician=h.referring_physician,
-            modalities="", last_arrival_at=now, stability_state="receiving", instance_count=0))
+            modalities="", last_arrival_at=now, stability_state=StabilityState.RECEIVING, instance_count=0))
         study = conn.execute(_STUDY_BY_UID, {"b_uid": h.study_instance_uid}).one()
     study_pk, modalities = study
     mods = set(filter(None, (modalities or "").split("\\")))

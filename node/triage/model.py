@@ -34,15 +34,18 @@ import os
 import re
 import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from node.triage.hf_quiet import quiet_transformers
 from node.triage.tiny_model import TEST_MODEL_MARKER
+
+if TYPE_CHECKING:
+    from transformers import SiglipModel  # imported where loaded: transformers is slow to import
 
 __all__ = [
     "ModelSettings",
@@ -52,7 +55,6 @@ __all__ = [
     "load_model",
     "weights_sha256",
     "pixels_on_device",
-    "quiet_transformers",
     "TEXT_MAX_LENGTH",
     "WEIGHTS_CACHE_FILE",
 ]
@@ -226,7 +228,7 @@ class LoadedModel:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: SiglipModel,
         processor: Any,
         identity: ModelIdentity,
         settings: ModelSettings,
@@ -330,9 +332,9 @@ class LoadedModel:
 
     @property
     def embedding_dim(self) -> int:
-        cfg = getattr(self.model, "config", None)
-        vision = getattr(cfg, "vision_config", cfg)
-        return int(getattr(vision, "hidden_size"))
+        cfg = self.model.config
+        vision = getattr(cfg, "vision_config", cfg)  # a dual encoder's vision tower, else the model's own
+        return int(vision.hidden_size)
 
     def __repr__(self) -> str:
         i = self.identity
@@ -369,39 +371,6 @@ def _resolve_dtype(name: str, device: torch.device) -> str:
     if name not in _DTYPES:
         raise ModelUnavailable(f"model.dtype {name!r} is not one of auto, float32, bfloat16, float16")
     return name
-
-
-class _DropDefaultConfigNoise(logging.Filter):
-    """transformers 5 builds a default SiglipTextConfig (CLIP token ids 49406/49407) while loading
-    and saving, and warns about its own defaults; the warning says nothing about our checkpoint."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "must be `None` or an integer within the vocabulary" not in record.getMessage()
-
-
-_CONFIG_NOISE = _DropDefaultConfigNoise()
-
-
-@contextmanager
-def quiet_transformers(*, errors_only: bool = False):
-    """No progress bars from transformers (they spam service logs); optionally errors only."""
-    from transformers.utils import logging as tlog
-
-    enabled = tlog.is_progress_bar_enabled()
-    level = tlog.get_verbosity()
-    config_logger = logging.getLogger("transformers.configuration_utils")
-    config_logger.addFilter(_CONFIG_NOISE)
-    tlog.disable_progress_bar()
-    if errors_only:
-        tlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        config_logger.removeFilter(_CONFIG_NOISE)
-        if errors_only:
-            tlog.set_verbosity(level)
-        if enabled:
-            tlog.enable_progress_bar()
 
 
 def _dtype_kwarg() -> str:

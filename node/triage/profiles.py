@@ -73,6 +73,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from dicom_sr import NOT_CALIBRATED_TEXT
+
 __all__ = [
     "Urgency",
     "FindingSpec",
@@ -167,10 +169,6 @@ class Calibration:
     findings: tuple[tuple[str, FindingCalibration], ...] = ()
 
 
-#: What the SR, /healthz and the worklist say of operating points not tuned on local data.
-NOT_CALIBRATED_TEXT = "operating points not calibrated on local data"
-
-
 @dataclass(frozen=True)
 class CalibrationState:
     calibrated: bool
@@ -240,7 +238,7 @@ class _Ctx:
     def fail(self, key: str, msg: str) -> ProfileError:
         return ProfileError(f"{self.file}: {key}: {msg}")
 
-    def table(self, obj: Any, key: str, allowed: set[str], optional: set[str] = frozenset()) -> dict:
+    def table(self, obj: Any, key: str, allowed: set[str], optional: frozenset[str] | set[str] = frozenset()) -> dict:
         if not isinstance(obj, dict):
             raise self.fail(key or "<top>", "must be a table")
         prefix = f"{key}." if key else ""
