@@ -99,8 +99,9 @@ def serve_factory(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     """
     made: list[ServeProcess] = []
 
-    def make(config: dict[str, Any] | NodeConfig, env_overrides: dict[str, Any] | None = None,
-             name: str = "serve") -> ServeProcess:
+    def make(
+        config: dict[str, Any] | NodeConfig, env_overrides: dict[str, Any] | None = None, name: str = "serve"
+    ) -> ServeProcess:
         if isinstance(config, NodeConfig):
             path, workdir = config.config_path, config.root
         else:

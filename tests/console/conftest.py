@@ -24,8 +24,11 @@ def console_node(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
         node = nodes.start(settings_for(root, tiny_model_dir))
         src = root / "src"
         src.mkdir()
-        specs = {"stat": ("PA", "ALPHA^Stat", "STAT"), "script": ("LL", SCRIPT_NAME, None),
-                 "low": ("LL", "GAMMA^Low", "LOW")}
+        specs = {
+            "stat": ("PA", "ALPHA^Stat", "STAT"),
+            "script": ("LL", SCRIPT_NAME, None),
+            "low": ("LL", "GAMMA^Low", "LOW"),
+        }
         studies, names = {}, {}
         for label, (view, name, order) in specs.items():
             uid, path = console_study(src, label, view=view, name=name, order=order)

@@ -24,17 +24,37 @@ def qr_node(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> I
 
     root = tmp_path_factory.mktemp("qr")
     move_port = free_port()
-    cfg = node_config(root / "node", tiny_model_dir,
-                      move_destinations=[{"ae_title": MOVE_DEST_AE, "host": "127.0.0.1", "port": move_port}])
+    cfg = node_config(
+        root / "node",
+        tiny_model_dir,
+        move_destinations=[{"ae_title": MOVE_DEST_AE, "host": "127.0.0.1", "port": move_port}],
+    )
     with NodeRunner() as nodes:
         node = nodes.start(cfg)
         src = root / "src"
         chest_study, chest_series = generate_uid(), generate_uid()
-        chest = [chest_dx(src / "chest" / f"{i}.dcm", view="PA", patient_id="QRPAT1", study_uid=chest_study,
-                          series_uid=chest_series, number=i) for i in (1, 2)]
+        chest = [
+            chest_dx(
+                src / "chest" / f"{i}.dcm",
+                view="PA",
+                patient_id="QRPAT1",
+                study_uid=chest_study,
+                series_uid=chest_series,
+                number=i,
+            )
+            for i in (1, 2)
+        ]
         lateral_study = generate_uid()
-        lateral = [chest_dx(src / "lateral" / "1.dcm", view="LL", patient_id="QRPAT2", study_uid=lateral_study,
-                            series_uid=generate_uid(), number=1)]
+        lateral = [
+            chest_dx(
+                src / "lateral" / "1.dcm",
+                view="LL",
+                patient_id="QRPAT2",
+                study_uid=lateral_study,
+                series_uid=generate_uid(),
+                number=1,
+            )
+        ]
         send_files(cfg.port, chest + lateral)
 
         def answered() -> bool:

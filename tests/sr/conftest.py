@@ -20,4 +20,3 @@ def study(tmp_path: Path) -> Study:
         dx_image(study_uid, series_uid, number, view).save_as(path, enforce_file_format=True)
         headers.append(pydicom.dcmread(path, stop_before_pixels=True))
     return Study(*headers)
-

@@ -67,8 +67,7 @@ def triage_sections(model_path: Path | str | None, *, batch_size: int = 8) -> di
     model: dict[str, Any] = {"device": "cpu", "offline": True, "batch_size": batch_size}
     if model_path is not None:
         model["path"] = str(model_path)
-    return {"model": model,
-            "triage": {"enabled": True, "profiles_dir": str(PROFILES_DIR), "poll_seconds": 0.2}}
+    return {"model": model, "triage": {"enabled": True, "profiles_dir": str(PROFILES_DIR), "poll_seconds": 0.2}}
 
 
 def make_settings(root: Path, **sections: Any) -> Any:
@@ -149,7 +148,8 @@ def write_node_config(root: Path, **sections: Any) -> NodeConfig:
 def node_config(root: Path, model_path: Path | str | None, **sections: Any) -> NodeConfig:
     """A triaging node's config file: triage on with ``model_path``, the test SCU ``SCU_AE`` as its
     only peer; ``sections`` are merged last."""
-    base = deep_merge(triage_sections(model_path),
-                      {"dicom": {"allowed_peers": [SCU_AE], "dimse_timeout_seconds": 60,
-                                 "network_timeout_seconds": 60}})
+    base = deep_merge(
+        triage_sections(model_path),
+        {"dicom": {"allowed_peers": [SCU_AE], "dimse_timeout_seconds": 60, "network_timeout_seconds": 60}},
+    )
     return write_node_config(root, **deep_merge(base, sections))

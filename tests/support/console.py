@@ -43,8 +43,9 @@ class ConsoleNode:
         from node.db.models import OutboxItem
 
         with self.db.session() as session:
-            return list(session.execute(select(OutboxItem).where(OutboxItem.state == "dead")
-                                        .order_by(OutboxItem.id)).scalars())
+            return list(
+                session.execute(select(OutboxItem).where(OutboxItem.state == "dead").order_by(OutboxItem.id)).scalars()
+            )
 
     def audit_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in Path(self.node.settings.audit.path).read_text().splitlines() if line]
@@ -54,15 +55,22 @@ def settings_for(root: Path, model_dir: Path, *, token: str | None = TOKEN) -> A
     """The console node: triage on, HTTP with ``token``, a PACS that is not there (every SR becomes
     a dead letter after max_age_seconds), no fsync (speed)."""
     return make_settings(
-        root, **triage_sections(model_dir),
+        root,
+        **triage_sections(model_dir),
         dicom={"allowed_peers": [SCU]},
         storage={"fsync": False},
         stability={"quiet_seconds": 0.5},
         audit={"fsync": False},
         http={"enabled": True, "token": token},
         forward=[{"ae_title": "PACS", "host": "127.0.0.1", "port": free_port(), "send": "sr"}],
-        forwarding={"initial_backoff_seconds": 0.2, "max_backoff_seconds": 0.3, "max_age_seconds": 0.5,
-                    "timeout_seconds": 2, "poll_seconds": 0.2})
+        forwarding={
+            "initial_backoff_seconds": 0.2,
+            "max_backoff_seconds": 0.3,
+            "max_age_seconds": 0.5,
+            "timeout_seconds": 2,
+            "poll_seconds": 0.2,
+        },
+    )
 
 
 def console_study(folder: Path, label: str, *, view: str, name: str, order: str | None) -> tuple[str, Path]:
@@ -70,9 +78,18 @@ def console_study(folder: Path, label: str, *, view: str, name: str, order: str 
     from node.demo import synthetic_image
 
     study_uid = generate_uid()
-    path = synthetic_image(folder / f"{label}.dcm", modality="DX", sop_class=DigitalXRayImageStorageForPresentation,
-                           view=view, body_part="CHEST", age=54, study_uid=study_uid, patient_id=f"PID-{label}",
-                           rows=96, cols=80)
+    path = synthetic_image(
+        folder / f"{label}.dcm",
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view=view,
+        body_part="CHEST",
+        age=54,
+        study_uid=study_uid,
+        patient_id=f"PID-{label}",
+        rows=96,
+        cols=80,
+    )
     ds = pydicom.dcmread(path)
     ds.PatientName = name
     if order:

@@ -25,8 +25,9 @@ def _ae(calling_ae: str) -> AE:
     return ae
 
 
-def py_echo(port: int, *, calling_ae: str = "PYSCU", called_ae: str = NODE_AE,
-            tls_args: tuple[Any, str] | None = None) -> int | None:
+def py_echo(
+    port: int, *, calling_ae: str = "PYSCU", called_ae: str = NODE_AE, tls_args: tuple[Any, str] | None = None
+) -> int | None:
     """C-ECHO with plain pynetdicom: the status, or None when the association is refused."""
     ae = _ae(calling_ae)
     ae.add_requested_context(Verification)
@@ -64,8 +65,15 @@ def send_file_as_is(port: int, path: Path, *, calling_ae: str = "PYSCU", called_
 
 
 # --------------------------------------------------------------------------- DCMTK
-def storescu(port: int, paths: list[Path] | list[str], *, aet: str = "STORESCU", aec: str = NODE_AE,
-             extra: tuple[str, ...] = (), timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    paths: list[Path] | list[str],
+    *,
+    aet: str = "STORESCU",
+    aec: str = NODE_AE,
+    extra: tuple[str, ...] = (),
+    timeout: float = 180,
+) -> subprocess.CompletedProcess[str]:
     """DCMTK storescu in verbose mode (one "Received Store Response" line per file)."""
     cmd = ["storescu", "-v", "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port), *map(str, paths)]
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
@@ -92,17 +100,22 @@ def storescu_acknowledged(output: str) -> list[str]:
     return acked
 
 
-
 def send_files(port: int, paths: list[Path], *options: str, aet: str = SCU_AE, timeout: float = 120) -> None:
     """storescu that must succeed, as the triaging node's one peer; ``options`` e.g. ``-xr``
     (propose RLE) or ``-xv`` (JPEG 2000)."""
-    proc = subprocess.run(["storescu", "-aet", aet, "-aec", NODE_AE, *options, "127.0.0.1", str(port),
-                           *map(str, paths)], capture_output=True, text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        ["storescu", "-aet", aet, "-aec", NODE_AE, *options, "127.0.0.1", str(port), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, f"storescu failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}"
     assert "error" not in (proc.stdout + proc.stderr).lower(), proc.stdout + proc.stderr
 
 
 def echoscu(port: int, aet: str = SCU_AE) -> int:
     """DCMTK's echoscu; its exit code."""
-    return subprocess.run(["echoscu", "-aet", aet, "-aec", NODE_AE, "127.0.0.1", str(port)],
-                          capture_output=True, timeout=30, check=False).returncode
+    return subprocess.run(
+        ["echoscu", "-aet", aet, "-aec", NODE_AE, "127.0.0.1", str(port)], capture_output=True, timeout=30, check=False
+    ).returncode

@@ -51,8 +51,12 @@ class DicomFactory:
     def patient(self, index: int | None = None) -> Patient:
         self._n += 1
         i = self._n if index is None else index
-        return Patient(patient_id=f"PAT{i:05d}", name=f"TEST^PATIENT{i}^^MR",
-                       birth_date=f"19{50 + i % 40:02d}0{1 + i % 9}1{i % 10}", sex="MF"[i % 2])
+        return Patient(
+            patient_id=f"PAT{i:05d}",
+            name=f"TEST^PATIENT{i}^^MR",
+            birth_date=f"19{50 + i % 40:02d}0{1 + i % 9}1{i % 10}",
+            sex="MF"[i % 2],
+        )
 
     @staticmethod
     def patient_of(path: Path) -> Patient:
@@ -62,9 +66,22 @@ class DicomFactory:
         ds = dcmread(path, stop_before_pixels=True)
         return Patient(ds.PatientID, str(ds.PatientName), ds.PatientBirthDate, ds.PatientSex)
 
-    def _base(self, sop_class: str, patient: Patient, study_uid: str, series_uid: str, modality: str,
-              *, accession: str, study_desc: str, series_number: int, series_desc: str,
-              body_part: str, instance_number: int, sop_uid: str | None = None) -> Dataset:
+    def _base(
+        self,
+        sop_class: str,
+        patient: Patient,
+        study_uid: str,
+        series_uid: str,
+        modality: str,
+        *,
+        accession: str,
+        study_desc: str,
+        series_number: int,
+        series_desc: str,
+        body_part: str,
+        instance_number: int,
+        sop_uid: str | None = None,
+    ) -> Dataset:
         now = _dt.datetime(2024, 3, 14, 9, 30, 0)
         sop_uid = sop_uid or generate_uid()
         meta = FileMetaDataset()
@@ -121,8 +138,9 @@ class DicomFactory:
         return np.clip(img, 0, top)
 
     @staticmethod
-    def _set_pixels(ds: Dataset, arr: np.ndarray, bits_allocated: int, bits_stored: int,
-                    photometric: str = "MONOCHROME2") -> None:
+    def _set_pixels(
+        ds: Dataset, arr: np.ndarray, bits_allocated: int, bits_stored: int, photometric: str = "MONOCHROME2"
+    ) -> None:
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = photometric
         ds.Rows, ds.Columns = int(arr.shape[0]), int(arr.shape[1])
@@ -141,9 +159,17 @@ class DicomFactory:
         return path
 
     # ---- public makers
-    def ct_series(self, n: int = 30, *, size: int = 256, out_dir: str | Path = "ct",
-                  patient: Patient | None = None, study_uid: str | None = None,
-                  series_uid: str | None = None, start: int = 1) -> list[Path]:
+    def ct_series(
+        self,
+        n: int = 30,
+        *,
+        size: int = 256,
+        out_dir: str | Path = "ct",
+        patient: Patient | None = None,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+        start: int = 1,
+    ) -> list[Path]:
         """An axial CT series of ``n`` slices (16-bit allocated, 12 stored, HU rescale)."""
         patient = patient or self.patient()
         study_uid = study_uid or generate_uid()
@@ -152,10 +178,19 @@ class DicomFactory:
         out = self.root / out_dir
         paths = []
         for i in range(start, start + n):
-            ds = self._base(CT_IMAGE_STORAGE, patient, study_uid, series_uid, "CT",
-                            accession=f"ACC{zlib.crc32(study_uid.encode()) % 10**8:08d}",
-                            study_desc="CT CHEST WITH CONTRAST", series_number=2,
-                            series_desc="AXIAL 1.0mm", body_part="CHEST", instance_number=i)
+            ds = self._base(
+                CT_IMAGE_STORAGE,
+                patient,
+                study_uid,
+                series_uid,
+                "CT",
+                accession=f"ACC{zlib.crc32(study_uid.encode()) % 10**8:08d}",
+                study_desc="CT CHEST WITH CONTRAST",
+                series_number=2,
+                series_desc="AXIAL 1.0mm",
+                body_part="CHEST",
+                instance_number=i,
+            )
             ds.FrameOfReferenceUID = for_uid
             ds.PositionReferenceIndicator = ""
             ds.PatientPosition = "HFS"
@@ -174,13 +209,31 @@ class DicomFactory:
             paths.append(self._save(ds, out, f"CT{i:04d}.dcm"))
         return paths
 
-    def dx_image(self, *, rows: int = 512, cols: int = 400, bits: int = 14, out_dir: str | Path = "dx",
-                 patient: Patient | None = None, name: str | None = None) -> Path:
+    def dx_image(
+        self,
+        *,
+        rows: int = 512,
+        cols: int = 400,
+        bits: int = 14,
+        out_dir: str | Path = "dx",
+        patient: Patient | None = None,
+        name: str | None = None,
+    ) -> Path:
         """A PA chest DX (For Presentation), one image in its own study."""
         patient = patient or self.patient()
-        ds = self._base(DX_PRESENTATION_STORAGE, patient, generate_uid(), generate_uid(), "DX",
-                        accession=f"DX{self.rng.integers(10**7):08d}", study_desc="XR CHEST PA",
-                        series_number=1, series_desc="PA", body_part="CHEST", instance_number=1)
+        ds = self._base(
+            DX_PRESENTATION_STORAGE,
+            patient,
+            generate_uid(),
+            generate_uid(),
+            "DX",
+            accession=f"DX{self.rng.integers(10**7):08d}",
+            study_desc="XR CHEST PA",
+            series_number=1,
+            series_desc="PA",
+            body_part="CHEST",
+            instance_number=1,
+        )
         ds.ImageType = ["ORIGINAL", "PRIMARY"]
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.ViewPosition = "PA"
@@ -202,18 +255,34 @@ class DicomFactory:
     def dx_images(self, n: int = 3, **kwargs: Any) -> list[Path]:
         return [self.dx_image(**kwargs) for _ in range(n)]
 
-    def mr_small(self, n: int = 10, *, size: int = 64, out_dir: str | Path = "mr",
-                 patient: Patient | None = None, study_uid: str | None = None) -> list[Path]:
+    def mr_small(
+        self,
+        n: int = 10,
+        *,
+        size: int = 64,
+        out_dir: str | Path = "mr",
+        patient: Patient | None = None,
+        study_uid: str | None = None,
+    ) -> list[Path]:
         """Small MR instances (two series in one study), 16-bit, ~8 KB each."""
         patient = patient or self.patient()
         study_uid = study_uid or generate_uid()
         series = [generate_uid(), generate_uid()]
         paths = []
         for i in range(n):
-            ds = self._base(MR_IMAGE_STORAGE, patient, study_uid, series[i % 2], "MR",
-                            accession=f"MR{zlib.crc32(study_uid.encode()) % 10**8:08d}", study_desc="MR BRAIN",
-                            series_number=1 + i % 2, series_desc=("T1 AX", "T2 AX")[i % 2],
-                            body_part="HEAD", instance_number=i // 2 + 1)
+            ds = self._base(
+                MR_IMAGE_STORAGE,
+                patient,
+                study_uid,
+                series[i % 2],
+                "MR",
+                accession=f"MR{zlib.crc32(study_uid.encode()) % 10**8:08d}",
+                study_desc="MR BRAIN",
+                series_number=1 + i % 2,
+                series_desc=("T1 AX", "T2 AX")[i % 2],
+                body_part="HEAD",
+                instance_number=i // 2 + 1,
+            )
             ds.ScanningSequence = "SE"
             ds.SequenceVariant = "NONE"
             ds.ScanOptions = ""
@@ -247,8 +316,5 @@ class DicomFactory:
 
         src = self.dx_image(rows=256, cols=200, bits=8, out_dir=Path(out_dir) / "raw8")
         target = self.root / out_dir / f"JPEGBASE_{src.stem}.dcm"
-        subprocess.run(["dcmcjpeg", "+eb", str(src), str(target)], check=True, capture_output=True,
-                       timeout=60)
+        subprocess.run(["dcmcjpeg", "+eb", str(src), str(target)], check=True, capture_output=True, timeout=60)
         return target
-
-

@@ -70,14 +70,19 @@ def write_raw_part10(path: Path, *, sop_class: str, sop_uid: str, transfer_synta
 def unchecked_uids() -> Iterator[None]:
     """Let pydicom and pynetdicom carry non-conformant UIDs (the node must be the one to refuse)."""
     settings = pydicom_config.settings
-    saved = (settings.reading_validation_mode, settings.writing_validation_mode,
-             pynetdicom_config.ENFORCE_UID_CONFORMANCE)
+    saved = (
+        settings.reading_validation_mode,
+        settings.writing_validation_mode,
+        pynetdicom_config.ENFORCE_UID_CONFORMANCE,
+    )
     settings.reading_validation_mode = pydicom_config.IGNORE
     settings.writing_validation_mode = pydicom_config.IGNORE
     pynetdicom_config.ENFORCE_UID_CONFORMANCE = False
     try:
         yield
     finally:
-        (settings.reading_validation_mode, settings.writing_validation_mode,
-         pynetdicom_config.ENFORCE_UID_CONFORMANCE) = saved
-
+        (
+            settings.reading_validation_mode,
+            settings.writing_validation_mode,
+            pynetdicom_config.ENFORCE_UID_CONFORMANCE,
+        ) = saved

@@ -19,8 +19,10 @@ def index_snapshot(db: Any) -> dict[str, Any]:
     from node.db.models import Instance, Patient, Series, Study, TriageJob
 
     def rows(session: Any, model: Any) -> list[dict[str, Any]]:
-        return [{c.name: getattr(obj, c.key) for c in model.__table__.columns}
-                for obj in session.execute(select(model)).scalars()]
+        return [
+            {c.name: getattr(obj, c.key) for c in model.__table__.columns}
+            for obj in session.execute(select(model)).scalars()
+        ]
 
     with db.session() as session:
         return {
@@ -62,8 +64,11 @@ def study_instances(db, study_uid: str) -> list[tuple[str, str, str, str]]:  # t
     with db.session() as session:
         rows = session.execute(
             select(Series.modality, Instance.sop_instance_uid, Instance.transfer_syntax_uid, Instance.path)
-            .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
-            .where(Study.study_instance_uid == study_uid).order_by(Instance.id)).all()
+            .join(Series, Instance.series_pk == Series.id)
+            .join(Study, Series.study_pk == Study.id)
+            .where(Study.study_instance_uid == study_uid)
+            .order_by(Instance.id)
+        ).all()
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
@@ -75,7 +80,8 @@ def study_jobs(db, study_uid: str) -> list[Any]:  # type: ignore[no-untyped-def]
     from node.db.models import TriageJob
 
     with db.session() as session:
-        return list(session.execute(select(TriageJob).where(TriageJob.study_instance_uid == study_uid)
-                                    .order_by(TriageJob.id)).scalars().all())
-
-
+        return list(
+            session.execute(select(TriageJob).where(TriageJob.study_instance_uid == study_uid).order_by(TriageJob.id))
+            .scalars()
+            .all()
+        )

@@ -37,13 +37,26 @@ class Orthanc:
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.config = root / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "forward-test", "DicomAet": "ORTHANC", "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "DicomServerEnabled": True,
-            "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
-            "Plugins": [], "HttpServerEnabled": True,
-        }, indent=2))
+        self.config.write_text(
+            json.dumps(
+                {
+                    "Name": "forward-test",
+                    "DicomAet": "ORTHANC",
+                    "DicomPort": self.dicom_port,
+                    "HttpPort": self.http_port,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "DicomCheckCalledAet": False,
+                    "DicomAlwaysAllowStore": True,
+                    "DicomServerEnabled": True,
+                    "StorageDirectory": str(root / "storage"),
+                    "IndexDirectory": str(root / "index"),
+                    "Plugins": [],
+                    "HttpServerEnabled": True,
+                },
+                indent=2,
+            )
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -54,14 +67,17 @@ class Orthanc:
     def start(self, timeout: float = 30) -> None:
         self.starts += 1
         log = (self.root / f"orthanc-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen([ORTHANC_BIN, str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.root)
+        self.proc = subprocess.Popen(
+            [ORTHANC_BIN, str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=self.root
+        )
         proc = self.proc
 
         def answers() -> bool:
             if proc.poll() is not None:
-                pytest.fail(f"Orthanc exited ({proc.returncode}): "
-                            f"{(self.root / f'orthanc-{self.starts}.log').read_text(errors='replace')[-2000:]}")
+                pytest.fail(
+                    f"Orthanc exited ({proc.returncode}): "
+                    f"{(self.root / f'orthanc-{self.starts}.log').read_text(errors='replace')[-2000:]}"
+                )
             try:
                 return bool(self._request("GET", "/system").get("DicomPort") == self.dicom_port)
             except (OSError, urllib.error.URLError, ValueError):
@@ -90,20 +106,30 @@ class Orthanc:
         return bool(found)
 
     def instance_tags(self, sop_uid: str) -> dict[str, Any]:
-        (orthanc_id,) = self._request("POST", "/tools/find",
-                                      {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
+        (orthanc_id,) = self._request(
+            "POST", "/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}}
+        )
         return self._request("GET", f"/instances/{orthanc_id}/simplified-tags")
 
 
-
-def forwarding_node(root: Path, model: Path, orthanc: Orthanc, *, send: str | list[str] = "sr",
-                    **forwarding: float) -> NodeConfig:
+def forwarding_node(
+    root: Path, model: Path, orthanc: Orthanc, *, send: str | list[str] = "sr", **forwarding: float
+) -> NodeConfig:
     """A triaging node whose one [[forward]] destination is ``orthanc`` (``send``: "sr" or "both")."""
-    policy = {"initial_backoff_seconds": 0.2, "max_backoff_seconds": 1.0, "max_age_seconds": 600,
-              "timeout_seconds": 10, "poll_seconds": 0.2, **forwarding}
-    return node_config(root, model, forwarding=policy,
-                       forward=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port,
-                                 "send": send}])
+    policy = {
+        "initial_backoff_seconds": 0.2,
+        "max_backoff_seconds": 1.0,
+        "max_age_seconds": 600,
+        "timeout_seconds": 10,
+        "poll_seconds": 0.2,
+        **forwarding,
+    }
+    return node_config(
+        root,
+        model,
+        forwarding=policy,
+        forward=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port, "send": send}],
+    )
 
 
 def send_chest_study(root: Path, port: int, patient_id: str, images: int = 1) -> tuple[str, list[str]]:
@@ -112,11 +138,24 @@ def send_chest_study(root: Path, port: int, patient_id: str, images: int = 1) ->
 
     root.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid = generate_uid(), generate_uid()
-    paths = [synthetic_image(root / f"{patient_id}-{n}.dcm", modality="DX",
-                             sop_class=DigitalXRayImageStorageForPresentation, view="PA", body_part="CHEST", age=54,
-                             study_uid=study_uid, patient_id=patient_id, number=n, series_uid=series_uid,
-                             photometric="MONOCHROME2", rows=128, cols=128)
-             for n in range(1, images + 1)]
+    paths = [
+        synthetic_image(
+            root / f"{patient_id}-{n}.dcm",
+            modality="DX",
+            sop_class=DigitalXRayImageStorageForPresentation,
+            view="PA",
+            body_part="CHEST",
+            age=54,
+            study_uid=study_uid,
+            patient_id=patient_id,
+            number=n,
+            series_uid=series_uid,
+            photometric="MONOCHROME2",
+            rows=128,
+            cols=128,
+        )
+        for n in range(1, images + 1)
+    ]
     send_files(port, paths)
     return study_uid, [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
 
@@ -127,8 +166,15 @@ def sr_uid(node: Any, study_uid: str) -> str:
 
 
 def outbox_cli(cfg: NodeConfig, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*cli_command("outbox"), "--config", str(cfg.config_path), *args],
-                          capture_output=True, text=True, env=node_env(), cwd=cfg.root, timeout=60, check=False)
+    proc = subprocess.run(
+        [*cli_command("outbox"), "--config", str(cfg.config_path), *args],
+        capture_output=True,
+        text=True,
+        env=node_env(),
+        cwd=cfg.root,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
 
@@ -143,12 +189,15 @@ def outbox_rows(node: Any, study_uid: str) -> list[Any]:
     from node.db.models import OutboxItem
 
     with node.db.session() as session:
-        return list(session.execute(select(OutboxItem).where(OutboxItem.study_instance_uid == study_uid)
-                                    .order_by(OutboxItem.id)).scalars().all())
+        return list(
+            session.execute(
+                select(OutboxItem).where(OutboxItem.study_instance_uid == study_uid).order_by(OutboxItem.id)
+            )
+            .scalars()
+            .all()
+        )
 
 
 def export_events(cfg: NodeConfig) -> list[dict[str, Any]]:
     lines = cfg.audit_path.read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["event_id"]["code"] == "110106"]
-
-

@@ -11,8 +11,9 @@ import pytest
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition", *,
-               interval: float = 0.05) -> T:
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition", *, interval: float = 0.05
+) -> T:
     """Poll ``predicate`` until it returns something truthy and return that value; fail the test
     (naming ``what``) after ``timeout`` seconds. The predicate may raise to fail at once."""
     deadline = time.monotonic() + timeout

@@ -45,6 +45,17 @@ def chest_dx(path: Path, *, view: str, patient_id: str, study_uid: str, series_u
     from node.demo import synthetic_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    return synthetic_image(path, modality="DX", sop_class=DigitalXRayImageStorageForPresentation, view=view,
-                           body_part="CHEST", age=54, study_uid=study_uid, patient_id=patient_id,
-                           number=number, series_uid=series_uid, rows=128, cols=128)
+    return synthetic_image(
+        path,
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view=view,
+        body_part="CHEST",
+        age=54,
+        study_uid=study_uid,
+        patient_id=patient_id,
+        number=number,
+        series_uid=series_uid,
+        rows=128,
+        cols=128,
+    )

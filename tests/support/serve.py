@@ -57,11 +57,13 @@ def node_env(overrides: dict[str, Any] | None = None, **extra: str) -> dict[str,
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """One `triage-node ...` command to completion, output captured."""
-    return subprocess.run(cli_command(*args), env=env or node_env(), cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        cli_command(*args), env=env or node_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def status_json(config: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -74,8 +76,7 @@ class ServeProcess:
     """`triage-node serve --config CONFIG` as a child process in its own session, its output in
     ``workdir/NAME-N.log`` (one file per start)."""
 
-    def __init__(self, config: Path, workdir: Path, *, env: dict[str, str] | None = None,
-                 name: str = "serve") -> None:
+    def __init__(self, config: Path, workdir: Path, *, env: dict[str, str] | None = None, name: str = "serve") -> None:
         self.config = Path(config)
         self.workdir = Path(workdir)
         self.env = env if env is not None else node_env()
@@ -91,9 +92,14 @@ class ServeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = self.workdir / f"{self.name}-{self.starts}.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(cli_command("serve", "--config", str(self.config)), env=self.env,
-                                         cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cli_command("serve", "--config", str(self.config)),
+                env=self.env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         if wait:
             self.wait_ready(timeout)
         return self
