@@ -71,6 +71,7 @@ class Node:
     root: Path
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    extra_toml: str = ""  # appended verbatim, e.g. [[forward]] tables
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -92,6 +93,9 @@ class Node:
             sections.setdefault(name, {}).update(body)
         self.sections = sections
         self.config = write_config(self.root / "node.toml", sections)
+        if self.extra_toml:
+            with self.config.open("a", encoding="utf-8") as f:
+                f.write("\n" + self.extra_toml)
 
     @property
     def storage(self) -> Path:
@@ -173,13 +177,18 @@ def dataset_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def association(port: int, *, timeout: float = 30, calling: str = "RELIABILITY") -> Any:
+def association(port: int, *, timeout: float = 30, calling: str = "RELIABILITY", guarded: bool = True) -> Any:
+    """A CT + Verification association; ``guarded``: with node/dimse/scu_race.py's fix, so that
+    pynetdicom's own reactor cannot drop a response the node sent (``False`` reproduces that)."""
+    from node.dimse.scu_race import keep_responses_for_caller
+
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = 10
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
-    return ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    return keep_responses_for_caller(assoc) if guarded else assoc
 
 
 # --------------------------------------------------------------------------- checks

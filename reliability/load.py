@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -49,7 +50,22 @@ class Sampler(threading.Thread):
                 return
 
 
-def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[type-arg]
+class _DroppedResponses(logging.Handler):
+    """Counts pynetdicom's "Received unexpected C-STORE service message": a response the
+    association's own reactor thread took off the queue and threw away (node/dimse/scu_race.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Received unexpected" in record.getMessage():
+            self.count += 1
+
+
+def senders(count: int, seconds: float, workdir: Path, guarded: bool = True) -> dict:  # type: ignore[type-arg]
+    dropped = _DroppedResponses()
+    logging.getLogger("pynetdicom").addHandler(dropped)
     node = Node(workdir / "node").start()
     acked: dict[str, tuple[str, str, bytes]] = {}
     lock = threading.Lock()
@@ -70,7 +86,7 @@ def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[
         study, series = generate_uid(), generate_uid()
         number = 0
         while time.monotonic() < deadline:
-            assoc = association(node.port)
+            assoc = association(node.port, guarded=guarded)
             if not assoc.is_established:
                 failures[0] += 1
                 continue
@@ -105,7 +121,9 @@ def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[
     lost = len(report["missing"]) + len(report["different"])
     return {"senders": count, "seconds": round(elapsed, 1), "acknowledged": len(acked),
             "instances_per_s": round(len(acked) / elapsed, 1), "failures": failures[0],
-            "no_response_within_timeout": no_response[0], "lost": lost,
+            "no_response_within_timeout": no_response[0], "client_guarded": guarded,
+            "responses_dropped_by_client_reactor": dropped.count, "lost": lost,
+            "load_average_1m": round(os.getloadavg()[0], 2),
             "rss_baseline_mib": round(baseline / 1024, 1), "rss_max_mib": round(max(sampler.rss) / 1024, 1),
             "rss_last_mib": round(sampler.rss[-1] / 1024, 1), "rss_samples": len(sampler.rss),
             "threads_max": max(sampler.threads), "ok": lost == 0 and failures[0] == 0}
@@ -164,6 +182,8 @@ def main() -> int:
     p = sub.add_parser("senders")
     p.add_argument("--senders", type=int, default=8)
     p.add_argument("--seconds", type=float, default=600)
+    p.add_argument("--unguarded", action="store_true",
+                   help="clients without the fix for pynetdicom's response race (reproduces the lost replies)")
     p = sub.add_parser("storm")
     p.add_argument("--clients", type=int, nargs="+", default=[17, 24, 30])
     p.add_argument("--stores", type=int, default=10)
@@ -173,7 +193,7 @@ def main() -> int:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="triage-load-"))
     if args.what == "senders":
-        result = senders(args.senders, args.seconds, workdir)
+        result = senders(args.senders, args.seconds, workdir, guarded=not args.unguarded)
         ok = result["ok"]
         out: object = result
     else:

@@ -20,6 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 from pynetdicom import AE
 
 from node.config import ForwardDestination, RemoteTls
+from node.dimse.scu_race import keep_responses_for_caller
 from node.dimse.sockets import NODELAY_HANDLER
 
 MAX_CONTEXTS = 128
@@ -85,6 +86,7 @@ def send_batch(dest: ForwardDestination, items: Sequence[SendItem], *, calling_a
         tls_args = (client_tls_context(dest.tls), dest.host) if dest.tls.enabled else None
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER],
                              tls_args=tls_args)
+        keep_responses_for_caller(assoc)  # a Success must not be lost to pynetdicom's reactor (resend)
     except Exception as exc:  # e.g. a TLS context that cannot be built
         error = f"association failed: {type(exc).__name__}: {exc}"[:300]
         return [results.get(i.key) or ItemResult(i.key, False, None, error) for i in items]
