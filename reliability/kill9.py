@@ -6,8 +6,10 @@ with the exact bytes sent); after a random delay the node is killed with SIGKILL
 happens to be; it is restarted (crash recovery runs) and checked. Two modes:
 
 ``--stages all`` (the default): the node triages with the tiny test model and forwards each
-study's SR to a real Orthanc (reliability/orthanc.py), and the senders send small chest studies
-(two DX images each, a new study per association), so a kill lands in C-STORE receive, the
+study's SR to a real Orthanc (reliability/orthanc.py); each sender sends ``--studies-per-cycle``
+small chest studies (two DX images each, one association per study) and the kill comes up to
+``--max-delay`` seconds (default 12) after the restarted node has loaded its model, so that it
+lands in C-STORE receive, the
 durable write, between rename and index commit, the audit append, the stability clock, a triage
 job (model pass, SR build, SR store, worklist update) or forwarding (claim, C-STORE to Orthanc,
 marking the row sent). Right after each kill the index tells which stages were in flight. After
@@ -111,8 +113,9 @@ def run(cycles: int, workdir: Path, seed: int, max_delay: float) -> dict:  # typ
 
 # --------------------------------------------------------------------------- every stage
 def _chest_sender(port: int, folder: Path, acked: dict[str, tuple[str, str, bytes]], stop: threading.Event,
-                  name: str) -> None:
-    """Two-image chest studies, one association per study, until stopped or the node is gone."""
+                  name: str, studies: int) -> None:
+    """``studies`` two-image chest studies, one association each (fewer when stopped or the node
+    is gone): the rest of the cycle is left to stability, triage and forwarding."""
     import pydicom
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
     from pynetdicom import AE
@@ -124,9 +127,9 @@ def _chest_sender(port: int, folder: Path, acked: dict[str, tuple[str, str, byte
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     ae.connection_timeout = 5
     ae.add_requested_context(DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian)
-    number = 0
-    while not stop.is_set():
-        number += 1
+    for number in range(1, studies + 1):
+        if stop.is_set():
+            return
         study, paths = chest_study(folder, f"{name}-{number:05d}", images=2)
         try:
             assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
@@ -171,7 +174,29 @@ def _in_flight(node: Node) -> dict[str, int]:
     }
 
 
-def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float) -> dict:  # type: ignore[type-arg]
+def _wait_for_log(node: Node, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in node.log_text():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{text} not logged within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _work_logged(node: Node) -> dict[str, int]:
+    """What the cycle's process finished before it was killed, from its JSON operational log."""
+    counts = {"job_done": 0, "forward_batch": 0, "model_loaded": 0, "instances_received": 0}
+    for line in node.log_text().splitlines():
+        try:
+            event = json.loads(line).get("event")
+        except ValueError:
+            continue
+        if event in counts:
+            counts[event] += 1
+    return counts
+
+
+def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float,
+                 studies_per_cycle: int) -> dict:  # type: ignore[type-arg]
     from pipeline import check_pipeline, orthanc_for, pipeline_node, tiny_model, wait_drained
 
     rng = random.Random(seed)
@@ -179,18 +204,24 @@ def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float) -> dic
     orthanc = orthanc_for(workdir).start()
     policy = {"initial_backoff_seconds": 0.5, "max_backoff_seconds": 5, "timeout_seconds": 10,
               "poll_seconds": 0.2, "lease_seconds": 5}
-    node = pipeline_node(workdir / "node", model, orthanc, policy, triage={"max_attempts": 20})
+    node = pipeline_node(workdir / "node", model, orthanc, policy, triage={"max_attempts": 20},
+                         node={"log_level": "info"})
     acked: dict[str, tuple[str, str, bytes]] = {}
     torn = 0
     problems: list[str] = []
     stages: dict[str, int] = {}
+    work: dict[str, int] = {}
     delays: list[float] = []
     node.start(timeout=180)
     try:
         for cycle in range(1, cycles + 1):
+            # The clock starts when the model is loaded (a loaded 2-core machine needs 10-25 s for
+            # that), so that the kill lands in receive, stability, triage, SR store or forwarding.
+            _wait_for_log(node, '"model_loaded"', 180)
             stop = threading.Event()
             senders = [threading.Thread(target=_chest_sender,
-                                        args=(node.port, workdir / "studies", acked, stop, f"K{cycle:03d}S{i}"))
+                                        args=(node.port, workdir / "studies", acked, stop, f"K{cycle:03d}S{i}",
+                                              studies_per_cycle))
                        for i in range(2)]
             for t in senders:
                 t.start()
@@ -203,6 +234,8 @@ def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float) -> dic
                 t.join(30)
             for stage, count in _in_flight(node).items():
                 stages[stage] = stages.get(stage, 0) + (1 if count else 0)
+            for event, count in _work_logged(node).items():
+                work[event] = work.get(event, 0) + count
             node.start(timeout=180)
             report = check_store(node, acked)
             torn = len(list(node.root.rglob("audit.jsonl.torn-*")))
@@ -233,7 +266,8 @@ def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float) -> dic
     if verify.returncode != 0:
         problems.append(f"end: audit verify: {verify.stderr.strip()[-300:]}")
     return {"stages": "all", "cycles": cycles, "kill_delay_s": [round(min(delays), 2), round(max(delays), 2)],
-            "kills_with_stage_in_flight": stages, "acknowledged": len(acked),
+            "kills_with_stage_in_flight": stages, "work_done_by_killed_processes": work,
+            "acknowledged": len(acked),
             "stored_files": final_store["files"], "index_rows": final_store["rows"],
             "stable_studies": len(studies), "current_srs": end["current_srs"],
             "srs_in_orthanc_index": end["srs_in_orthanc_index"], "orthanc_receptions_of_srs": end["orthanc_receptions"],
@@ -248,7 +282,8 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--stages", choices=("all", "receive"), default="all")
     parser.add_argument("--max-delay", type=float, default=None,
-                        help="longest wait before each kill (s); default 6 (all stages), 1.5 (receive)")
+                        help="longest wait before each kill (s); default 12 (all stages), 1.5 (receive)")
+    parser.add_argument("--studies-per-cycle", type=int, default=2, help="per sender (all stages)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", action="store_true")
@@ -256,7 +291,7 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="triage-kill9-"))
     start = time.monotonic()
     if args.stages == "all":
-        result = run_pipeline(args.cycles, workdir, args.seed, args.max_delay or 6.0)
+        result = run_pipeline(args.cycles, workdir, args.seed, args.max_delay or 12.0, args.studies_per_cycle)
     else:
         result = run(args.cycles, workdir, args.seed, args.max_delay or 1.5)
     result["load_average_1m"] = round(os.getloadavg()[0], 2)

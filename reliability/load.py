@@ -126,6 +126,8 @@ def senders(count: int, seconds: float, workdir: Path, guarded: bool = True) -> 
             "load_average_1m": round(os.getloadavg()[0], 2),
             "rss_baseline_mib": round(baseline / 1024, 1), "rss_max_mib": round(max(sampler.rss) / 1024, 1),
             "rss_last_mib": round(sampler.rss[-1] / 1024, 1), "rss_samples": len(sampler.rss),
+            "rss_mib_at_each_tenth": [round(sampler.rss[min(len(sampler.rss) - 1, i * len(sampler.rss) // 10)] / 1024, 1)
+                                      for i in range(1, 11)],
             "threads_max": max(sampler.threads), "ok": lost == 0 and failures[0] == 0}
 
 

@@ -47,7 +47,7 @@ class Orthanc:
         self.config.write_text(json.dumps({
             "Name": "reliability", "DicomAet": aet, "DicomPort": dicom_port, "HttpPort": http_port,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True, "DicomServerEnabled": True, "HttpServerEnabled": True,
+            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True, "DicomServerEnabled": True, "HttpServerEnabled": True,
             "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
             "Plugins": [], "LuaScripts": [str(root / "count.lua")], "OverwriteInstances": False,
         }, indent=2))

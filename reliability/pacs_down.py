@@ -84,7 +84,7 @@ def run(studies: int, down_seconds: float, workdir: Path, max_backoff: float) ->
         report["problems"]["studies_not_acknowledged"] = not_stored
     report.update({"down_seconds": down_seconds, "srs_written_while_down": srs_while_down,
                    "max_backoff_seconds": max_backoff, "timeline": timeline,
-                   "seconds": round(time.monotonic() - start, 1), "load_average": os.getloadavg()[0],
+                   "seconds": round(time.monotonic() - start, 1), "load_average_1m": round(os.getloadavg()[0], 2),
                    "ok": not report["problems"]})
     return report
 

@@ -21,7 +21,7 @@ from node.forward.fhir import FhirError, bundle_for, post_bundle
 from node.forward.hl7 import Hl7Error, message_for, send_mllp
 from node.forward.outbox import (Claimed, claim_due, destination_key, fhir_key, hl7_key, mark_failed, mark_sent,
                                  release, renew_lease)
-from node.forward.sender import ItemResult, SendItem, send_batch
+from node.forward.sender import ItemResult, SendItem, destination_holds, send_batch
 from node.oplog import get_logger
 
 log = get_logger("forward")
@@ -75,7 +75,8 @@ class Forwarder:
             if self._stop.is_set():
                 release(self.db, [i.id for i in items])  # not attempted: due again at the next start
                 continue
-            renew_lease(self.db, [i.id for i in items], self.lease_seconds)  # heartbeat: still ours
+            # heartbeat (still ours) and the in-flight mark, committed before anything is sent
+            renew_lease(self.db, [i.id for i in items], self.lease_seconds, in_flight=True)
             self._forward(key, items)
         return True
 
@@ -87,8 +88,10 @@ class Forwarder:
             results = [ItemResult(i.id, False, None, f"destination {key} is no longer configured") for i in items]
         else:
             calling = dest.calling_ae_title or self.settings.dicom.ae_title
-            results = send_batch(dest, [SendItem(i.id, self.storage_root / i.path) for i in items],
-                                 calling_ae=calling, timeout=self.policy.timeout_seconds)
+            held = self._already_delivered(dest, calling, [i for i in items if i.in_doubt])
+            results = [ItemResult(i.id, True, None) for i in items if i.id in held]
+            results += send_batch(dest, [SendItem(i.id, self.storage_root / i.path) for i in items if i.id not in held],
+                                  calling_ae=calling, timeout=self.policy.timeout_seconds)
         sent = [r.key for r in results if r.ok]
         failures = {r.key: r.error or "failed" for r in results if not r.ok}
         mark_sent(self.db, sent)
@@ -105,6 +108,15 @@ class Forwarder:
         for item_id in dead:
             log.warning("forward_dead_letter", destination=key, outbox_id=item_id, kind=by_id[item_id].kind,
                         error=failures[item_id][:200])
+
+    def _already_delivered(self, dest: ForwardDestination, calling: str, in_doubt: list[Claimed]) -> set[int]:
+        """Ids of in-doubt rows the destination already holds (C-FIND): not sent again."""
+        if not in_doubt:
+            return set()
+        held = destination_holds(dest, {i.id: self.storage_root / i.path for i in in_doubt}, calling_ae=calling,
+                                 timeout=self.policy.timeout_seconds)
+        log.info("forward_in_doubt", destination=destination_key(dest), rows=len(in_doubt), already_held=len(held))
+        return held
 
     def _message(self, key: str, item: Claimed) -> ItemResult:
         """One HL7 or FHIR message, built from the stored SR and delivered (ACK AA/CA, or HTTP 2xx)."""

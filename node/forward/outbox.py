@@ -2,7 +2,12 @@
 
 Claiming does not add a state: a claimed row keeps ``pending`` and gets ``next_attempt_at``
 pushed out by a lease, so a forwarder that dies mid-send leaves rows that simply become due
-again (a resend is safe: receivers accept the same SOP Instance UID twice). On PostgreSQL the
+again. Right before a batch is sent its rows are marked ``IN_FLIGHT`` (in ``last_error``); a row
+that is claimed with that mark was being sent by a process that died before recording the answer
+(kill -9 between the destination's Success and our commit). The forwarder asks the destination
+(C-FIND) whether it already holds such an instance before sending it again, so an instance the
+destination acknowledged is not delivered twice; a destination that cannot answer gets it again
+(receivers accept the same SOP Instance UID twice). On PostgreSQL the
 claim uses SELECT ... FOR UPDATE SKIP LOCKED, so several node processes share one outbox; on
 SQLite the in-process writer lock serialises claims.
 """
@@ -25,6 +30,8 @@ from node.db.engine import Database
 from node.db.models import Instance, OutboxItem, Series, Study
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
+# last_error of a row whose batch is being sent right now (replaced by the outcome when recorded)
+IN_FLIGHT = "in flight: sent by a forwarder that has not recorded the answer yet"
 
 
 def destination_key(dest: ForwardDestination) -> str:
@@ -54,6 +61,7 @@ class Claimed:
     path: str
     attempts: int
     created_at: datetime
+    in_doubt: bool = False  # the last process sending it died before recording the answer
 
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> int:
@@ -152,7 +160,7 @@ def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime |
         for item in items:
             item.next_attempt_at = lease_until
         return [Claimed(i.id, i.destination, i.kind, i.study_instance_uid, i.sop_instance_uid, i.path, i.attempts,
-                        _utc(i.created_at)) for i in items]  # type: ignore[arg-type]
+                        _utc(i.created_at), i.last_error == IN_FLIGHT) for i in items]  # type: ignore[arg-type]
 
 
 def backoff_seconds(policy: ForwardingSection, attempts_before: int, *, jitter: bool = True) -> float:
@@ -175,15 +183,20 @@ def release(db: Database, ids: Iterable[int], now: datetime | None = None) -> No
             item.next_attempt_at = now
 
 
-def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: datetime | None = None) -> None:
-    """Push the lease of rows this process is about to send (the forwarder's heartbeat)."""
+def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: datetime | None = None, *,
+                in_flight: bool = False) -> None:
+    """Push the lease of rows this process is about to send (the forwarder's heartbeat); with
+    ``in_flight`` also mark them IN_FLIGHT (committed before the first byte goes out)."""
     ids = list(ids)
     if not ids:
         return
     until = (now or _now()) + timedelta(seconds=lease_seconds)
+    values: dict[str, Any] = {"next_attempt_at": until}
+    if in_flight:
+        values["last_error"] = IN_FLIGHT
     with db.write_lock, db.session() as session, session.begin():
         session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == PENDING)
-                        .values(next_attempt_at=until))
+                        .values(**values))
 
 
 def mark_sent(db: Database, ids: Iterable[int], now: datetime | None = None) -> None:
@@ -259,5 +272,5 @@ def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None
         return [i.id for i in items]
 
 
-__all__ = ["Claimed", "DEAD", "PENDING", "SENT", "backoff_seconds", "claim_due", "destination_key",
+__all__ = ["Claimed", "DEAD", "IN_FLIGHT", "PENDING", "SENT", "backoff_seconds", "claim_due", "destination_key",
            "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "renew_lease", "requeue"]
