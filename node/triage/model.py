@@ -27,7 +27,6 @@ start.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from node.triage.tiny_model import TEST_MODEL_MARKER
+from node.triage.weights import WEIGHTS_CACHE_FILE, _hub_snapshot, weights_sha256
 
 __all__ = [
     "ModelSettings",
@@ -62,10 +62,6 @@ log = logging.getLogger(__name__)
 #: MedSigLIP's text context: 64 tokens, padded to the full length (last-token pooling).
 TEXT_MAX_LENGTH = 64
 
-#: Name of the JSON file (inside ``cache_dir``) that remembers weight hashes.
-WEIGHTS_CACHE_FILE = "weights-sha256.json"
-
-_CHUNK = 1 << 22  # 4 MiB reads when hashing
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
@@ -101,81 +97,6 @@ class ModelIdentity:
 
 class ModelUnavailable(RuntimeError):
     """The model could not be loaded or started; the message says why in one sentence."""
-
-
-# --------------------------------------------------------------------------------------------
-# weights hash
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    """The files ``from_pretrained`` loads weights from: ``*.safetensors``, else ``*.bin``."""
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if not files:
-        files = sorted(p for p in folder.glob("*.bin") if p.is_file())
-    return files
-
-
-def _stat_key(files: list[Path]) -> str:
-    entries = []
-    for f in files:
-        st = f.stat()  # follows hub-cache symlinks to the blob
-        entries.append([f.name, str(f.resolve()), st.st_size, st.st_mtime_ns])
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-
-
-_memo: dict[str, str] = {}
-_memo_lock = threading.Lock()
-
-
-def weights_sha256(folder: str | Path, cache_dir: str | Path | None = None) -> str:
-    """SHA-256 (hex) of a checkpoint's weight files, read in name order as one stream.
-
-    For a single-file checkpoint this equals ``sha256sum model.safetensors`` (and the hub's LFS
-    oid). The result is cached, keyed by each file's name, resolved path, size and mtime: in
-    memory, and in ``cache_dir/weights-sha256.json`` when ``cache_dir`` is given, so it is
-    computed once per checkpoint, not at every start. Raises ``FileNotFoundError`` when the
-    folder has no weight files.
-    """
-    folder = Path(folder)
-    files = _weight_files(folder)
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors or *.bin weight files in {folder}")
-    key = _stat_key(files)
-    cache_file = Path(cache_dir) / WEIGHTS_CACHE_FILE if cache_dir is not None else None
-    cache: dict[str, Any] = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text(encoding="utf-8"))
-            if not isinstance(cache, dict):
-                cache = {}
-        except (OSError, ValueError):
-            cache = {}
-        hit = cache.get(key)
-        if isinstance(hit, dict) and isinstance(hit.get("sha256"), str):
-            return hit["sha256"]
-
-    with _memo_lock:
-        value = _memo.get(key)
-    if value is None:
-        digest = hashlib.sha256()
-        for f in files:
-            with f.open("rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    digest.update(chunk)
-        value = digest.hexdigest()
-        with _memo_lock:
-            _memo[key] = value
-
-    if cache_file is not None:
-        cache[key] = {"sha256": value, "folder": str(folder.resolve()), "files": [f.name for f in files]}
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(tmp, cache_file)
-        except OSError as exc:  # a read-only data dir only costs a re-hash next time
-            log.warning("cannot write weights hash cache %s: %s", cache_file, exc)
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,24 +330,6 @@ def _dtype_kwarg() -> str:
 
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-
-
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
-    """The local snapshot folder of a hub checkpoint that from_pretrained just loaded."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-        if isinstance(hit, (str, os.PathLike)):
-            return Path(hit).parent
-    except Exception:  # noqa: BLE001 - fall through to snapshot_download
-        pass
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def remedies(settings: ModelSettings) -> str:
