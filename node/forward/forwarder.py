@@ -19,8 +19,8 @@ from node.config import FhirDestination, ForwardDestination, Hl7Destination, Set
 from node.db.engine import Database
 from node.forward.fhir import FhirError, bundle_for, post_bundle
 from node.forward.hl7 import Hl7Error, message_for, send_mllp
-from node.forward.outbox import (Claimed, claim_due, destination_key, fhir_key, hl7_key, mark_failed, mark_sent,
-                                 release, renew_lease)
+from node.forward.outbox import (IN_DOUBT, Claimed, claim_due, destination_key, fhir_key, hl7_key, mark_failed,
+                                 mark_sent, release, renew_lease)
 from node.forward.sender import ItemResult, SendItem, destination_holds, send_batch
 from node.oplog import get_logger
 
@@ -94,6 +94,11 @@ class Forwarder:
                                   calling_ae=calling, timeout=self.policy.timeout_seconds)
         sent = [r.key for r in results if r.ok]
         failures = {r.key: r.error or "failed" for r in results if not r.ok}
+        if dest is not None:  # no definite answer: the destination may hold it; check before resending
+            doubtful = {i.id for i in items if i.in_doubt}
+            for r in results:
+                if not r.ok and r.status is None and (r.key in doubtful or r.error.startswith("no C-STORE response")):
+                    failures[r.key] = IN_DOUBT + failures[r.key].removeprefix(IN_DOUBT)
         mark_sent(self.db, sent)
         dead = mark_failed(self.db, failures, self.policy)
         metrics.FORWARD_ATTEMPTS.labels(key, "success").inc(len(sent))

@@ -32,6 +32,9 @@ from node.db.models import Instance, OutboxItem, Series, Study
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 # last_error of a row whose batch is being sent right now (replaced by the outcome when recorded)
 IN_FLIGHT = "in flight: sent by a forwarder that has not recorded the answer yet"
+# prefix of last_error when an attempt failed without a definite answer (no response, association
+# lost after sending, or an in-doubt row whose check could not be made): still in doubt
+IN_DOUBT = "in doubt: "
 
 
 def destination_key(dest: ForwardDestination) -> str:
@@ -160,7 +163,8 @@ def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime |
         for item in items:
             item.next_attempt_at = lease_until
         return [Claimed(i.id, i.destination, i.kind, i.study_instance_uid, i.sop_instance_uid, i.path, i.attempts,
-                        _utc(i.created_at), i.last_error == IN_FLIGHT) for i in items]  # type: ignore[arg-type]
+                        _utc(i.created_at), i.last_error == IN_FLIGHT or i.last_error.startswith(IN_DOUBT))
+                for i in items]  # type: ignore[arg-type]
 
 
 def backoff_seconds(policy: ForwardingSection, attempts_before: int, *, jitter: bool = True) -> float:
@@ -272,5 +276,5 @@ def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None
         return [i.id for i in items]
 
 
-__all__ = ["Claimed", "DEAD", "IN_FLIGHT", "PENDING", "SENT", "backoff_seconds", "claim_due", "destination_key",
+__all__ = ["Claimed", "DEAD", "IN_DOUBT", "IN_FLIGHT", "PENDING", "SENT", "backoff_seconds", "claim_due", "destination_key",
            "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "renew_lease", "requeue"]
