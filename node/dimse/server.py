@@ -24,6 +24,7 @@ from node.audit.refusals import RefusalLedger
 from node.config import ConfigError, DicomSection, RemoteNode
 from node.dimse.gate import GateLimits, NodeAssociationServer
 from node.dimse.pdu_guard import PDU_HEADER, GuardLimits
+from node.dimse import status as dimse_status
 from node.dimse.qr import QueryRetrieveSCP
 from node.dimse.tls import server_context
 from node import metrics
@@ -76,7 +77,7 @@ class DicomListener:
         self.audit = audit
         self.refusals = refusals or RefusalLedger(audit, node_ae=config.ae_title)
         # Query/Retrieve (C-FIND, C-GET, C-MOVE) and the UPS Pull worklist over the same index.
-        self.qr = QueryRetrieveSCP(config.ae_title, ingestor.db, ingestor.files.root, audit, move_destinations)
+        self.qr = QueryRetrieveSCP(config.ae_title, ingestor.db, ingestor.files, audit, move_destinations)
         self.ae = self._build_ae()
         self._server: NodeAssociationServer | None = None
         self._tallies: dict[int, dict[str, _StudyTally]] = defaultdict(dict)
@@ -113,7 +114,7 @@ class DicomListener:
     def handlers(self) -> list:  # type: ignore[type-arg]
         hs = [
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_C_ECHO, lambda event: dimse_status.SUCCESS),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_finished),
@@ -239,10 +240,27 @@ class DicomListener:
         metrics.ASSOCIATIONS.labels("rejected").inc()
         calling = event.assoc.requestor.ae_title
         host = str(event.assoc.requestor.address)
-        if self.refusals.note("association_rejected", host,
-                              f"calling AE title {calling!r} or called AE title not allowed, or limit reached",
-                              user=calling):
-            log.warning("association_rejected", calling_ae=calling, peer=host)
+        primitive = event.assoc.requestor.primitive
+        called = str(primitive.called_ae_title) if primitive is not None else ""
+        reason = self._rejection_reason(calling, called)
+        if self.refusals.note("association_rejected", host, reason, user=calling):
+            log.warning("association_rejected", calling_ae=calling, called_ae=called, peer=host, reason=reason)
+
+    def _rejection_reason(self, calling: str, called: str) -> str:
+        """Which rule refused the association, in the words of the setting to change.
+
+        pynetdicom rejects for the calling AE title (``require_calling_aet``), the called AE title
+        (``require_called_aet``) and its own association limit, in that order; the same checks
+        here name which one applied (the operator fixes a config key, not a guess)."""
+        cfg = self.config
+        reasons = []
+        if "*" not in cfg.allowed_peers and calling.strip() not in cfg.allowed_peers:
+            reasons.append(f"calling AE title {calling.strip()!r} is not in dicom.allowed_peers"
+                           if cfg.allowed_peers else "dicom.allowed_peers is empty: no calling AE title is allowed")
+        if cfg.check_called_ae and called.strip() != cfg.ae_title:
+            reasons.append(f"called AE title {called.strip()!r} is not this node's "
+                           f"({cfg.ae_title!r}; dicom.check_called_ae)")
+        return "; ".join(reasons) or "association limit reached (local limit exceeded)"
 
     def _on_gate_refusal(self, kind: str, host: str, detail: str) -> None:
         metrics.ASSOCIATIONS.labels(kind.removeprefix("association_")).inc()

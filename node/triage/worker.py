@@ -19,28 +19,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import select
 
 from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS
 from node.config import Settings
 from node.db.engine import Database
-from node.db.models import Instance, Series, Study, TriageJob
+from node.db.models import TriageJob
+from node.db.states import JobState
 from node.embeddings import keep_batch_embeddings
 from node.oplog import get_logger, study_ref
+from node.results.contract import algorithm_info, triage_result
+from node.results.outputs import ResultOutputs
+from node.results.write import write_report
 from node.store.ingest import Ingestor
+from node.store.read import StoredFiles, study_headers
 from node.triage.jobs import claim_jobs, finish_job, heartbeat, requeue_job, requeue_orphans
 from node.triage.model import LoadedModel, ModelSettings, ModelUnavailable, load_model
 from node.triage.policy import NoAssistReason, decide, embed_profile, no_assist
 from node.triage.preprocess import PREPROCESS_VERSION, PreprocessError, preprocess_version, to_model_input
 from node.triage.profiles import ProfileError, TriageProfile, load_profiles
-from node.triage.outputs import ResultOutputs
-from node.triage.results import algorithm_info, triage_result, write_report
 from node.triage.select import select_images
-from node.worklist import order_priority
+from node.worklist.priority import order_priority
 
 log = get_logger("triage")
 
@@ -81,7 +82,7 @@ class TriageWorker:
         self.db = db
         self.ingestor = ingestor
         self.audit = audit
-        self.storage_root = Path(settings.storage.path)
+        self.files = StoredFiles(settings.storage.path)
         self.profiles = self._load_profiles()
         # This process slot (host + data_dir): a restart of the same slot retakes its jobs at once.
         self.host_prefix = f"{settings.node.process_id()}:"
@@ -100,7 +101,7 @@ class TriageWorker:
     def _load_profiles(self) -> list[TriageProfile]:
         from node.config import ConfigError
 
-        directory = Path(self.settings.triage.profiles_dir)
+        directory = self.settings.triage.profiles_path
         try:
             available = load_profiles(directory)
         except (ProfileError, OSError) as exc:
@@ -108,7 +109,7 @@ class TriageWorker:
         missing = [name for name in self.settings.triage.profiles if name not in available]
         if missing:
             raise ConfigError(f"triage.profiles: no profile named {', '.join(missing)} in "
-                              f"{self.settings.triage.profiles_dir} (have: {', '.join(sorted(available))})")
+                              f"{self.settings.triage.profiles_path} (have: {', '.join(sorted(available))})")
         profiles = [available[name] for name in self.settings.triage.profiles]
         if any(f.probe is not None for p in profiles for f in p.findings):
             from node.embeddings.current import configured_weights_sha256
@@ -267,27 +268,15 @@ class TriageWorker:
             beater.join(5)
 
     def _study_headers(self, study_uid: str) -> list[Dataset]:
-        with self.db.session() as session:
-            paths = session.execute(
-                select(Instance.path).join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id).where(Study.study_instance_uid == study_uid)
-                .order_by(Series.series_number, Instance.instance_number, Instance.id)).scalars().all()
-        headers = []
-        for rel in paths:
-            try:
-                # Pixel data stays on disk (deferred) until preprocessing asks for it.
-                headers.append(pydicom.dcmread(self.storage_root / rel, defer_size=1024))
-            except Exception as exc:
-                log.warning("unreadable_instance", error=type(exc).__name__)
-        return headers
+        # Pixel data stays on disk (deferred) until preprocessing asks for it.
+        return study_headers(self.db, self.files, study_uid)
 
     def _prepare(self, job: TriageJob, model: LoadedModel | None) -> _StudyWork:
         """Select the images of the first profile that accepts any; with a model, preprocess
         them at the model's own input size (without one, nothing is decoded)."""
         work = _StudyWork(job.id, job.study_instance_uid, job.queued_at, self._study_headers(job.study_instance_uid))
-        own = "triage-node"
         for profile in self.profiles:
-            selection = select_images(work.headers, profile, own_manufacturer=own)
+            selection = select_images(work.headers, profile)
             if selection.accepted:
                 work.profile = profile
                 work.eligible = True
@@ -374,7 +363,7 @@ class TriageWorker:
             log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
             self._fail_or_retry(work, exc)
             return
-        if not finish_job(self.db, work.job_id, "done", worker_id=self.worker_id):
+        if not finish_job(self.db, work.job_id, JobState.DONE, worker_id=self.worker_id):
             # Our lease ran out and another worker retook the job: it writes the same SR (same
             # UIDs), so the answer still exists once; the row is theirs to finish.
             log.warning("job_retaken_meanwhile", job_id=work.job_id)
@@ -410,7 +399,7 @@ class TriageWorker:
             job = session.get(TriageJob, work.job_id)
             attempts = job.attempts if job else self.settings.triage.max_attempts
         if attempts >= self.settings.triage.max_attempts:
-            finish_job(self.db, work.job_id, "failed", f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
+            finish_job(self.db, work.job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
         else:
             requeue_job(self.db, work.job_id, f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
         self._audit_job(work.study_uid, work.job_id, f"triage job error: {type(exc).__name__}", outcome=MINOR_FAILURE)

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,12 @@ def jobs_done(db_url: str, study_uid: str, n: int) -> bool:
 def worklist_json(cfg: NodeConfig) -> list[dict[str, Any]]:
     out = subprocess.run([*cli_command(), "worklist", "--config", str(cfg.config_path), "--json"],
                          capture_output=True, text=True, timeout=60, env=clean_env(), check=True)
-    return json.loads(out.stdout)
+    rows = json.loads(out.stdout)
+    for row in rows:  # every timestamp names its zone (UTC), on SQLite as on PostgreSQL (issue 8)
+        for key in ("queued_at", "triaged_at"):
+            if row.get(key):
+                assert datetime.fromisoformat(row[key]).utcoffset() == timedelta(0), row[key]
+    return rows
 
 
 def row_of(cfg: NodeConfig, study_uid: str) -> dict[str, Any]:
@@ -457,13 +463,14 @@ def test_a_requeued_job_has_no_finished_at(tmp_path: Path) -> None:
 
     from node.db.engine import Database
     from node.db.models import TriageJob
-    from node.triage.jobs import claim_jobs, requeue_job
+    from node.db.states import JobState
+    from node.triage.jobs import claim_jobs, queue_study, requeue_job
 
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
-    with db.session() as session, session.begin():
-        session.add(TriageJob(study_instance_uid="1.2.3", state="queued", queued_at=datetime.now(timezone.utc)))
+    with db.write() as session:
+        queue_study(session, "1.2.3", instance_count=1, now=datetime.now(timezone.utc))
     (job,) = claim_jobs(db, "w1", 1)
     requeue_job(db, job.id, "OSError: disk full")
     with db.session() as session:
         again = session.get(TriageJob, job.id)
-        assert again.state == "queued" and again.finished_at is None and again.error.startswith("OSError")
+        assert again.state == JobState.QUEUED and again.finished_at is None and again.error.startswith("OSError")
