@@ -35,7 +35,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ import torch
 from node.triage.hf_quiet import quiet_transformers
 from node.triage.tiny_model import TEST_MODEL_MARKER
 from node.triage.weights import WEIGHTS_CACHE_FILE, _hub_snapshot, weights_sha256
+
+if TYPE_CHECKING:
+    from transformers import SiglipModel  # imported where loaded: transformers is slow to import
 
 __all__ = [
     "ModelSettings",
@@ -146,7 +149,7 @@ class LoadedModel:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: SiglipModel,
         processor: Any,
         identity: ModelIdentity,
         settings: ModelSettings,
@@ -250,9 +253,9 @@ class LoadedModel:
 
     @property
     def embedding_dim(self) -> int:
-        cfg = getattr(self.model, "config", None)
-        vision = getattr(cfg, "vision_config", cfg)
-        return int(getattr(vision, "hidden_size"))
+        cfg = self.model.config
+        vision = getattr(cfg, "vision_config", cfg)  # a dual encoder's vision tower, else the model's own
+        return int(vision.hidden_size)
 
     def __repr__(self) -> str:
         i = self.identity

@@ -77,7 +77,7 @@ def _preprocessing_summary(descriptions: list[str], version: str = PREPROCESS_VE
 
 class TriageWorker:
     def __init__(self, settings: Settings, db: Database, ingestor: Ingestor, audit: AuditLog,
-                 *, model_loader=load_model) -> None:  # type: ignore[no-untyped-def]
+                 *, model_loader=load_model) -> None:
         self.settings = settings
         self.db = db
         self.ingestor = ingestor
@@ -342,7 +342,7 @@ class TriageWorker:
                 start += n
         return decisions
 
-    def _answer(self, work: _StudyWork, decision) -> None:  # type: ignore[no-untyped-def]
+    def _answer(self, work: _StudyWork, decision) -> None:
         try:
             if not work.headers:
                 raise RuntimeError("study has no readable instance")
