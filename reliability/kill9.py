@@ -42,12 +42,12 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import NODE_AE, Node, association, check_store, ct_instance, dataset_bytes  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
+from common import NODE_AE, Node, association, check_store, ct_instance, dataset_bytes
+from pydicom.uid import generate_uid
 
 
 def _sender(port: int, acked: dict[str, tuple[str, str, bytes]], stop: threading.Event) -> None:
@@ -56,7 +56,7 @@ def _sender(port: int, acked: dict[str, tuple[str, str, bytes]], stop: threading
     while not stop.is_set():
         try:
             assoc = association(port, timeout=5)
-        except Exception:  # noqa: BLE001 - the node is being killed
+        except Exception:
             return
         if not assoc.is_established:
             return
@@ -69,7 +69,7 @@ def _sender(port: int, acked: dict[str, tuple[str, str, bytes]], stop: threading
                     acked[str(ds.SOPInstanceUID)] = (study, series, dataset_bytes(ds))
                 elif not assoc.is_established:
                     return
-        except Exception:  # noqa: BLE001
+        except Exception:
             return
         finally:
             if assoc.is_established:
@@ -106,22 +106,30 @@ def run(cycles: int, workdir: Path, seed: int, max_delay: float) -> dict:  # typ
     node.stop()
     final = check_store(node, acked)
     verify = node.audit_verify()
-    return {"cycles": cycles, "acknowledged": len(acked), "stored_files": final["files"],
-            "index_rows": final["rows"], "torn_audit_lines_moved_aside": torn,
-            "audit_verify_final": verify.returncode == 0, "problems": problems, "ok": not problems}
+    return {
+        "cycles": cycles,
+        "acknowledged": len(acked),
+        "stored_files": final["files"],
+        "index_rows": final["rows"],
+        "torn_audit_lines_moved_aside": torn,
+        "audit_verify_final": verify.returncode == 0,
+        "problems": problems,
+        "ok": not problems,
+    }
 
 
 # --------------------------------------------------------------------------- every stage
-def _chest_sender(port: int, folder: Path, acked: dict[str, tuple[str, str, bytes]], stop: threading.Event,
-                  name: str, studies: int) -> None:
+def _chest_sender(
+    port: int, folder: Path, acked: dict[str, tuple[str, str, bytes]], stop: threading.Event, name: str, studies: int
+) -> None:
     """``studies`` two-image chest studies, one association each (fewer when stopped or the node
     is gone): the rest of the cycle is left to stability, triage and forwarding."""
     import pydicom
+    from pipeline import chest_study
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
     from pynetdicom import AE
 
     from node.dimse.scu_race import keep_responses_for_caller
-    from pipeline import chest_study
 
     ae = AE(ae_title="RELIABILITY")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
@@ -133,7 +141,7 @@ def _chest_sender(port: int, folder: Path, acked: dict[str, tuple[str, str, byte
         study, paths = chest_study(folder, f"{name}-{number:05d}", images=2)
         try:
             assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
-        except Exception:  # noqa: BLE001 - the node is being killed
+        except Exception:
             return
         if not assoc.is_established:
             return
@@ -146,7 +154,7 @@ def _chest_sender(port: int, folder: Path, acked: dict[str, tuple[str, str, byte
                     acked[str(ds.SOPInstanceUID)] = (study, str(ds.SeriesInstanceUID), dataset_bytes(ds))
                 elif not assoc.is_established:
                     return
-        except Exception:  # noqa: BLE001
+        except Exception:
             return
         finally:
             if assoc.is_established:
@@ -157,7 +165,7 @@ def _in_flight(node: Node) -> dict[str, int]:
     """What the killed node left half done, read from its index and storage before the restart."""
     from pipeline import _rows
 
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     indexed = {r[0] for r in _rows(node, "SELECT path FROM instance")}
     on_disk = {str(p.relative_to(node.storage)) for p in node.storage.rglob("*.dcm") if ".incoming" not in p.parts}
     return {
@@ -165,11 +173,14 @@ def _in_flight(node: Node) -> dict[str, int]:
         "renamed_not_indexed": len(on_disk - indexed),
         "triage_jobs_running": _rows(node, "SELECT count(*) FROM triage_job WHERE state = 'running'")[0][0],
         "sr_stored_job_not_done": _rows(
-            node, "SELECT count(*) FROM triage_job j WHERE j.state = 'running' AND EXISTS (SELECT 1 FROM instance i "
-                  "JOIN series se ON i.series_pk = se.id JOIN study st ON se.study_pk = st.id "
-                  "WHERE st.study_instance_uid = j.study_instance_uid AND se.modality = 'SR')")[0][0],
-        "outbox_rows_claimed": _rows(node, "SELECT count(*) FROM outbox_item WHERE state = 'pending' "
-                                           "AND next_attempt_at > ?", now)[0][0],
+            node,
+            "SELECT count(*) FROM triage_job j WHERE j.state = 'running' AND EXISTS (SELECT 1 FROM instance i "
+            "JOIN series se ON i.series_pk = se.id JOIN study st ON se.study_pk = st.id "
+            "WHERE st.study_instance_uid = j.study_instance_uid AND se.modality = 'SR')",
+        )[0][0],
+        "outbox_rows_claimed": _rows(
+            node, "SELECT count(*) FROM outbox_item WHERE state = 'pending' AND next_attempt_at > ?", now
+        )[0][0],
         "outbox_rows_pending": _rows(node, "SELECT count(*) FROM outbox_item WHERE state = 'pending'")[0][0],
     }
 
@@ -195,17 +206,22 @@ def _work_logged(node: Node) -> dict[str, int]:
     return counts
 
 
-def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float,
-                 studies_per_cycle: int) -> dict:  # type: ignore[type-arg]
+def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float, studies_per_cycle: int) -> dict:  # type: ignore[type-arg]
     from pipeline import check_pipeline, orthanc_for, pipeline_node, tiny_model, wait_drained
 
     rng = random.Random(seed)
     model = tiny_model(workdir)
     orthanc = orthanc_for(workdir).start()
-    policy = {"initial_backoff_seconds": 0.5, "max_backoff_seconds": 5, "timeout_seconds": 10,
-              "poll_seconds": 0.2, "lease_seconds": 5}
-    node = pipeline_node(workdir / "node", model, orthanc, policy, triage={"max_attempts": 20},
-                         node={"log_level": "info"})
+    policy = {
+        "initial_backoff_seconds": 0.5,
+        "max_backoff_seconds": 5,
+        "timeout_seconds": 10,
+        "poll_seconds": 0.2,
+        "lease_seconds": 5,
+    }
+    node = pipeline_node(
+        workdir / "node", model, orthanc, policy, triage={"max_attempts": 20}, node={"log_level": "info"}
+    )
     acked: dict[str, tuple[str, str, bytes]] = {}
     torn = 0
     problems: list[str] = []
@@ -219,10 +235,13 @@ def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float,
             # that), so that the kill lands in receive, stability, triage, SR store or forwarding.
             _wait_for_log(node, '"model_loaded"', 180)
             stop = threading.Event()
-            senders = [threading.Thread(target=_chest_sender,
-                                        args=(node.port, workdir / "studies", acked, stop, f"K{cycle:03d}S{i}",
-                                              studies_per_cycle))
-                       for i in range(2)]
+            senders = [
+                threading.Thread(
+                    target=_chest_sender,
+                    args=(node.port, workdir / "studies", acked, stop, f"K{cycle:03d}S{i}", studies_per_cycle),
+                )
+                for i in range(2)
+            ]
             for t in senders:
                 t.start()
             delay = rng.uniform(0.05, max_delay)
@@ -248,8 +267,14 @@ def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float,
         # the end: nothing more is sent; every stable study must get its SR, delivered once
         from pipeline import _rows
 
-        studies = {r[0] for r in _rows(node, "SELECT DISTINCT st.study_instance_uid FROM study st "
-                                             "JOIN series se ON se.study_pk = st.id WHERE se.modality != 'SR'")}
+        studies = {
+            r[0]
+            for r in _rows(
+                node,
+                "SELECT DISTINCT st.study_instance_uid FROM study st "
+                "JOIN series se ON se.study_pk = st.id WHERE se.modality != 'SR'",
+            )
+        }
         drain_s = wait_drained(node, studies, 600)
         time.sleep(3)  # a duplicate send would arrive now
         final_store = check_store(node, acked)
@@ -265,24 +290,40 @@ def run_pipeline(cycles: int, workdir: Path, seed: int, max_delay: float,
     problems += [f"end: {k}: {v[:5]}" for k, v in final_store.items() if isinstance(v, list) and v]
     if verify.returncode != 0:
         problems.append(f"end: audit verify: {verify.stderr.strip()[-300:]}")
-    return {"stages": "all", "cycles": cycles, "kill_delay_s": [round(min(delays), 2), round(max(delays), 2)],
-            "kills_with_stage_in_flight": stages, "work_done_by_killed_processes": work,
-            "acknowledged": len(acked),
-            "stored_files": final_store["files"], "index_rows": final_store["rows"],
-            "stable_studies": len(studies), "current_srs": end["current_srs"],
-            "srs_in_orthanc_index": end["srs_in_orthanc_index"], "orthanc_receptions_of_srs": end["orthanc_receptions"],
-            "sr_attempts_max": end["sr_attempts_max"], "failed_export_events": end["failed_export_events"],
-            "studies_whose_export_audit_line_died_with_the_process": len(audit_gap),
-            "drain_s": round(drain_s, 1), "torn_audit_lines_moved_aside": torn,
-            "audit_verify_final": verify.returncode == 0, "problems": problems, "ok": not problems}
+    return {
+        "stages": "all",
+        "cycles": cycles,
+        "kill_delay_s": [round(min(delays), 2), round(max(delays), 2)],
+        "kills_with_stage_in_flight": stages,
+        "work_done_by_killed_processes": work,
+        "acknowledged": len(acked),
+        "stored_files": final_store["files"],
+        "index_rows": final_store["rows"],
+        "stable_studies": len(studies),
+        "current_srs": end["current_srs"],
+        "srs_in_orthanc_index": end["srs_in_orthanc_index"],
+        "orthanc_receptions_of_srs": end["orthanc_receptions"],
+        "sr_attempts_max": end["sr_attempts_max"],
+        "failed_export_events": end["failed_export_events"],
+        "studies_whose_export_audit_line_died_with_the_process": len(audit_gap),
+        "drain_s": round(drain_s, 1),
+        "torn_audit_lines_moved_aside": torn,
+        "audit_verify_final": verify.returncode == 0,
+        "problems": problems,
+        "ok": not problems,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--stages", choices=("all", "receive"), default="all")
-    parser.add_argument("--max-delay", type=float, default=None,
-                        help="longest wait before each kill (s); default 12 (all stages), 1.5 (receive)")
+    parser.add_argument(
+        "--max-delay",
+        type=float,
+        default=None,
+        help="longest wait before each kill (s); default 12 (all stages), 1.5 (receive)",
+    )
     parser.add_argument("--studies-per-cycle", type=int, default=2, help="per sender (all stages)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=None)

@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-
 ORTHANC_BIN = shutil.which("Orthanc")
 
 _LUA = """
@@ -44,21 +43,38 @@ class Orthanc:
         self.received_path = root / "received.txt"
         (root / "count.lua").write_text(_LUA % json.dumps(str(self.received_path)))
         self.config = root / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "reliability", "DicomAet": aet, "DicomPort": dicom_port, "HttpPort": http_port,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True, "DicomAlwaysAllowFind": True, "DicomServerEnabled": True, "HttpServerEnabled": True,
-            "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
-            "Plugins": [], "LuaScripts": [str(root / "count.lua")], "OverwriteInstances": False,
-        }, indent=2))
+        self.config.write_text(
+            json.dumps(
+                {
+                    "Name": "reliability",
+                    "DicomAet": aet,
+                    "DicomPort": dicom_port,
+                    "HttpPort": http_port,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "DicomCheckCalledAet": False,
+                    "DicomAlwaysAllowStore": True,
+                    "DicomAlwaysAllowFind": True,
+                    "DicomServerEnabled": True,
+                    "HttpServerEnabled": True,
+                    "StorageDirectory": str(root / "storage"),
+                    "IndexDirectory": str(root / "index"),
+                    "Plugins": [],
+                    "LuaScripts": [str(root / "count.lua")],
+                    "OverwriteInstances": False,
+                },
+                indent=2,
+            )
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self, timeout: float = 60) -> "Orthanc":
+    def start(self, timeout: float = 60) -> Orthanc:
         self.starts += 1
         log = (self.root / f"orthanc-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen([str(ORTHANC_BIN), str(self.config)], stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.root)
+        self.proc = subprocess.Popen(
+            [str(ORTHANC_BIN), str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=self.root
+        )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:

@@ -32,15 +32,28 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pipeline import (check_pipeline, chest_study, current_srs, orthanc_for, pipeline_node,  # noqa: E402
-                      send_files, tiny_model, wait_drained)
+from pipeline import (
+    check_pipeline,
+    chest_study,
+    current_srs,
+    orthanc_for,
+    pipeline_node,
+    send_files,
+    tiny_model,
+    wait_drained,
+)
 
 
 def run(studies: int, down_seconds: float, workdir: Path, max_backoff: float) -> dict:  # type: ignore[type-arg]
     model = tiny_model(workdir)
     orthanc = orthanc_for(workdir).start()
-    policy = {"initial_backoff_seconds": 1.0, "max_backoff_seconds": max_backoff, "timeout_seconds": 10,
-              "poll_seconds": 0.5, "max_age_seconds": 86400}
+    policy = {
+        "initial_backoff_seconds": 1.0,
+        "max_backoff_seconds": max_backoff,
+        "timeout_seconds": 10,
+        "poll_seconds": 0.5,
+        "max_age_seconds": 86400,
+    }
     node = pipeline_node(workdir / "node", model, orthanc, policy)
     sent: dict[str, int | None] = {}
     study_uids: set[str] = set()
@@ -82,10 +95,17 @@ def run(studies: int, down_seconds: float, workdir: Path, max_backoff: float) ->
     not_stored = sorted(uid for uid, status in sent.items() if status != 0)
     if not_stored:
         report["problems"]["studies_not_acknowledged"] = not_stored
-    report.update({"down_seconds": down_seconds, "srs_written_while_down": srs_while_down,
-                   "max_backoff_seconds": max_backoff, "timeline": timeline,
-                   "seconds": round(time.monotonic() - start, 1), "load_average_1m": round(os.getloadavg()[0], 2),
-                   "ok": not report["problems"]})
+    report.update(
+        {
+            "down_seconds": down_seconds,
+            "srs_written_while_down": srs_while_down,
+            "max_backoff_seconds": max_backoff,
+            "timeline": timeline,
+            "seconds": round(time.monotonic() - start, 1),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+            "ok": not report["problems"],
+        }
+    )
     return report
 
 
@@ -94,8 +114,9 @@ def main() -> int:
     parser.add_argument("--studies", type=int, default=50)
     parser.add_argument("--down-minutes", type=float, default=10.0)
     parser.add_argument("--down-seconds", type=float, default=None, help="overrides --down-minutes")
-    parser.add_argument("--max-backoff", type=float, default=60.0,
-                        help="forwarding.max_backoff_seconds (the node's default is 600)")
+    parser.add_argument(
+        "--max-backoff", type=float, default=60.0, help="forwarding.max_backoff_seconds (the node's default is 600)"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

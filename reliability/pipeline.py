@@ -37,8 +37,9 @@ def orthanc_for(workdir: Path) -> Orthanc:
     return Orthanc(workdir / "orthanc", free_port(), free_port())
 
 
-def pipeline_node(root: Path, model: Path, orthanc: Orthanc, forwarding: dict[str, Any],
-                  **overrides: dict[str, Any]) -> Node:
+def pipeline_node(
+    root: Path, model: Path, orthanc: Orthanc, forwarding: dict[str, Any], **overrides: dict[str, Any]
+) -> Node:
     sections: dict[str, dict[str, Any]] = {
         "stability": {"quiet_seconds": 1.0, "tick_seconds": 0.25},
         "model": {"path": str(model), "device": "cpu", "offline": True, "batch_size": 8},
@@ -47,8 +48,7 @@ def pipeline_node(root: Path, model: Path, orthanc: Orthanc, forwarding: dict[st
     }
     for name, body in overrides.items():
         sections.setdefault(name, {}).update(body)
-    forward = (f'[[forward]]\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
-               'send = "sr"\n')
+    forward = f'[[forward]]\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\nsend = "sr"\n'
     return Node(root, overrides=sections, extra_toml=forward)
 
 
@@ -60,11 +60,24 @@ def chest_study(folder: Path, patient: str, images: int = 1) -> tuple[str, list[
 
     folder.mkdir(parents=True, exist_ok=True)
     study, series = generate_uid(), generate_uid()
-    paths = [synthetic_image(folder / f"{patient}-{n}.dcm", modality="DX",
-                             sop_class=DigitalXRayImageStorageForPresentation, view="PA", body_part="CHEST", age=54,
-                             study_uid=study, patient_id=patient, number=n, series_uid=series,
-                             photometric="MONOCHROME2", rows=128, cols=128)
-             for n in range(1, images + 1)]
+    paths = [
+        synthetic_image(
+            folder / f"{patient}-{n}.dcm",
+            modality="DX",
+            sop_class=DigitalXRayImageStorageForPresentation,
+            view="PA",
+            body_part="CHEST",
+            age=54,
+            study_uid=study,
+            patient_id=patient,
+            number=n,
+            series_uid=series,
+            photometric="MONOCHROME2",
+            rows=128,
+            cols=128,
+        )
+        for n in range(1, images + 1)
+    ]
     return study, paths
 
 
@@ -72,8 +85,9 @@ def send_files(port: int, paths: list[Path], timeout: float = 60) -> list[int | 
     """C-STORE the files over one association with the node's own SCU; the statuses."""
     from node.dimse.scu import Destination, send
 
-    return [r.status for r in send(paths, Destination("TRIAGE_NODE", "127.0.0.1", port), calling_ae=SCU_AE,
-                                   timeout=timeout)]
+    return [
+        r.status for r in send(paths, Destination("TRIAGE_NODE", "127.0.0.1", port), calling_ae=SCU_AE, timeout=timeout)
+    ]
 
 
 # --------------------------------------------------------------------------- reading the node
@@ -90,9 +104,12 @@ def current_srs(node: Node) -> dict[str, str]:
 def sr_instances(node: Node) -> dict[str, list[str]]:
     """study UID -> every SR instance indexed for it."""
     out: dict[str, list[str]] = {}
-    for study, sop in _rows(node, "SELECT st.study_instance_uid, i.sop_instance_uid FROM instance i "
-                                  "JOIN series se ON i.series_pk = se.id JOIN study st ON se.study_pk = st.id "
-                                  "WHERE se.modality = 'SR'"):
+    for study, sop in _rows(
+        node,
+        "SELECT st.study_instance_uid, i.sop_instance_uid FROM instance i "
+        "JOIN series se ON i.series_pk = se.id JOIN study st ON se.study_pk = st.id "
+        "WHERE se.modality = 'SR'",
+    ):
         out.setdefault(study, []).append(sop)
     return out
 
@@ -107,7 +124,9 @@ def jobs(node: Node) -> dict[str, list[str]]:
 
 def outbox(node: Node) -> list[dict[str, Any]]:
     cols = ("id", "kind", "study_instance_uid", "sop_instance_uid", "state", "attempts")
-    return [dict(zip(cols, r)) for r in _rows(node, f"SELECT {', '.join(cols)} FROM outbox_item ORDER BY id")]
+    return [
+        dict(zip(cols, r, strict=True)) for r in _rows(node, f"SELECT {', '.join(cols)} FROM outbox_item ORDER BY id")
+    ]
 
 
 def audit_sr_exports(node: Node) -> tuple[Counter[str], int]:
@@ -165,28 +184,50 @@ def check_pipeline(node: Node, orthanc: Orthanc, studies: set[str]) -> dict[str,
         "studies_without_current_sr": sorted(studies - set(current)),
         "current_sr_not_indexed": sorted(s for s in studies if s in current and current[s] not in srs.get(s, [])),
         "studies_with_more_than_one_sr": sorted(s for s in studies if len(srs.get(s, [])) > 1),
-        "studies_with_failed_or_open_jobs": sorted(s for s in studies
-                                                  if any(j != "done" for j in job_states.get(s, []))),
-        "current_sr_not_in_orthanc": sorted(current[s] for s in studies if s in current
-                                            and orthanc.index_count(current[s]) != 1),
-        "sr_received_by_orthanc_more_than_once": sorted(f"{uid} x{n}" for uid, n in received.items()
-                                                        if uid in ours and n > 1),
+        "studies_with_failed_or_open_jobs": sorted(
+            s for s in studies if any(j != "done" for j in job_states.get(s, []))
+        ),
+        "current_sr_not_in_orthanc": sorted(
+            current[s] for s in studies if s in current and orthanc.index_count(current[s]) != 1
+        ),
+        "sr_received_by_orthanc_more_than_once": sorted(
+            f"{uid} x{n}" for uid, n in received.items() if uid in ours and n > 1
+        ),
         "sr_without_exactly_one_sent_outbox_row": sorted(
-            current[s] for s in studies if s in current
-            and [r["state"] for r in sr_rows.get(current[s], [])] != ["sent"]),
-        "studies_audited_as_delivered_not_once": sorted(f"{s} x{audited.get(s, 0)}" for s in studies
-                                                        if audited.get(s, 0) != 1),
+            current[s]
+            for s in studies
+            if s in current and [r["state"] for r in sr_rows.get(current[s], [])] != ["sent"]
+        ),
+        "studies_audited_as_delivered_not_once": sorted(
+            f"{s} x{audited.get(s, 0)}" for s in studies if audited.get(s, 0) != 1
+        ),
         "orthanc_holds_what_the_node_did_not_send": sorted(set(received) - ours),
     }
     attempts = [r["attempts"] for r in rows if r["kind"] == "sr"]
-    return {"studies": len(studies), "current_srs": sum(1 for s in studies if s in current),
-            "srs_in_orthanc_index": orthanc.instance_count(),
-            "orthanc_receptions": sum(received[u] for u in ours),
-            "failed_export_events": failed_exports,
-            "sr_attempts_max": max(attempts, default=0),
-            "sr_attempts_mean": round(sum(attempts) / len(attempts), 2) if attempts else 0,
-            "problems": {k: v for k, v in problems.items() if v}}
+    return {
+        "studies": len(studies),
+        "current_srs": sum(1 for s in studies if s in current),
+        "srs_in_orthanc_index": orthanc.instance_count(),
+        "orthanc_receptions": sum(received[u] for u in ours),
+        "failed_export_events": failed_exports,
+        "sr_attempts_max": max(attempts, default=0),
+        "sr_attempts_mean": round(sum(attempts) / len(attempts), 2) if attempts else 0,
+        "problems": {k: v for k, v in problems.items() if v},
+    }
 
 
-__all__ = ["audit_sr_exports", "chest_study", "check_pipeline", "current_srs", "drained", "jobs",
-           "orthanc_for", "outbox", "pipeline_node", "send_files", "sr_instances", "tiny_model", "wait_drained"]
+__all__ = [
+    "audit_sr_exports",
+    "check_pipeline",
+    "chest_study",
+    "current_srs",
+    "drained",
+    "jobs",
+    "orthanc_for",
+    "outbox",
+    "pipeline_node",
+    "send_files",
+    "sr_instances",
+    "tiny_model",
+    "wait_drained",
+]

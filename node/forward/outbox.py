@@ -276,5 +276,6 @@ def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None
         return [i.id for i in items]
 
 
-__all__ = ["Claimed", "DEAD", "IN_DOUBT", "IN_FLIGHT", "PENDING", "SENT", "backoff_seconds", "claim_due", "destination_key",
-           "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "renew_lease", "requeue"]
+__all__ = ["Claimed", "DEAD", "IN_DOUBT", "IN_FLIGHT", "PENDING", "SENT", "backoff_seconds", "claim_due",
+           "destination_key", "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "renew_lease",
+           "requeue"]

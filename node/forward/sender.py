@@ -145,7 +145,7 @@ def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calli
             query.SeriesInstanceUID = header.SeriesInstanceUID
             query.SOPInstanceUID = header.SOPInstanceUID
             keys[key] = query
-        except Exception:  # noqa: BLE001 - unreadable here: sent again, and send_batch reports why
+        except Exception:  # unreadable here: sent again, and send_batch reports why
             continue
     if not keys:
         return set()
@@ -155,7 +155,7 @@ def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calli
     try:
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER],
                              tls_args=client_tls_args(dest))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return set()
     if not assoc.is_established:
         return set()
@@ -169,7 +169,7 @@ def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calli
                 if int(status.Status) in (0xFF00, 0xFF01) and identifier is not None \
                         and str(identifier.get("SOPInstanceUID", "")) == str(query.SOPInstanceUID):
                     held.add(key)
-    except Exception:  # noqa: BLE001 - e.g. C-FIND refused: not held
+    except Exception:  # e.g. C-FIND refused: not held
         pass
     finally:
         if assoc.is_established:

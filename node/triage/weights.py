@@ -95,7 +95,6 @@ def weights_sha256(folder: str | Path, cache_dir: str | Path | None = None) -> s
     return value
 
 
-
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
     """The local snapshot folder of a hub checkpoint that from_pretrained just loaded."""
     try:
@@ -104,13 +103,13 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
         hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
         if isinstance(hit, (str, os.PathLike)):
             return Path(hit).parent
-    except Exception:  # noqa: BLE001 - fall through to snapshot_download
+    except Exception:
         pass
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 

@@ -26,8 +26,9 @@ from orthanc import Orthanc  # noqa: E402
 
 from node.dimse.scu import Destination, send  # noqa: E402
 
-pytestmark = pytest.mark.skipif(shutil.which("Orthanc") is None and not os.environ.get("CI"),
-                                reason="needs Orthanc (Debian's orthanc)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("Orthanc") is None and not os.environ.get("CI"), reason="needs Orthanc (Debian's orthanc)"
+)
 
 
 def _port() -> int:
@@ -45,21 +46,25 @@ def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
     return value
 
 
-def test_in_doubt_row_is_not_sent_again_when_the_destination_holds_it(tmp_path, make_settings, node_factory,
-                                                                       dicom_factory) -> None:
+def test_in_doubt_row_is_not_sent_again_when_the_destination_holds_it(
+    tmp_path, make_settings, node_factory, dicom_factory
+) -> None:
     from node.db.models import OutboxItem
     from node.forward.outbox import IN_FLIGHT, SENT, enqueue_study
 
     orthanc = Orthanc(tmp_path / "orthanc", _port(), _port()).start()
     try:
-        settings = make_settings(tmp_path, forward=[{"ae_title": "ORTHANC", "host": "127.0.0.1",
-                                                     "port": orthanc.dicom_port, "send": "sr"}],
-                                 forwarding={"poll_seconds": 0.2, "initial_backoff_seconds": 0.2,
-                                             "timeout_seconds": 10})
+        settings = make_settings(
+            tmp_path,
+            forward=[{"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port, "send": "sr"}],
+            forwarding={"poll_seconds": 0.2, "initial_backoff_seconds": 0.2, "timeout_seconds": 10},
+        )
         node = node_factory(settings)
         files = dicom_factory.ct_series(2, size=32)
-        assert [r.status for r in send(files, Destination("TRIAGE_NODE", "127.0.0.1", node.listener.port),
-                                       calling_ae="PYSCU")] == [0, 0]
+        assert [
+            r.status
+            for r in send(files, Destination("TRIAGE_NODE", "127.0.0.1", node.listener.port), calling_ae="PYSCU")
+        ] == [0, 0]
         delivered, not_delivered = (str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
         study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         # the dead process's delivery: Orthanc acknowledged the first instance, nothing was recorded

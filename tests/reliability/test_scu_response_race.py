@@ -120,8 +120,9 @@ def test_unguarded_pynetdicom_reactor_drops_responses(store_scp, caplog) -> None
         _, lost = _send(port, guarded=False)
     assert lost >= 1, "the race did not show: has pynetdicom fixed it?"
     assert len(stored) == STORES, "the SCP stored every instance it was sent"
-    assert any("unexpected C-STORE" in r.getMessage() for r in caplog.records), \
+    assert any("unexpected C-STORE" in r.getMessage() for r in caplog.records), (
         "the reactor thread took the response and dropped it as unexpected"
+    )
 
 
 def test_guarded_requestor_gets_every_response(store_scp) -> None:  # type: ignore[no-untyped-def]
