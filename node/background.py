@@ -65,7 +65,7 @@ class BackgroundLoop:
     def _guarded(self, call: Callable[[], object]) -> object:
         try:
             return call()
-        except Exception as exc:  # never let the loop die; the owner's rows stay visible for recovery
+        except Exception as exc:  # noqa: BLE001 - never let the loop die; the owner's rows stay visible for recovery
             self._log.error(self._error_event, error=type(exc).__name__, detail=str(exc)[:300])
             return False
 

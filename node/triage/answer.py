@@ -61,7 +61,7 @@ class Answerer:
         """The SR for ``decision``; ``identity`` names the model the batch was run with (None: none loaded)."""
         try:
             report = self._write(work, decision, identity)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to write the answer: retried, then failed
             log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
             self.fail_or_retry(work, exc)
             return

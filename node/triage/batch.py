@@ -59,11 +59,11 @@ def read_study_headers(db: Database, storage_root: Path, study_uid: str) -> list
             select(Instance.path).join(Series, Instance.series_pk == Series.id)
             .join(Study, Series.study_pk == Study.id).where(Study.study_instance_uid == study_uid)
             .order_by(Series.series_number, Instance.instance_number, Instance.id)).scalars().all()
-    headers = []
+    headers: list[Dataset] = []
     for rel in paths:
         try:
             headers.append(pydicom.dcmread(storage_root / rel, defer_size=1024))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged file costs that instance, not the study
             log.warning("unreadable_instance", error=type(exc).__name__)
     return headers
 

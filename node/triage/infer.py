@@ -52,7 +52,7 @@ class _Call(Generic[T]):
     def _run(self) -> None:
         try:
             self.result = self._fn()
-        except BaseException as exc:  # handed to the waiting thread, which decides what it means
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which decides what it means
             self.error = exc
         finally:
             self.done.set()
@@ -133,7 +133,7 @@ def _infer_group(group: list[StudyWork], model: Model, runner: DeadlineRunner, t
         log.error("model_timeout", images=len(stack), studies=len(group), detail=str(exc),
                   abandoned=runner.abandoned())
         return {w.job_id: no_assist(NoAssistReason.MODEL_TIMEOUT) for w in group}
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the model raised: a model-error answer (rule 6)
         log.error("model_error", error=type(exc).__name__, detail=str(exc)[:300])
         return {w.job_id: no_assist(NoAssistReason.MODEL_ERROR) for w in group}
     keep_embeddings(group, embeddings, model.identity.weights_sha256)  # rule 8

@@ -167,7 +167,7 @@ class TriageWorker:
             while not done.wait(self.settings.triage.heartbeat_seconds):
                 try:
                     heartbeat(self.db, job_ids, self.worker_id)
-                except Exception as exc:  # a database hiccup: the next beat tries again
+                except Exception as exc:  # noqa: BLE001 - a database hiccup: the next beat tries again
                     log.warning("heartbeat_failed", error=type(exc).__name__)
 
         beater = threading.Thread(target=beat, name="job-heartbeat", daemon=True)

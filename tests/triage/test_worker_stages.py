@@ -161,7 +161,7 @@ class Harness:
         def run() -> None:
             try:
                 self.worker.run_once()
-            except BaseException as exc:  # surfaced below
+            except BaseException as exc:  # noqa: BLE001 - surfaced below
                 errors.append(exc)
             finally:
                 done.set()
