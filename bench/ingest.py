@@ -66,11 +66,10 @@ def node_env(extra: list[str]) -> list[str]:
         "TRIAGE_NODE__STABILITY__QUIET_SECONDS=3600",
         # The triage worker is not part of the C-STORE path; with quiet_seconds=3600 it would have
         # no job anyway, but at start it imports torch and tries to load the model (network), which
-        # would steal CPU from the ingest being measured. Paths made absolute: the cwd is {root}.
+        # would steal CPU from the ingest being measured.
         "TRIAGE_NODE__TRIAGE__ENABLED=false",
         # The HTTP side (DICOMweb, /metrics) stays on as shipped, but on a free port: 8080 may be taken.
         "TRIAGE_NODE__HTTP__PORT=0",
-        f"TRIAGE_NODE__TRIAGE__PROFILES_DIR={REPO / 'config' / 'profiles'}",
     ]
     return env + list(extra)
 

@@ -27,6 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "TRIAGE_NODE__"
 
 
+
+# the triage profiles that ship with the package (config/profiles in a checkout links here)
+DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent / "triage" / "default_profiles"
+
 class ConfigError(ValueError):
     """A configuration problem, phrased for the operator (names the key, no traceback)."""
 
@@ -191,7 +195,9 @@ class ModelSection(_Section):
 
 class TriageSection(_Section):
     enabled: bool = True
-    profiles_dir: Path = Path("./config/profiles")
+    # None: the profiles shipped inside the package (node/triage/default_profiles), found from any
+    # working directory; a folder of your own (e.g. tuned by `triage-node profile tune`) wins.
+    profiles_dir: Path | None = None
     profiles: tuple[str, ...] = ("cxr",)  # in order of preference
     poll_seconds: float = Field(default=1.0, gt=0)
     max_jobs_per_batch: int = Field(default=8, ge=1)
@@ -200,6 +206,11 @@ class TriageSection(_Section):
     stale_job_seconds: float = Field(default=600.0, gt=0)
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+
+    @property
+    def profiles_path(self) -> Path:
+        """The folder the profiles are read from (the configured one, else the packaged defaults)."""
+        return Path(self.profiles_dir) if self.profiles_dir is not None else DEFAULT_PROFILES_DIR
 
     @model_validator(mode="after")
     def _lease(self) -> "TriageSection":

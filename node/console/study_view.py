@@ -53,7 +53,7 @@ def profile_named(c: WebContext, name: str) -> Any | None:
     for profile in getattr(c.worker, "profiles", None) or []:
         if profile.name == name:
             return profile
-    return _profiles_from(str(c.settings.triage.profiles_dir)).get(name)
+    return _profiles_from(str(c.settings.triage.profiles_path)).get(name)
 
 
 def model_size(c: WebContext) -> int:

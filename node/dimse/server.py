@@ -239,10 +239,27 @@ class DicomListener:
         metrics.ASSOCIATIONS.labels("rejected").inc()
         calling = event.assoc.requestor.ae_title
         host = str(event.assoc.requestor.address)
-        if self.refusals.note("association_rejected", host,
-                              f"calling AE title {calling!r} or called AE title not allowed, or limit reached",
-                              user=calling):
-            log.warning("association_rejected", calling_ae=calling, peer=host)
+        primitive = event.assoc.requestor.primitive
+        called = str(primitive.called_ae_title) if primitive is not None else ""
+        reason = self._rejection_reason(calling, called)
+        if self.refusals.note("association_rejected", host, reason, user=calling):
+            log.warning("association_rejected", calling_ae=calling, called_ae=called, peer=host, reason=reason)
+
+    def _rejection_reason(self, calling: str, called: str) -> str:
+        """Which rule refused the association, in the words of the setting to change.
+
+        pynetdicom rejects for the calling AE title (``require_calling_aet``), the called AE title
+        (``require_called_aet``) and its own association limit, in that order; the same checks
+        here name which one applied (the operator fixes a config key, not a guess)."""
+        cfg = self.config
+        reasons = []
+        if "*" not in cfg.allowed_peers and calling.strip() not in cfg.allowed_peers:
+            reasons.append(f"calling AE title {calling.strip()!r} is not in dicom.allowed_peers"
+                           if cfg.allowed_peers else "dicom.allowed_peers is empty: no calling AE title is allowed")
+        if cfg.check_called_ae and called.strip() != cfg.ae_title:
+            reasons.append(f"called AE title {called.strip()!r} is not this node's "
+                           f"({cfg.ae_title!r}; dicom.check_called_ae)")
+        return "; ".join(reasons) or "association limit reached (local limit exceeded)"
 
     def _on_gate_refusal(self, kind: str, host: str, detail: str) -> None:
         metrics.ASSOCIATIONS.labels(kind.removeprefix("association_")).inc()

@@ -161,7 +161,7 @@ def _meaning_to_key(settings: Settings) -> dict[str, str]:
     from node.triage.profiles import ProfileError, load_profiles
 
     try:
-        profiles = load_profiles(Path(settings.triage.profiles_dir))
+        profiles = load_profiles(settings.triage.profiles_path)
     except ProfileError:
         return {}
     return {f.code[2]: f.key for p in profiles.values() for f in p.findings}

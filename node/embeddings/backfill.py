@@ -47,7 +47,7 @@ def backfill(settings: Settings, *, study_uids: Sequence[str] = (), all_studies:
     if preprocessing is not None and preprocessing not in PREPROCESSING_METHODS:
         raise BackfillError(f"--preprocessing: unknown version {preprocessing} (have: {', '.join(PREPROCESSING_METHODS)})")
     try:
-        available = load_profiles(Path(settings.triage.profiles_dir))
+        available = load_profiles(settings.triage.profiles_path)
     except ProfileError as exc:
         raise BackfillError(str(exc)) from None
     profiles: list[TriageProfile] = [available[n] for n in settings.triage.profiles if n in available]

@@ -49,7 +49,7 @@ def current_weights_sha256(settings: Settings, db: Database) -> str | None:
 def profile_preprocessing_versions(settings: Settings) -> list[str]:
     """The preprocessing versions the configured profiles use, in profile order, without repeats."""
     try:
-        available = load_profiles(Path(settings.triage.profiles_dir))
+        available = load_profiles(settings.triage.profiles_path)
     except ProfileError:
         return []
     out: list[str] = []

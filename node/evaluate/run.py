@@ -69,12 +69,12 @@ def load_named_profile(settings: Settings, name: str | None, path: Path | None) 
     try:
         if path is not None:
             return load_profile(Path(path))
-        available = load_profiles(Path(settings.triage.profiles_dir))
+        available = load_profiles(settings.triage.profiles_path)
     except ProfileError as exc:
         raise EvaluationError(str(exc)) from None
     name = name or settings.triage.profiles[0]
     if name not in available:
-        raise EvaluationError(f"no profile named {name} in {settings.triage.profiles_dir} "
+        raise EvaluationError(f"no profile named {name} in {settings.triage.profiles_path} "
                               f"(have: {', '.join(sorted(available))})")
     return available[name]
 

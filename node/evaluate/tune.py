@@ -42,7 +42,7 @@ class TuneResult:
 
 def profile_path(settings: Settings, name: str) -> Path:
     """The file in triage.profiles_dir that defines profile ``name``."""
-    folder = Path(settings.triage.profiles_dir)
+    folder = settings.triage.profiles_path
     for path in sorted(folder.glob("*.toml")):
         try:
             if load_profile(path).name == name:

@@ -81,7 +81,7 @@ class TriageWorker:
     def _load_profiles(self) -> list[TriageProfile]:
         from node.config import ConfigError
 
-        directory = Path(self.settings.triage.profiles_dir)
+        directory = self.settings.triage.profiles_path
         try:
             available = load_profiles(directory)
         except (ProfileError, OSError) as exc:
@@ -89,7 +89,7 @@ class TriageWorker:
         missing = [name for name in self.settings.triage.profiles if name not in available]
         if missing:
             raise ConfigError(f"triage.profiles: no profile named {', '.join(missing)} in "
-                              f"{self.settings.triage.profiles_dir} (have: {', '.join(sorted(available))})")
+                              f"{self.settings.triage.profiles_path} (have: {', '.join(sorted(available))})")
         profiles = [available[name] for name in self.settings.triage.profiles]
         if any(f.probe is not None for p in profiles for f in p.findings):
             from node.embeddings.current import configured_weights_sha256

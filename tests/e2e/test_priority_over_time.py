@@ -26,6 +26,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,12 @@ def jobs_done(db_url: str, study_uid: str, n: int) -> bool:
 def worklist_json(cfg: NodeConfig) -> list[dict[str, Any]]:
     out = subprocess.run([*cli_command(), "worklist", "--config", str(cfg.config_path), "--json"],
                          capture_output=True, text=True, timeout=60, env=clean_env(), check=True)
-    return json.loads(out.stdout)
+    rows = json.loads(out.stdout)
+    for row in rows:  # every timestamp names its zone (UTC), on SQLite as on PostgreSQL (issue 8)
+        for key in ("queued_at", "triaged_at"):
+            if row.get(key):
+                assert datetime.fromisoformat(row[key]).utcoffset() == timedelta(0), row[key]
+    return rows
 
 
 def row_of(cfg: NodeConfig, study_uid: str) -> dict[str, Any]:

@@ -74,6 +74,9 @@ def test_activity_is_audited_as_a_hash_chain(active_log) -> None:
     rejected = [e for e in entries if e["event_id"]["code"] == "110113" and e["outcome"] != 0]
     assert {p["user_id"] for e in accepted for p in e["participants"]} >= {"PYSCU", "TRIAGE_SCU", NODE_AE}
     assert [p["user_id"] for e in rejected for p in e["participants"] if p["is_requestor"]] == ["INTRUDER"]
+    # the refusal says which rule, in the words of the setting to change (issue 8)
+    assert "calling AE title 'INTRUDER' is not in dicom.allowed_peers" in rejected[0]["outcome_desc"], rejected
+    assert "calling AE title 'INTRUDER' is not in dicom.allowed_peers" in oplog_text
     assert all(p["network_address"] == "127.0.0.1" for e in accepted + rejected
                for p in e["participants"] if p["is_requestor"])
 

@@ -299,3 +299,41 @@ def test_fhir_diagnostic_report_reaches_the_server(tmp_path: Path, tiny_model: P
         assert result.algorithm.model_id in obs.method.text and result.algorithm.profile_version in obs.method.text
         assert obs.device.reference == f"Device/{device.id}"
     assert report.subject.identifier.value == "FHIR-1"
+
+
+def test_a_no_assist_result_offers_no_assessment_in_hl7_or_fhir() -> None:
+    """An urgent score in its band gives no assist: the SR keeps every computed score (to audit
+    the decision), but the ORU^R01 carries no per-finding OBX and the FHIR Bundle no finding
+    Observation, which a RIS would show as an assessment; both say why there is none."""
+    import pydicom
+    from hl7apy.parser import parse_message
+
+    from dicom_sr import AlgorithmInfo, Code, FindingResult, ImageRef, TriageResult
+    from node.config import Hl7Destination
+    from node.forward.fhir import build_bundle
+    from node.forward.hl7 import StudyFacts, build_oru
+
+    image = ImageRef("1.2.840.10008.5.1.4.1.1.1.1", "1.2.3.4", "1.2.3")
+    alg = AlgorithmInfo("n", "1", "m", "r", "0" * 64, "cxr", "sha256:1", "tn-pre-1", "d", is_test_model=True)
+    in_band = FindingResult(Code("36118008", "SCT", "Pneumothorax"), "indeterminate", 0.55, 0.6, True, (image,),
+                            band_low=0.4, band_high=0.6)
+    reason = Code("URGINDET", "99TRIAGE", "Urgent finding indeterminate")
+    result = TriageResult(False, "MEDIUM", reason, "No AI assessment: an urgent finding is indeterminate.",
+                          (in_band,), (image,), alg)
+
+    facts = StudyFacts("P1", "", "Doe^Jo", "", "", "ACC9", "1.2.3", "1.2.3.9")
+    er7 = build_oru(result, facts, Hl7Destination(host="127.0.0.1", port=2575), "TN8")
+    msg = parse_message(er7.split("\rNTE")[0], find_groups=False)
+    observed = [seg.obx_3.value.split("^")[0] for seg in msg.children if seg.name == "OBX"]
+    assert observed == ["PRIORITY", "NOASSIST", "SRUID"], observed
+    assert "36118008" not in er7 and "0.5500" not in er7
+    assert "an urgent finding is indeterminate" in er7
+
+    sr = pydicom.Dataset()
+    sr.PatientID, sr.AccessionNumber, sr.StudyInstanceUID, sr.SOPInstanceUID = "P1", "ACC9", "1.2.3", "1.2.3.9"
+    bundle = build_bundle(result, sr).model_dump(mode="json", exclude_none=True)
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert kinds == ["Device", "DiagnosticReport"], kinds
+    report = bundle["entry"][-1]["resource"]
+    assert "result" not in report
+    assert report["conclusion"].startswith("No AI assessment: an urgent finding is indeterminate")

@@ -34,3 +34,12 @@ def test_unknown_profile_name_names_the_key(tmp_path):
     assert result.returncode == 2
     assert "triage.profiles" in result.stderr and "nosuch" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_packaged_profiles_are_found_from_any_directory(tmp_path):
+    # cwd is tmp_path (no config/profiles there) and the config names no profiles_dir: the profiles
+    # shipped inside the package are read. An unknown name stops the start with the list of those.
+    result = _serve(tmp_path, TRIAGE_NODE__TRIAGE__PROFILES='["cxr", "nosuch"]')
+    assert result.returncode == 2, result.stderr
+    assert "nosuch" in result.stderr and "cxr" in result.stderr and "derm" in result.stderr, result.stderr
+    assert "cannot load triage profiles" not in result.stderr
