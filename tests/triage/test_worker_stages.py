@@ -304,3 +304,44 @@ def test_a_job_sent_back_to_the_queue_is_not_stamped_finished(harness: Harness) 
     assert (job.state, job.attempts) == ("failed", 2)
     assert job.finished_at is not None
     assert not h.worker.run_once()
+
+
+def test_the_background_loop_survives_a_failing_tick_and_stops_in_bounds() -> None:
+    from node.background import BackgroundLoop
+
+    class Log:
+        def __init__(self) -> None:
+            self.errors: list[tuple[str, dict[str, Any]]] = []
+
+        def error(self, event: str, **fields: Any) -> None:
+            self.errors.append((event, fields))
+
+    def wait_for(predicate: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not predicate() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert predicate()
+
+    ticks: list[int] = []
+    log = Log()
+
+    def tick() -> bool:
+        ticks.append(len(ticks))
+        if len(ticks) == 1:
+            raise RuntimeError("database is locked")
+        return len(ticks) < 4  # work for a few rounds, then idle
+
+    loop = BackgroundLoop("test-loop", tick, interval=0.05, log=log, error_event="test_loop_error")
+    loop.start()
+    wait_for(lambda: len(ticks) >= 5)
+    assert loop.alive  # it went on after the error
+    assert log.errors == [("test_loop_error", {"error": "RuntimeError", "detail": "database is locked"})]
+    assert loop.stop(timeout=5.0) and not loop.alive
+
+    idle = BackgroundLoop("idle-loop", lambda: bool(ticks.append(-1)), interval=60.0, log=log,
+                          error_event="test_loop_error")
+    idle.start()
+    wait_for(lambda: ticks[-1] == -1)
+    started = time.monotonic()
+    assert idle.stop(timeout=5.0)
+    assert time.monotonic() - started < 5.0  # the 60 s idle wait is cut short by stop()
