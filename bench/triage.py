@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from node.config import ModelSection  # noqa: E402
-from node.triage.model import LoadedModel, ModelIdentity, quiet_transformers  # noqa: E402
+from node.triage.hf_quiet import quiet_transformers  # noqa: E402
+from node.triage.model import LoadedModel, ModelIdentity  # noqa: E402
 from node.triage.tiny_model import medsiglip_448_config  # noqa: E402
 
 SIZE = 448

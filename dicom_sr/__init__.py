@@ -15,7 +15,9 @@ from .read import (
 )
 from .result import (
     ALLOWED_PRIORITIES,
+    NOT_CALIBRATED_TEXT,
     PRIORITY_HIGH,
+    PRIORITY_LOW,
     PRIORITY_MEDIUM,
     AlgorithmInfo,
     Code,
@@ -30,7 +32,9 @@ from .validate import DciodvfyReport, dciodvfy_available, run_dciodvfy
 
 __all__ = [
     "ALLOWED_PRIORITIES",
+    "NOT_CALIBRATED_TEXT",
     "PRIORITY_HIGH",
+    "PRIORITY_LOW",
     "PRIORITY_MEDIUM",
     "AlgorithmInfo",
     "Code",

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .result import FindingState, TriageResult
+from .result import PRIORITY_HIGH, FindingState, TriageResult
 
 WIDTH, HEIGHT = 1024, 768
 THUMB = 320
@@ -48,7 +48,7 @@ def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
     kept = getattr(result, "priority_kept_from", None)
     if kept:
         why = " (kept from an earlier AI result until a person clears it)"
-    elif result.priority == "HIGH":
+    elif result.priority == PRIORITY_HIGH:
         why = " (raised by the model)"
     else:
         why = ""
@@ -121,7 +121,7 @@ def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.nd
     big, mid, small, tiny = _font(30), _font(21), _font(16), _font(14)
     draw.text((WIDTH // 2, 28), BANNER, font=_font(26), fill="white", anchor="mm")
     draw.text((24, 72), text.title, font=big, fill="white")
-    colour = (255, 120, 90) if result.priority == "HIGH" else (240, 240, 240)
+    colour = (255, 120, 90) if result.priority == PRIORITY_HIGH else (240, 240, 240)
     y = 118
     for line in _wrap(draw, text.priority, mid, WIDTH - THUMB - 72):
         draw.text((24, y), line, font=mid, fill=colour)

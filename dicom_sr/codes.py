@@ -57,7 +57,7 @@ from __future__ import annotations
 
 from highdicom.sr import CodedConcept
 
-from .result import FindingState
+from .result import PRIORITY_HIGH, PRIORITY_MEDIUM, FindingState
 
 PRIVATE_SCHEME = "99TRIAGE"
 PRIVATE_SCHEME_NAME = "triage-node private codes"
@@ -93,8 +93,8 @@ NO_ASSESSMENT_REASON = _private("NOAIREASON", "Reason for no AI assessment")
 
 PRIORITY = _sct("260870009", "Priority")
 PRIORITY_CODES: dict[str, CodedConcept] = {
-    "HIGH": _private("HIGH", "High (worklist priority HIGH, urgent)"),
-    "MEDIUM": _private("MEDIUM", "Medium (worklist priority MEDIUM, routine)"),
+    PRIORITY_HIGH: _private("HIGH", "High (worklist priority HIGH, urgent)"),
+    PRIORITY_MEDIUM: _private("MEDIUM", "Medium (worklist priority MEDIUM, routine)"),
 }
 
 DISCLAIMER = _private("DISCLAIMER", "Intended use disclaimer")

@@ -23,10 +23,17 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-#: Worklist priorities the model may set (UPS Scheduled Procedure Step Priority).
+#: Worklist priorities (UPS Scheduled Procedure Step Priority). The one vocabulary: the node's
+#: worklist imports these. LOW comes only from an order, never from the model, so an SR may
+#: carry only ALLOWED_PRIORITIES.
 PRIORITY_HIGH = "HIGH"
 PRIORITY_MEDIUM = "MEDIUM"
+PRIORITY_LOW = "LOW"
 ALLOWED_PRIORITIES = frozenset({PRIORITY_HIGH, PRIORITY_MEDIUM})
+
+#: How an SR (and the worklist) words operating points that were not tuned on local data;
+#: a statement that starts with it means "not calibrated" (``AlgorithmInfo.calibration``).
+NOT_CALIBRATED_TEXT = "operating points not calibrated on local data"
 
 
 class FindingState(StrEnum):

@@ -47,7 +47,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_worklist(args: argparse.Namespace) -> int:
     from node.db.engine import Database
-    from node.worklist import worklist
+    from node.worklist.rows import worklist
 
     if getattr(args, "worklist_command", None) == "clear":
         return cmd_worklist_clear(args)
@@ -75,7 +75,7 @@ def cmd_worklist_clear(args: argparse.Namespace) -> int:
     """A person clears an AI raise (rule 5): the row falls back to the order's priority; audited."""
     from node.audit import AuditLog, AuditObject, EventCode, Participant
     from node.db.engine import Database
-    from node.worklist import clear_raise
+    from node.worklist.rows import clear_raise
 
     settings = _settings(args)
     by, reason = args.by.strip(), args.reason.strip()

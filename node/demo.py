@@ -127,8 +127,9 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
     from node.db.engine import Database
     from node.dimse.scu import Destination, expand_paths, send
     from node.service import Node
+    from node.store.read import instances_of_study
     from node.triage.tiny_model import build_tiny_siglip
-    from node.worklist import worklist
+    from node.worklist.rows import worklist
 
     print(BANNER, flush=True)
     root = Path(tempfile.mkdtemp(prefix="triage-node-demo-"))
@@ -182,8 +183,9 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
             print(f"  {item['priority']:<6} {labels.get(item['study_instance_uid'], '?'):<24} {what}")
         print("\nSR summaries (read back from the stored SR files):")
         for item in items:
-            path = next((root / "data" / "storage").glob(f"*/*/{item['sr_sop_instance_uid']}.dcm"))
-            result = read_triage_sr(pydicom.dcmread(path))
+            stored = instances_of_study(db, item["study_instance_uid"], sop_uids=[item["sr_sop_instance_uid"]])[0]
+            path = node.files.path(stored.path)
+            result = read_triage_sr(node.files.read(stored.path))
             alg = result.algorithm
             print(f"- {labels.get(item['study_instance_uid'], '?')}: priority {result.priority}, "
                   + ("assist" if result.assist else f"NO AI ASSESSMENT ({result.no_assist_text})"))

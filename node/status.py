@@ -8,8 +8,8 @@ from sqlalchemy import func, select
 
 from node.db.engine import Database
 from node.db.models import Instance, Series, Study, TriageJob
+from node.db.states import JobState, StabilityState
 
-JOB_STATES = ("queued", "running", "done", "failed")
 
 
 def node_status(db: Database) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def node_status(db: Database) -> dict[str, Any]:
             "series": session.scalar(select(func.count()).select_from(Series)) or 0,
             "instances": session.scalar(select(func.count()).select_from(Instance)) or 0,
             "bytes": int(session.scalar(select(func.coalesce(func.sum(Instance.size_bytes), 0))) or 0),
-            "studies_receiving": studies_by_state.get("receiving", 0),
-            "studies_stable": studies_by_state.get("stable", 0),
-            "jobs": {state: jobs.get(state, 0) for state in JOB_STATES},
+            "studies_receiving": studies_by_state.get(StabilityState.RECEIVING, 0),
+            "studies_stable": studies_by_state.get(StabilityState.STABLE, 0),
+            "jobs": {str(state): jobs.get(state, 0) for state in JobState},
         }

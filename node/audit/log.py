@@ -246,7 +246,7 @@ class AuditLog:
     def _upsert_head(self, *, pending_hash: str | None) -> None:
         values = {"log_path": head_key(self.host, self.path), "seq": self._seq, "hash": self._prev,
                   "last_ts": self._last_ts, "pending_hash": pending_hash}
-        with self.database.write_lock, self.database.session() as session, session.begin():
+        with self.database.write() as session:
             if self.database.is_sqlite:
                 from sqlalchemy.dialects.sqlite import insert
             else:

@@ -3,7 +3,7 @@
 - requeue dead letters of the outbox (``node.forward.outbox.requeue``);
 - re-triage a study: a new queued job (the worker answers it with a new SR that names its
   predecessor, as for a study that received more instances);
-- clear the AI's raise of a study (``node.worklist.clear_raise``), with the operator's reason.
+- clear the AI's raise of a study (``node.worklist.rows.clear_raise``), with the operator's reason.
 
 The console has no user names, only the token: the audit log records the session id (a public
 handle, not the cookie secret) and the browser's address, so a person can be traced through
@@ -20,9 +20,10 @@ from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS
 from node.console.sessions import ConsoleSession
 from node.db.engine import Database
-from node.db.models import Study, TriageJob
+from node.db.models import Study
 from node.forward.outbox import DEAD, list_items, requeue
-from node.worklist import Cleared, clear_raise
+from node.triage.jobs import queue_study
+from node.worklist.rows import Cleared, clear_raise
 
 
 class UserAuthentication:
@@ -74,18 +75,12 @@ def queue_retriage(db: Database, audit: AuditLog, session: ConsoleSession, study
     """Queue a new triage job for the study; None when it is not in the index. A job already
     queued for it is reused (it will read every instance anyway)."""
     now = datetime.now(timezone.utc)
-    with db.write_lock, db.session() as s, s.begin():
+    with db.write() as s:
         study = s.execute(select(Study).where(Study.study_instance_uid == study_uid)).scalar_one_or_none()
         if study is None:
             return None
-        job = s.execute(select(TriageJob).where(TriageJob.study_instance_uid == study_uid,
-                                                TriageJob.state == "queued")).scalar_one_or_none()
-        reused = job is not None
-        if job is None:
-            job = TriageJob(study_instance_uid=study_uid, state="queued", queued_at=now,
-                            instance_count=study.instance_count)
-            s.add(job)
-            s.flush()
+        job, created = queue_study(s, study_uid, instance_count=study.instance_count, now=now)
+        reused = not created
         job_id = job.id
     audit.record(EventCode.APPLICATION_ACTIVITY, action="E", outcome=SUCCESS,
                  outcome_desc=f"re-triage requested from the console: job {job_id}"

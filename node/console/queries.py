@@ -1,8 +1,8 @@
-"""Read-only queries the console needs beyond node/worklist.py and node/forward/outbox.py.
+"""Read-only queries the console needs beyond node/worklist/rows.py and node/forward/outbox.py.
 
 The worklist page is paginated in SQL (``ORDER BY`` priority rank, waiting time; ``LIMIT``), so
 its cost does not grow with the number of studies shown elsewhere; rows are turned into the same
-JSON shape as ``triage-node worklist --json`` (``node.worklist.row_json``) plus the study and
+JSON shape as ``triage-node worklist --json`` (``node.worklist.rows.row_json``) plus the study and
 patient columns the page shows.
 """
 
@@ -17,7 +17,9 @@ from sqlalchemy import func, select
 
 from node.db.engine import Database
 from node.db.models import Instance, OutboxItem, Patient, Series, Study, TriageJob, WorklistItem
-from node.worklist import PRIORITY_ORDER, priority_rank, row_json
+from node.db.states import OPEN_JOB_STATES, JobState
+from node.worklist.priority import PRIORITY_ORDER, priority_rank
+from node.worklist.rows import row_json
 
 PAGE_SIZE = 50
 
@@ -180,35 +182,6 @@ def study_facts(db: Database, study_uid: str) -> StudyFacts | None:
             worklist=row_json(item) if item is not None else None, jobs=jobs, reports=reports)
 
 
-def instance_path(db: Database, study_uid: str, sop_uid: str) -> str | None:
-    """Storage-relative path of an instance of this study (None when it is not one of its instances)."""
-    with db.session() as session:
-        return session.execute(
-            select(Instance.path).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id)
-            .where(Study.study_instance_uid == study_uid, Instance.sop_instance_uid == sop_uid)).scalar_one_or_none()
-
-
-def instance_paths(db: Database, study_uid: str, sop_uids: list[str]) -> dict[str, str]:
-    """SOP Instance UID -> storage-relative path, for those of ``sop_uids`` that belong to the study."""
-    if not sop_uids:
-        return {}
-    with db.session() as session:
-        return dict(session.execute(
-            select(Instance.sop_instance_uid, Instance.path).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id)
-            .where(Study.study_instance_uid == study_uid, Instance.sop_instance_uid.in_(sop_uids[:1000]))).all())
-
-
-def study_instance_paths(db: Database, study_uid: str, *, limit: int) -> list[str]:
-    """Storage-relative paths of the study's instances (series, then instance number)."""
-    with db.session() as session:
-        return list(session.execute(
-            select(Instance.path).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id).where(Study.study_instance_uid == study_uid)
-            .order_by(Series.series_number, Instance.instance_number, Instance.id).limit(limit)).scalars())
-
-
 def study_forwarding(db: Database, study_uid: str) -> list[dict[str, Any]]:
     """Per destination: how many of the study's instances and SRs are sent, pending, retrying or dead."""
     out: dict[str, dict[str, Any]] = {}
@@ -231,10 +204,10 @@ def queue_depths(db: Database) -> dict[str, int]:
     """Triage jobs queued/running and outbox items pending/retrying/dead, for the health page."""
     with db.session() as session:
         jobs = dict(session.execute(select(TriageJob.state, func.count()).where(
-            TriageJob.state.in_(("queued", "running"))).group_by(TriageJob.state)).all())
+            TriageJob.state.in_(OPEN_JOB_STATES)).group_by(TriageJob.state)).all())
         outbox = session.execute(select(OutboxItem.state, OutboxItem.attempts > 0, func.count()).where(
             OutboxItem.state.in_(("pending", "dead"))).group_by(OutboxItem.state, OutboxItem.attempts > 0)).all()
-    depths = {"triage_queued": jobs.get("queued", 0), "triage_running": jobs.get("running", 0),
+    depths = {"triage_queued": jobs.get(JobState.QUEUED, 0), "triage_running": jobs.get(JobState.RUNNING, 0),
               "outbox_pending": 0, "outbox_retrying": 0, "outbox_dead": 0}
     for state, tried, n in outbox:
         key = "outbox_dead" if state == "dead" else ("outbox_retrying" if tried else "outbox_pending")

@@ -16,13 +16,14 @@ from node.console import actions, audit_read
 from node.console.access import (LoginRequired, NotAllowed, Viewer, check_action, current_viewer, page_viewer,
                                  resource_viewer, safe_next, store)
 from node.console.charts import bar_chart
-from node.console.queries import PAGE_SIZE, WorklistFilter, instance_paths, queue_depths, worklist_page
+from node.console.queries import PAGE_SIZE, WorklistFilter, queue_depths, worklist_page
 from node.console.render import SECURITY_HEADERS, render
 from node.console.samples import sampler
 from node.console.sessions import COOKIE_NAME, COOKIE_PATH, token_matches
 from node.console.study_view import model_size, profile_named, study_view
 from node.dicomweb.context import WebContext, ctx
 from node.forward.outbox import list_items
+from node.store.read import instances_of_study
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -133,10 +134,11 @@ def _png(body: bytes) -> Response:
 
 
 def _image_path(request: Request, study_uid: str, sop_uid: str) -> Path:
-    found = instance_paths(_ctx(request).db, study_uid, [sop_uid]).get(sop_uid)
-    if found is None:
+    c = _ctx(request)
+    found = instances_of_study(c.db, study_uid, sop_uids=[sop_uid])
+    if not found:
         raise NotAllowed(404, "no such instance in this study")
-    return Path(_ctx(request).files.root) / found
+    return c.files.path(found[0].path)
 
 
 @router.get("/study/{study_uid}/image/{sop_uid}/model-input.png")

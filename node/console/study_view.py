@@ -15,8 +15,9 @@ import pydicom
 
 from node.console import audit_read
 from node.console.images import DEFAULT_SIZE, RenderCache, size_from_description
-from node.console.queries import StudyFacts, instance_paths, study_facts, study_forwarding
+from node.console.queries import StudyFacts, study_facts, study_forwarding
 from node.dicomweb.context import WebContext
+from node.store.read import instances_of_study, study_headers
 
 MAX_THUMBNAILS = 24
 MAX_RECOMPUTED_SKIPS = 500  # instances read again (headers only) when the audit log has no skip list
@@ -95,7 +96,7 @@ def _images(c: WebContext, facts: StudyFacts, result: Any, renders: RenderCache,
         elif n < MAX_THUMBNAILS:
             size = size_from_description(assessment.preprocessing) or model_size(c)
             try:
-                rendered = renders.model_input(Path(c.files.root) / rel, size, defaults)
+                rendered = renders.model_input(c.files.path(rel), size, defaults)
             except Exception as exc:  # noqa: BLE001 - a page, not a crash
                 entry["error"] = f"cannot recompute the model input: {type(exc).__name__}: {exc}"[:300]
             else:
@@ -111,18 +112,13 @@ def _images(c: WebContext, facts: StudyFacts, result: Any, renders: RenderCache,
 
 def _recompute_skips(c: WebContext, study_uid: str, profile_name: str) -> list[dict[str, Any]]:
     """The profile's selection over the study's stored headers (no pixel data read), own SRs left out."""
-    from node.console.queries import study_instance_paths
     from node.triage.select import select_images
 
     profile = profile_named(c, profile_name)
     if profile is None:
         return []
-    headers = []
-    for rel in study_instance_paths(c.db, study_uid, limit=MAX_RECOMPUTED_SKIPS):
-        try:
-            headers.append(pydicom.dcmread(Path(c.files.root) / rel, stop_before_pixels=True))
-        except Exception:  # noqa: BLE001 - an unreadable file is simply not listed
-            continue
+    # an unreadable file is simply not listed
+    headers = study_headers(c.db, c.files, study_uid, stop_before_pixels=True, limit=MAX_RECOMPUTED_SKIPS)
     selection = select_images(headers, profile, require_pixel_data=False)
     return [dict(sop_instance_uid=s.sop_instance_uid, reason=s.reason, words=SKIP_REASONS.get(s.reason, ""))
             for s in selection.skipped if s.reason != "own-sr"]
@@ -139,11 +135,12 @@ def study_view(c: WebContext, study_uid: str, renders: RenderCache, *, show_iden
     result, predecessor, sr_error = (None, None, "")
     images: list[dict[str, Any]] = []
     if current_sop and current_sop in paths:
-        result, predecessor, sr_error = _read_sr(Path(c.files.root) / paths[current_sop])
+        result, predecessor, sr_error = _read_sr(c.files.path(paths[current_sop]))
     elif current_sop:
         sr_error = "the current SR is not in the index"
     if result is not None:
-        paths.update(instance_paths(c.db, study_uid, [a.image.sop_instance_uid for a in result.images]))
+        paths.update({i.sop_instance_uid: i.path for i in instances_of_study(
+            c.db, study_uid, sop_uids=[a.image.sop_instance_uid for a in result.images])})
         images = _images(c, facts, result, renders, paths)
     skipped = [dict(sop_instance_uid=sop, reason=why, words=SKIP_REASONS.get(why.split(":")[0], ""))
                for sop, why in (audit_read.skipped_images(events, current_sop) if current_sop else [])]

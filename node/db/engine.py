@@ -8,6 +8,8 @@ the C-STORE response follows the commit; busy_timeout absorbs short writer overl
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -77,6 +79,14 @@ class Database:
 
     def session(self) -> Session:
         return self.sessions()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction: the writer lock (SQLite has one writer; a no-op on PostgreSQL),
+        a session, and a transaction that commits when the block ends and rolls back when it
+        raises. Every write of the node goes through here, so the lock is never forgotten."""
+        with self.write_lock, self.session() as session, session.begin():
+            yield session
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -2,6 +2,24 @@
 
 The index mirrors the files under storage/ (one row per stored instance). Timers (the
 quiet-period clock, jobs) live here too, so they survive a restart (rule 3).
+
+Each table has one owner module that writes it; everyone else reads (or calls the owner):
+
+==================================  ==========================================================
+patient, study, series, instance    node/store/index.py (rows of a stored instance); reads in
+                                    node/store/read.py. ``study.stability_state`` flips to
+                                    stable only in node/stability/tick.py.
+triage_job                          node/triage/jobs.py (queue, claim, heartbeat, finish, retake)
+worklist_item                       node/worklist/rows.py (a result's row, a person's clear) and
+                                    node/worklist/ups.py (the UPS state machine)
+outbox_item                         node/forward/outbox.py
+audit_head                          node/audit/log.py
+image_embedding                     node/embeddings/store.py
+drift_stream                        node/drift/streams.py (a frozen reference, the alert state)
+==================================  ==========================================================
+
+Every write goes through ``Database.write()`` (node/db/engine.py). States kept as text are
+named in node/db/states.py.
 """
 
 from __future__ import annotations
@@ -11,6 +29,8 @@ from datetime import datetime
 from sqlalchemy import (BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text,
                         UniqueConstraint)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from node.db.states import JobState, StabilityState
 
 
 class Base(DeclarativeBase):
@@ -46,7 +66,7 @@ class Study(Base):
     modalities: Mapped[str] = mapped_column(String(128), default="")  # backslash-joined, sorted
     # Stability clock (rule 3): 'receiving' until quiet for quiet_seconds, then 'stable'.
     last_arrival_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    stability_state: Mapped[str] = mapped_column(String(16), default="receiving")
+    stability_state: Mapped[str] = mapped_column(String(16), default=StabilityState.RECEIVING.value)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     patient: Mapped[Patient] = relationship()
     __table_args__ = (Index("ix_study_stability", "stability_state", "last_arrival_at"),)
@@ -83,7 +103,7 @@ class TriageJob(Base):
     __tablename__ = "triage_job"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

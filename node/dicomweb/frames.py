@@ -20,7 +20,6 @@ the ``BulkDataURI`` that our metadata gives; without these routes no image rende
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -34,7 +33,7 @@ from node.audit import AuditObject, EventCode
 from node.dicomweb.context import audit
 from node.dicomweb.multipart import build_multipart, new_boundary, parse_media_type, related_content_type
 from node.dicomweb.problems import Problem
-from node.dicomweb.wado import instance_path
+from node.dicomweb.wado import read_instance
 
 router = APIRouter()
 OCTET = "application/octet-stream"
@@ -68,13 +67,6 @@ def _accepted(request: Request) -> list[tuple[str, dict[str, str]]]:
         else:
             out.append((media, params))
     return out or [("*/*", {})]
-
-
-def _read(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except Exception as exc:  # a stored file that no longer parses: say so, do not 500 with a traceback
-        raise Problem(500, f"stored instance cannot be read: {type(exc).__name__}") from None
 
 
 def _frame_numbers(frames: str, count: int) -> list[int]:
@@ -119,8 +111,7 @@ def _multipart(parts: list[tuple[str, bytes]], root_type: str) -> Response:
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
             summary="WADO-RS: retrieve frames")
 def retrieve_frames(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
-    path = instance_path(request, study, series, instance)
-    ds = _read(path)
+    ds = read_instance(request, study, series, instance)
     if "PixelData" not in ds:
         raise Problem(404, "the instance has no pixel data (no frames)")
     count = int(ds.get("NumberOfFrames", 1) or 1)
@@ -179,7 +170,7 @@ def _element_at(ds: Dataset, tag_path: str) -> bytes:
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}",
             summary="WADO-RS: retrieve bulk data (the BulkDataURI of the metadata)")
 def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, tag_path: str) -> Response:
-    ds = _read(instance_path(request, study, series, instance))
+    ds = read_instance(request, study, series, instance)
     value = _element_at(ds, tag_path)
     audit(request, EventCode.INSTANCES_TRANSFERRED, desc="WADO-RS bulk data", source=False,
           objects=[AuditObject(type="study", id=study)])
@@ -214,7 +205,7 @@ def render_image(ds: Dataset, size: int) -> np.ndarray:
 
 
 def _rendered(request: Request, study: str, series: str, instance: str, max_size: int) -> Response:
-    ds = _read(instance_path(request, study, series, instance))
+    ds = read_instance(request, study, series, instance)
     audit(request, EventCode.INSTANCES_TRANSFERRED, desc="WADO-RS rendered", source=False,
           objects=[AuditObject(type="study", id=study)])
     if "EncapsulatedDocument" in ds and str(ds.get("MIMETypeOfEncapsulatedDocument", "")) == "application/pdf":
@@ -233,7 +224,7 @@ def rendered_instance(request: Request, study: str, series: str, instance: str) 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
             summary="WADO-RS: rendered frame (single-frame images)")
 def rendered_frame(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
-    ds = pydicom.dcmread(instance_path(request, study, series, instance), stop_before_pixels=True)
+    ds = read_instance(request, study, series, instance, stop_before_pixels=True)
     count = int(ds.get("NumberOfFrames", 1) or 1)
     if _frame_numbers(frames, count) != [1] or count > 1:
         # the renderer draws one chosen frame (as the model sees it); any other would be a lie

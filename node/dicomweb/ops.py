@@ -13,8 +13,9 @@ from sqlalchemy import func, select, text
 
 from node import metrics
 from node.db.models import TriageJob, WorklistItem
+from node.db.states import OPEN_JOB_STATES
 from node.dicomweb.context import ctx
-from node.worklist import worklist
+from node.worklist.rows import worklist
 
 public = APIRouter()  # no token
 router = APIRouter()
@@ -99,7 +100,7 @@ def prometheus(request: Request) -> Response:
     try:
         with ctx(request).db.session() as session:
             depth = session.execute(select(func.count()).where(
-                TriageJob.state.in_(("queued", "running")))).scalar_one()
+                TriageJob.state.in_(OPEN_JOB_STATES))).scalar_one()
         metrics.QUEUE_DEPTH.set(depth)
         update_gauges(ctx(request))
     except Exception:  # noqa: BLE001 - the scrape must still answer

@@ -1,7 +1,7 @@
 """UPS-RS (PS3.18 11): search and retrieve the triage workitems, change their state.
 
 One workitem per triaged study. Datasets, matching and the state machine come from
-node.worklist_ups (shared with the DIMSE UPS Pull SCP); this module maps them to HTTP:
+node.worklist.ups (shared with the DIMSE UPS Pull SCP); this module maps them to HTTP:
 PS3.4 CC statuses -> 200 (B3xx "already in that state" as 200 + Warning), 400 (bad or missing
 state / Transaction UID), 404 (no such workitem), 409 (inconsistent with the current state).
 The Transaction UID is never returned by search or retrieve.
@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from starlette.concurrency import run_in_threadpool
 
-from node import worklist_ups as ups
+from node.worklist import ups
 from node.audit import AuditObject, EventCode
 from node.dicomweb.context import audit, ctx
 from node.dicomweb.problems import Problem

@@ -5,19 +5,18 @@ are a ``BulkDataURI`` (served by node.dicomweb.frames, with frames and rendered 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pydicom
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy import select
+from pydicom.dataset import Dataset
 
 from node.audit import AuditObject, EventCode
-from node.db.models import Instance, Series, Study
 from node.dicomweb.context import audit, base_url, ctx
 from node.dicomweb.multipart import build_multipart, new_boundary, related_content_type
 from node.dicomweb.problems import Problem
+from node.store.read import StoredInstance, instances_of_study
 
 router = APIRouter()
 DICOM_JSON = "application/dicom+json"
@@ -26,23 +25,13 @@ BULK_THRESHOLD = 1024
 
 
 def _instances(request: Request, study: str, series: str | None = None,
-               instance: str | None = None) -> list[tuple[str, str, str]]:
-    """(sop uid, transfer syntax, absolute path) of what the URL names; 404 when nothing."""
-    q = (select(Instance.sop_instance_uid, Instance.transfer_syntax_uid, Instance.path)
-         .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
-         .where(Study.study_instance_uid == study))
-    if series:
-        q = q.where(Series.series_instance_uid == series)
-    if instance:
-        q = q.where(Instance.sop_instance_uid == instance)
-    q = q.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
-    c = ctx(request)
-    with c.db.session() as session:
-        rows = session.execute(q).all()
+               instance: str | None = None) -> list[StoredInstance]:
+    """What the URL names, in reading order; 404 when nothing."""
+    rows = instances_of_study(ctx(request).db, study, series_uid=series,
+                              sop_uids=[instance] if instance else None)
     if not rows:
         raise Problem(404, "no such study, series or instance")
-    root = Path(c.files.root)
-    return [(uid, ts, str(root / rel)) for uid, ts, rel in rows]
+    return rows
 
 
 def _check_accept(request: Request) -> None:
@@ -58,28 +47,38 @@ def _retrieve(request: Request, study: str, series: str | None, instance: str | 
           objects=[AuditObject(type="study", id=study)])
     boundary = new_boundary()
 
+    files = ctx(request).files
+
     def parts():  # type: ignore[no-untyped-def]
-        for _uid, ts, path in rows:
-            with open(path, "rb") as f:
+        for row in rows:
+            with files.open(row.path) as f:
                 body = f.read()
-            yield {"Content-Type": f"application/dicom; transfer-syntax={ts}",
+            yield {"Content-Type": f"application/dicom; transfer-syntax={row.transfer_syntax_uid}",
                    "Content-Length": str(len(body))}, body
 
     return StreamingResponse(build_multipart(parts(), boundary),
                              media_type=related_content_type("application/dicom", boundary))
 
 
-def instance_path(request: Request, study: str, series: str, instance: str) -> Path:
-    """The stored file of one instance; 404 when the index does not hold it."""
-    return Path(_instances(request, study, series, instance)[0][2])
+def read_instance(request: Request, study: str, series: str, instance: str, *,
+                  stop_before_pixels: bool = False) -> Dataset:
+    """One stored instance (header only with ``stop_before_pixels``); 404 when the index does not
+    hold it, 500 as a problem when its file no longer parses (no traceback)."""
+    rel = _instances(request, study, series, instance)[0].path
+    files = ctx(request).files
+    try:
+        return files.read_header(rel, stop_before_pixels=True) if stop_before_pixels else files.read(rel)
+    except Exception as exc:  # noqa: BLE001 - a damaged file is the server's problem, said as one
+        raise Problem(500, f"stored instance cannot be read: {type(exc).__name__}") from None
 
 
 def _metadata(request: Request, study: str, series: str | None, instance: str | None) -> Response:
     rows = _instances(request, study, series, instance)
     root = base_url(request)
     out: list[dict[str, Any]] = []
-    for _uid, _ts, path in rows:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    files = ctx(request).files
+    for row in rows:
+        ds = files.read_header(row.path, stop_before_pixels=True)
         out.append(_json_with_bulk_uris(ds, f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
                                             f"/instances/{ds.SOPInstanceUID}"))
     audit(request, EventCode.INSTANCES_TRANSFERRED, desc=f"WADO-RS metadata: {len(rows)} instances",

@@ -9,13 +9,10 @@ retrievals as 110104 with action R, once per operation.
 
 from __future__ import annotations
 
-import ssl
 from collections import defaultdict
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
@@ -32,12 +29,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UnifiedProcedureStepWatch,
 )
 
-from node import worklist_ups as ups
+from node.worklist import ups
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS as AUDIT_SUCCESS
 from node.config import RemoteNode
 from node.db.engine import Database
+from node.dimse import status as st
+from node.dimse.tls import client_tls_args
 from node.oplog import get_logger
+from node.store.read import StoredFiles
 from node.query.match import (
     PATIENT_ROOT,
     STUDY_ROOT,
@@ -75,24 +75,14 @@ def _criteria_for_audit(identifier: Dataset | None) -> dict[str, Any]:
     return out
 
 
-def _client_tls(node: RemoteNode) -> tuple[ssl.SSLContext, str] | None:
-    if not node.tls.enabled:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                     cafile=str(node.tls.ca_file) if node.tls.ca_file else None)
-    if node.tls.cert_file and node.tls.key_file:
-        ctx.load_cert_chain(str(node.tls.cert_file), str(node.tls.key_file))
-    return ctx, node.host
-
-
 class QueryRetrieveSCP:
     """The Q/R and UPS halves of the listener: contexts to add to the AE, handlers to bind."""
 
-    def __init__(self, ae_title: str, db: Database, storage_root: Path, audit: AuditLog,
+    def __init__(self, ae_title: str, db: Database, files: StoredFiles, audit: AuditLog,
                  move_destinations: tuple[RemoteNode, ...] | list[RemoteNode] = ()) -> None:
         self.ae_title = ae_title
         self.db = db
-        self.storage_root = Path(storage_root)
+        self.files = files
         self.audit = audit
         self.destinations: dict[str, RemoteNode] = {}
         for node in move_destinations:
@@ -125,7 +115,7 @@ class QueryRetrieveSCP:
     def _audit_query(self, event: evt.Event, sop_class: str, identifier: Dataset | None, matches: int,
                      status: int) -> None:
         self.audit.record(
-            EventCode.QUERY, action="E", outcome=AUDIT_SUCCESS if status in (0x0000, 0xFE00) else MINOR_FAILURE,
+            EventCode.QUERY, action="E", outcome=AUDIT_SUCCESS if status in st.FIND_COMPLETED else MINOR_FAILURE,
             outcome_desc=f"C-FIND status 0x{status:04X}, {matches} matches",
             participants=[self._peer(event), self._us("destination")],
             objects=[AuditObject(type="query", id=sop_class,
@@ -160,17 +150,17 @@ class QueryRetrieveSCP:
             yield from self._ups_find(event, sop_class)
             return
         root = FIND_MODELS.get(sop_class)
-        matches, status = 0, 0x0000
+        matches, status = 0, st.SUCCESS
         identifier: Dataset | None = None
         try:
             try:
                 identifier = event.identifier
             except Exception:  # undecodable identifier
-                status = 0xA900
+                status = st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
                 yield status, None
                 return
             if root is None:
-                status = 0xA900
+                status = st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
                 yield status, None
                 return
             with self.db.session() as session:
@@ -179,44 +169,44 @@ class QueryRetrieveSCP:
                                                 retrieve_ae=self.ae_title)
                     for response in responses:
                         if event.is_cancelled:
-                            status = 0xFE00
+                            status = st.CANCELED
                             yield status, None
                             return
                         matches += 1
-                        yield 0xFF00, response
+                        yield st.PENDING, response
                     if matches >= FIND_LIMIT:
                         log.warning("c_find_capped", limit=FIND_LIMIT)
                 except InvalidQuery as exc:
                     log.warning("c_find_invalid", reason=str(exc)[:200])
-                    status = 0xA900
+                    status = st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS
                     yield status, None
                     return
                 except Exception as exc:
                     log.error("c_find_failed", error=type(exc).__name__, detail=str(exc)[:200])
-                    status = 0xC001
+                    status = st.FIND_UNABLE_TO_PROCESS
                     yield status, None
                     return
-            yield 0x0000, None
+            yield st.SUCCESS, None
         finally:
             self._audit_query(event, sop_class, identifier, matches, status)
 
     def _ups_find(self, event: evt.Event, sop_class: str) -> Iterator[tuple[int, Dataset | None]]:
         identifier: Dataset | None = None
-        matches, status = 0, 0x0000
+        matches, status = 0, st.SUCCESS
         try:
             identifier = event.identifier
             criteria = identifier_criteria(identifier)
             for full in ups.find_workitems(self.db, criteria, limit=FIND_LIMIT, retrieve_ae=self.ae_title):
                 if event.is_cancelled:
-                    status = 0xFE00
+                    status = st.CANCELED
                     yield status, None
                     return
                 matches += 1
-                yield 0xFF00, ups.project(full, identifier)
-            yield 0x0000, None
+                yield st.PENDING, ups.project(full, identifier)
+            yield st.SUCCESS, None
         except Exception as exc:
             log.error("ups_find_failed", error=type(exc).__name__, detail=str(exc)[:200])
-            status = 0xC001
+            status = st.FIND_UNABLE_TO_PROCESS
             yield status, None
         finally:
             self._audit_query(event, sop_class, identifier, matches, status)
@@ -236,7 +226,7 @@ class QueryRetrieveSCP:
 
     def _read(self, rel: str | None) -> Dataset:
         assert rel is not None
-        return dcmread(self.storage_root / rel)
+        return self.files.read(rel)
 
     def _send(self, event: evt.Event, matches: list[Any], operation: str,
               destination: str) -> Iterator[tuple[int, Dataset | None]]:
@@ -245,17 +235,17 @@ class QueryRetrieveSCP:
             for m in matches:
                 if event.is_cancelled:
                     status_desc, ok = f"canceled after {sent} of {len(matches)}", True
-                    yield 0xFE00, None
+                    yield st.CANCELED, None
                     return
                 try:
                     ds = self._read(m.instance_path)
                 except Exception as exc:
                     log.error("retrieve_read_failed", error=type(exc).__name__, detail=str(exc)[:200])
                     status_desc, ok = f"file unreadable after {sent} of {len(matches)}", False
-                    yield 0xA702, None
+                    yield st.OUT_OF_RESOURCES_SUB_OPERATIONS, None
                     return
                 sent += 1
-                yield 0xFF00, ds
+                yield st.PENDING, ds
             status_desc = f"{sent} instances offered"
         finally:
             self._audit_retrieve(event, operation, destination, matches[:sent] if sent else matches[:0],
@@ -266,11 +256,11 @@ class QueryRetrieveSCP:
             matches = self._retrieve_matches(event, GET_MODELS)
         except InvalidQuery as exc:
             log.warning("c_get_invalid", reason=str(exc)[:200])
-            yield 0xA900, None
+            yield st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
             return
         except Exception as exc:
             log.error("c_get_failed", error=type(exc).__name__, detail=str(exc)[:200])
-            yield 0xC411, None
+            yield st.GET_UNABLE_TO_PROCESS, None
             return
         yield len(matches)
         yield from self._send(event, matches, "C-GET", event.assoc.requestor.ae_title)
@@ -288,11 +278,11 @@ class QueryRetrieveSCP:
             matches = self._retrieve_matches(event, MOVE_MODELS)
         except InvalidQuery as exc:
             log.warning("c_move_invalid", reason=str(exc)[:200])
-            yield 0xA900, None
+            yield st.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, None
             return
         except Exception as exc:
             log.error("c_move_failed", error=type(exc).__name__, detail=str(exc)[:200])
-            yield 0xC511, None
+            yield st.MOVE_UNABLE_TO_PROCESS, None
             return
         contexts = []
         seen: set[tuple[str, str]] = set()
@@ -304,7 +294,7 @@ class QueryRetrieveSCP:
             syntaxes = list(dict.fromkeys([key[1], ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
             contexts.append(build_context(key[0], syntaxes))
         kwargs: dict[str, Any] = {"ae_title": node.ae_title, "contexts": contexts[:128]}
-        tls = _client_tls(node)
+        tls = client_tls_args(node)
         if tls is not None:
             kwargs["tls_args"] = tls
         yield node.host, node.port, kwargs
@@ -318,28 +308,28 @@ class QueryRetrieveSCP:
             full = ups.get_workitem(self.db, uid, retrieve_ae=self.ae_title)
         except Exception as exc:
             log.error("ups_n_get_failed", error=type(exc).__name__, detail=str(exc)[:200])
-            return 0x0110, None
+            return st.PROCESSING_FAILURE, None
         if full is None:
-            return 0xC307, None
+            return ups.NO_SUCH_INSTANCE, None
         tags = list(event.attribute_identifiers or [])
         if not tags:
-            return 0x0000, full
+            return st.SUCCESS, full
         out = Dataset()
         out.SpecificCharacterSet = full.SpecificCharacterSet
         for tag in tags:
             if tag in full:
                 out.add(full[tag])
-        return 0x0000, out
+        return st.SUCCESS, out
 
     def on_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
         uid = str(event.request.RequestedSOPInstanceUID)
         action = int(event.action_type or 0)
         if action != 1:
-            return 0x0123, None  # No Such Action (we support Change State only)
+            return st.NO_SUCH_ACTION, None  # we support Change State only
         try:
             info = event.action_information
         except Exception:
-            return 0x0115, None
+            return st.INVALID_ARGUMENT_VALUE, None
         calling = str(event.assoc.requestor.ae_title).strip()
         result = ups.change_state(self.db, uid, str(info.get("ProcedureStepState", "") or ""),
                                   str(info.get("TransactionUID", "") or ""), f"AE {calling}")
@@ -351,8 +341,8 @@ class QueryRetrieveSCP:
             self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=AUDIT_SUCCESS, outcome_desc=desc,
                               participants=[self._peer(event), self._us("destination")],
                               objects=objects)
-        if result.status != 0x0000:
+        if result.status != st.SUCCESS:
             return result.status, None
         reply = Dataset()
         reply.ProcedureStepState = result.state
-        return 0x0000, reply
+        return st.SUCCESS, reply

@@ -24,6 +24,7 @@ from node.audit.refusals import RefusalLedger
 from node.config import ConfigError, DicomSection, RemoteNode
 from node.dimse.gate import GateLimits, NodeAssociationServer
 from node.dimse.pdu_guard import PDU_HEADER, GuardLimits
+from node.dimse import status as dimse_status
 from node.dimse.qr import QueryRetrieveSCP
 from node.dimse.tls import server_context
 from node import metrics
@@ -76,7 +77,7 @@ class DicomListener:
         self.audit = audit
         self.refusals = refusals or RefusalLedger(audit, node_ae=config.ae_title)
         # Query/Retrieve (C-FIND, C-GET, C-MOVE) and the UPS Pull worklist over the same index.
-        self.qr = QueryRetrieveSCP(config.ae_title, ingestor.db, ingestor.files.root, audit, move_destinations)
+        self.qr = QueryRetrieveSCP(config.ae_title, ingestor.db, ingestor.files, audit, move_destinations)
         self.ae = self._build_ae()
         self._server: NodeAssociationServer | None = None
         self._tallies: dict[int, dict[str, _StudyTally]] = defaultdict(dict)
@@ -113,7 +114,7 @@ class DicomListener:
     def handlers(self) -> list:  # type: ignore[type-arg]
         hs = [
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, lambda event: 0x0000),
+            (evt.EVT_C_ECHO, lambda event: dimse_status.SUCCESS),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_finished),

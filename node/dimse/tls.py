@@ -1,6 +1,8 @@
-"""DICOM TLS context of the listener.
+"""DICOM TLS contexts: the listener's, and the one client context every association the node
+opens uses (forwarding by C-STORE, C-MOVE sub-associations), so both hold the same rules:
+TLS 1.2 at least, the peer verified against its CA, our certificate when configured.
 
-The handshake itself runs non-blocking in the accept gate (node/dimse/gate.py), under the
+The listener's handshake runs non-blocking in the accept gate (node/dimse/gate.py), under the
 handshake deadline, so a client that opens TCP and never speaks TLS stalls nothing.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from node.config import ConfigError, TlsSection
+from node.config import ConfigError, RemoteNode, RemoteTls, TlsSection
 
 
 def server_context(tls: TlsSection) -> ssl.SSLContext:
@@ -29,3 +31,21 @@ def server_context(tls: TlsSection) -> ssl.SSLContext:
             raise ConfigError(f"dicom.tls.ca_file: cannot load ({exc})") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def client_context(tls: RemoteTls) -> ssl.SSLContext:
+    """The TLS context of an association the node opens towards a peer."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                     cafile=str(tls.ca_file) if tls.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    return ctx
+
+
+def client_tls_args(peer: RemoteNode) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's ``tls_args`` for an association to ``peer`` (None: plain TCP)."""
+    return (client_context(peer.tls), peer.host) if peer.tls.enabled else None
+
+
+__all__ = ["client_context", "client_tls_args", "server_context"]

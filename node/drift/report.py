@@ -25,17 +25,17 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 from sqlalchemy import select
 
 from node.config import DriftSection, Settings
 from node.db.engine import Database
-from node.db.models import DriftStream, ImageEmbedding, Instance, WorklistItem
+from node.db.models import DriftStream, ImageEmbedding, WorklistItem
 from node.drift.stats import ks_shift, mmd_permutation_test, rate_change
+from node.drift.streams import freeze_reference
+from node.store.read import StoredFiles, instances_by_uid
 
 __all__ = ["StreamReport", "drift_report", "freeze_references", "stream_key", "HEADER_TAGS"]
 
@@ -139,13 +139,11 @@ def _study_outcomes(db: Database, studies: set[str], meaning_to_key: dict[str, s
     return out
 
 
-def _header_values(db: Database, storage: Path, sops: list[str]) -> dict[str, set[str]]:
+def _header_values(db: Database, files: StoredFiles, sops: list[str]) -> dict[str, set[str]]:
     values: dict[str, set[str]] = {t: set() for t in HEADER_TAGS}
-    with db.session() as session:
-        paths = [p for (p,) in session.execute(select(Instance.path).where(Instance.sop_instance_uid.in_(sops)))]
-    for rel in paths:
+    for stored in instances_by_uid(db, sops):
         try:
-            ds = pydicom.dcmread(storage / rel, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
+            ds = files.read_header(stored.path, stop_before_pixels=True, specific_tags=list(HEADER_TAGS))
         except Exception:  # noqa: BLE001 - an unreadable file says nothing about drift
             continue
         for tag in HEADER_TAGS:
@@ -201,9 +199,9 @@ def _analyse(report: StreamReport, db: Database, settings: Settings, reference: 
     if p < level:
         report.reasons.append(f"no-assist rate {k_ref}/{len(ref_studies)} -> {k_rec}/{len(rec_studies)}, "
                               f"Fisher p {p:.4f} < {level:.4f}")
-    storage = Path(settings.storage.path)
-    before = _header_values(db, storage, [r.sop for r in reference])
-    after = _header_values(db, storage, [r.sop for r in recent])
+    files = StoredFiles(settings.storage.path)
+    before = _header_values(db, files, [r.sop for r in reference])
+    after = _header_values(db, files, [r.sop for r in recent])
     for tag in HEADER_TAGS:
         new = sorted(after[tag] - before[tag])
         if new:
@@ -247,20 +245,13 @@ def freeze_references(settings: Settings, db: Database, weights: str, preprocess
     cfg = settings.drift
     now = datetime.now(timezone.utc)
     frozen: list[tuple[str, int]] = []
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         for version in preprocessings:
             for key, rows in sorted(_streams(db, weights, version).items()):
                 if stream is not None and key != stream:
                     continue
                 window = rows[-cfg.reference_size:]
-                state = session.execute(select(DriftStream).where(
-                    DriftStream.stream_key == key, DriftStream.weights_sha256 == weights,
-                    DriftStream.preprocessing_version == version)).scalar_one_or_none()
-                if state is None:
-                    state = DriftStream(stream_key=key, weights_sha256=weights, preprocessing_version=version,
-                                        first_seen_at=now, alert=False, reasons="")
-                    session.add(state)
-                state.reference_first_id, state.reference_last_id = window[0].id, window[-1].id
-                state.frozen_at = now
+                freeze_reference(session, key, weights, version, first_id=window[0].id, last_id=window[-1].id,
+                                 now=now)
                 frozen.append((key, len(window)))
     return frozen

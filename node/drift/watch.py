@@ -13,15 +13,14 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import select
 
 from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS
 from node.config import Settings
 from node.db.engine import Database
-from node.db.models import DriftStream
 from node.drift.report import StreamReport, drift_report
+from node.drift.streams import record_alert
 from node.oplog import get_logger
 
 __all__ = ["DriftWatch", "DRIFT_ALERT", "DRIFT_EMBEDDING_SHIFT", "DRIFT_P_VALUE", "DRIFT_SCORE_SHIFT"]
@@ -82,21 +81,14 @@ class DriftWatch:
     def _transition(self, r: StreamReport, weights: str) -> None:
         now = datetime.now(timezone.utc)
         announce: list[tuple[str, int]] = []
-        with self.db.write_lock, self.db.session() as session, session.begin():
-            state = session.execute(select(DriftStream).where(
-                DriftStream.stream_key == r.key, DriftStream.weights_sha256 == weights,
-                DriftStream.preprocessing_version == r.preprocessing_version)).scalar_one_or_none()
-            if state is None:
-                state = DriftStream(stream_key=r.key, weights_sha256=weights,
-                                    preprocessing_version=r.preprocessing_version, first_seen_at=now, alert=False,
-                                    reasons="")
-                session.add(state)
-                announce.append(("new drift stream", SUCCESS))
-            if bool(state.alert) != r.alert:
-                state.alert, state.alert_changed_at = r.alert, now
-                announce.append(("drift alert raised" if r.alert else "drift alert cleared",
-                                 MINOR_FAILURE if r.alert else SUCCESS))
-            state.reasons = "; ".join(r.reasons)[:4000]
+        with self.db.write() as session:
+            change = record_alert(session, r.key, weights, r.preprocessing_version, alert=r.alert,
+                                  reasons="; ".join(r.reasons), now=now)
+        if change.created:
+            announce.append(("new drift stream", SUCCESS))
+        if change.changed:
+            announce.append(("drift alert raised" if r.alert else "drift alert cleared",
+                             MINOR_FAILURE if r.alert else SUCCESS))
         for what, outcome in announce:
             fields = {"stream": r.key, "n_reference": r.n_reference, "n_recent": r.n_recent,
                       "p_value": r.p_value, "reasons": r.reasons[:10]}

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from node.config import Settings
 from node.db.engine import Database
-from node.embeddings.compute import EmbedOutcome, all_study_uids, embed_missing, study_headers, with_preprocessing
+from node.embeddings.compute import EmbedOutcome, all_study_uids, embed_missing, with_preprocessing
+from node.store.read import StoredFiles, study_headers
 from node.triage.model import LoadedModel, ModelUnavailable, load_model
 from node.triage.profiles import PREPROCESSING_METHODS, ProfileError, TriageProfile, load_profiles
 from node.triage.select import select_images
@@ -62,12 +63,12 @@ def backfill(settings: Settings, *, study_uids: Sequence[str] = (), all_studies:
         uids = list(study_uids) if study_uids else all_study_uids(db)
         summary = BackfillSummary(studies=len(uids))
         by_profile: dict[str, list] = {p.name: [] for p in profiles}
-        root = Path(settings.storage.path)
+        files = StoredFiles(settings.storage.path)
         for uid in tqdm(uids, desc="reading headers", unit="study", file=sys.stderr, disable=not progress,
                         leave=False):
-            headers = study_headers(db, root, uid)
+            headers = study_headers(db, files, uid)
             for profile in profiles:
-                accepted = select_images(headers, profile, own_manufacturer="triage-node").accepted
+                accepted = select_images(headers, profile).accepted
                 if accepted:
                     by_profile[profile.name].extend(accepted)
                     break

@@ -13,56 +13,18 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from node.db.engine import Database
-from node.db.models import Instance, Series, Study
+from node.db.models import Study
 from node.embeddings.store import existing_sop_uids, put_embeddings
-from node.oplog import get_logger
 from node.triage.preprocess import PreprocessError, to_model_input
 from node.triage.profiles import TriageProfile
 
-__all__ = ["study_paths", "read_headers", "study_headers", "all_study_uids", "with_preprocessing", "embed_missing", "EmbedOutcome"]
-
-log = get_logger("embeddings")
-OWN_MANUFACTURER = "triage-node"  # our own SRs are never images to embed (select.py "own-sr")
-
-
-def study_paths(db: Database, study_uids: Sequence[str]) -> dict[str, list[str]]:
-    """Each study's instance files (relative to storage.path) in the worker's order; one query per 500 studies."""
-    out: dict[str, list[str]] = {uid: [] for uid in study_uids}
-    uids = list(out)
-    with db.session() as session:
-        for start in range(0, len(uids), 500):
-            rows = session.execute(
-                select(Study.study_instance_uid, Instance.path).join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .where(Study.study_instance_uid.in_(uids[start:start + 500]))
-                .order_by(Study.id, Series.series_number, Instance.instance_number, Instance.id))
-            for uid, rel in rows:
-                out[uid].append(rel)
-    return out
-
-
-def read_headers(storage_root: Path, paths: Sequence[str]) -> list[Dataset]:
-    """The instances as the worker reads them: pixel data deferred, unreadable files skipped."""
-    headers = []
-    for rel in paths:
-        try:
-            headers.append(pydicom.dcmread(Path(storage_root) / rel, defer_size=1024))
-        except Exception as exc:  # noqa: BLE001 -- an unreadable file is skipped, as the worker does
-            log.warning("unreadable_instance", error=type(exc).__name__)
-    return headers
-
-
-def study_headers(db: Database, storage_root: Path, study_uid: str) -> list[Dataset]:
-    """One study's instances as the worker reads them, in the worker's order."""
-    return read_headers(storage_root, study_paths(db, [study_uid])[study_uid])
+__all__ = ["all_study_uids", "with_preprocessing", "embed_missing", "EmbedOutcome"]
 
 
 def all_study_uids(db: Database) -> list[str]:

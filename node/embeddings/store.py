@@ -82,7 +82,7 @@ def put_embeddings(db: Database, images: Sequence[Dataset], vectors: np.ndarray 
     insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(ImageEmbedding).on_conflict_do_nothing(
         index_elements=["sop_instance_uid", "weights_sha256", "preprocessing_version"])
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         session.execute(stmt, rows)
 
 

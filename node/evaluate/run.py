@@ -28,9 +28,10 @@ from sqlalchemy import select
 from node.config import Settings
 from node.db.engine import Database
 from node.db.models import Study
-from node.embeddings.compute import embed_missing, read_headers, study_paths, with_preprocessing
+from node.embeddings.compute import embed_missing, with_preprocessing
 from node.embeddings.facts import age_band
 from node.embeddings.store import get_embeddings
+from node.store.read import StoredFiles, instances_of_studies
 from node.evaluate.analysis import FindingAnalysis, FindingInput, analyse_finding
 from node.evaluate.cohort import CohortStudy, ScoredCohort, score_cohort
 from node.evaluate.labels import LabelTable, read_labels
@@ -119,14 +120,14 @@ def _gather(settings: Settings, db: Database, profile: TriageProfile, resolved: 
     from tqdm import tqdm
 
     out: list[_StudyImages | None] = []
-    root = Path(settings.storage.path)
-    paths = study_paths(db, [r.study_uid for r in resolved if r.study_uid is not None])
+    files = StoredFiles(settings.storage.path)
+    stored = instances_of_studies(db, [r.study_uid for r in resolved if r.study_uid is not None])
     for r in tqdm(resolved, desc="reading headers", unit="study", file=sys.stderr, disable=not progress,
                   leave=False):
         if r.study_uid is None:
             out.append(None)
             continue
-        selection = select_images(read_headers(root, paths[r.study_uid]), profile, own_manufacturer="triage-node")
+        selection = select_images(files.read_headers([i.path for i in stored[r.study_uid]]), profile)
         out.append(_StudyImages(r.study_uid, r.row_index, list(selection.accepted)))
     return out
 

@@ -9,7 +9,6 @@ instance counts of the batch.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from pathlib import Path
 
 from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
@@ -23,6 +22,7 @@ from node.forward.outbox import (Claimed, claim_due, destination_key, fhir_key, 
                                  release, renew_lease)
 from node.forward.sender import ItemResult, SendItem, send_batch
 from node.oplog import get_logger
+from node.store.read import StoredFiles
 
 log = get_logger("forward")
 BATCH_LIMIT = 200
@@ -34,7 +34,7 @@ class Forwarder:
         self.policy = settings.forwarding
         self.db = db
         self.audit = audit
-        self.storage_root = Path(settings.storage.path)
+        self.files = StoredFiles(settings.storage.path)
         self.destinations: dict[str, ForwardDestination] = {destination_key(d): d for d in settings.forward}
         self.hl7: dict[str, Hl7Destination] = {hl7_key(d): d for d in settings.hl7}
         self.fhir: dict[str, FhirDestination] = {fhir_key(d): d for d in settings.fhir}
@@ -74,7 +74,7 @@ class Forwarder:
             results = [ItemResult(i.id, False, None, f"destination {key} is no longer configured") for i in items]
         else:
             calling = dest.calling_ae_title or self.settings.dicom.ae_title
-            results = send_batch(dest, [SendItem(i.id, self.storage_root / i.path) for i in items],
+            results = send_batch(dest, [SendItem(i.id, self.files.path(i.path)) for i in items],
                                  calling_ae=calling, timeout=self.policy.timeout_seconds)
         sent = [r.key for r in results if r.ok]
         failures = {r.key: r.error or "failed" for r in results if not r.ok}
@@ -95,7 +95,7 @@ class Forwarder:
 
     def _message(self, key: str, item: Claimed) -> ItemResult:
         """One HL7 or FHIR message, built from the stored SR and delivered (ACK AA/CA, or HTTP 2xx)."""
-        sr_path = str(self.storage_root / item.path)
+        sr_path = str(self.files.path(item.path))
         try:
             if key in self.hl7:
                 control_id = f"TN{item.id}"

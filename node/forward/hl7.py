@@ -27,7 +27,7 @@ import pydicom
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
-from dicom_sr import TriageResult, read_triage_sr
+from dicom_sr import PRIORITY_HIGH, PRIORITY_MEDIUM, TriageResult, read_triage_sr
 from dicom_sr.codes import STATE_CODES
 from node.config import Hl7Destination
 
@@ -36,7 +36,7 @@ START, END = b"\x0b", b"\x1c\x0d"
 #: the finding states as the SR codes them (SNOMED CT), so that every output says the same
 STATE_CODE = {state: (concept.value, concept.scheme_designator, concept.meaning)
               for state, concept in STATE_CODES.items()}
-HL7_PRIORITY = {"HIGH": "S", "MEDIUM": "R"}
+HL7_PRIORITY = {PRIORITY_HIGH: "S", PRIORITY_MEDIUM: "R"}
 LOCAL = "99TRIAGE"
 
 

@@ -22,7 +22,8 @@ from pydicom.uid import generate_uid
 
 from node.config import FhirDestination, ForwardDestination, ForwardingSection, Hl7Destination
 from node.db.engine import Database
-from node.db.models import Instance, OutboxItem, Series, Study
+from node.db.models import OutboxItem
+from node.store.read import instances_of_study
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
 
@@ -102,10 +103,7 @@ def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], 
         return 0
     now = now or _now()
     extras = dict(extras or {})
-    rows_of_study = session.execute(
-        select(Instance.sop_instance_uid, Instance.path)
-        .join(Series, Instance.series_pk == Series.id).join(Study, Series.study_pk == Study.id)
-        .where(Study.study_instance_uid == study_uid).order_by(Instance.id)).all()
+    rows_of_study = [(i.sop_instance_uid, i.path) for i in instances_of_study(session, study_uid)]
     paths = {sop: path for sop, path in rows_of_study}
     if sr_path is None:
         sr_path = paths.get(sr_sop_instance_uid)
@@ -146,7 +144,7 @@ def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime |
              .order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(limit))
     if not db.is_sqlite:
         query = query.with_for_update(skip_locked=True)
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         items = list(session.execute(query).scalars().all())
         lease_until = now + timedelta(seconds=lease_seconds)
         for item in items:
@@ -169,7 +167,7 @@ def release(db: Database, ids: Iterable[int], now: datetime | None = None) -> No
     if not ids:
         return
     now = now or _now()
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids),
                                                              OutboxItem.state == PENDING)).scalars():
             item.next_attempt_at = now
@@ -181,7 +179,7 @@ def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: dat
     if not ids:
         return
     until = (now or _now()) + timedelta(seconds=lease_seconds)
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == PENDING)
                         .values(next_attempt_at=until))
 
@@ -191,7 +189,7 @@ def mark_sent(db: Database, ids: Iterable[int], now: datetime | None = None) -> 
     if not ids:
         return
     now = now or _now()
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids))).scalars():
             item.state = SENT
             item.attempts += 1
@@ -208,7 +206,7 @@ def mark_failed(db: Database, failures: dict[int, str], policy: ForwardingSectio
         return []
     now = now or _now()
     dead: list[int] = []
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(list(failures)))
                                     .order_by(OutboxItem.id)).scalars():
             if item.state != PENDING:
@@ -249,7 +247,7 @@ def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None
     query = select(OutboxItem).where(OutboxItem.state == DEAD).order_by(OutboxItem.id)
     if ids is not None:
         query = query.where(OutboxItem.id.in_(list(ids)))
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         items = list(session.execute(query).scalars().all())
         for item in items:
             item.state = PENDING

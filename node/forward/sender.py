@@ -9,7 +9,6 @@ missing response does not prove the receiver lacks the instance, and a resend is
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 from pynetdicom import AE
 
-from node.config import ForwardDestination, RemoteTls
+from node.config import ForwardDestination
 from node.dimse.sockets import NODELAY_HANDLER
+from node.dimse.tls import client_tls_args
 
 MAX_CONTEXTS = 128
 
@@ -37,15 +37,6 @@ class ItemResult:
     ok: bool
     status: int | None  # None: no response
     error: str = ""
-
-
-def client_tls_context(tls: RemoteTls) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                     cafile=str(tls.ca_file) if tls.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    return ctx
 
 
 def _is_ok(status: int) -> bool:
@@ -82,7 +73,7 @@ def send_batch(dest: ForwardDestination, items: Sequence[SendItem], *, calling_a
         ae.add_requested_context(sop_class, proposed)
 
     try:
-        tls_args = (client_tls_context(dest.tls), dest.host) if dest.tls.enabled else None
+        tls_args = client_tls_args(dest)
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER],
                              tls_args=tls_args)
     except Exception as exc:  # e.g. a TLS context that cannot be built
@@ -130,4 +121,4 @@ def send_batch(dest: ForwardDestination, items: Sequence[SendItem], *, calling_a
     return [results[i.key] for i in items]
 
 
-__all__ = ["ItemResult", "SendItem", "client_tls_context", "send_batch"]
+__all__ = ["ItemResult", "SendItem", "send_batch"]

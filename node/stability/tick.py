@@ -13,7 +13,9 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select, update
 
 from node.db.engine import Database
-from node.db.models import Study, TriageJob
+from node.db.models import Study
+from node.db.states import StabilityState
+from node.triage.jobs import queue_study
 
 
 @dataclass(frozen=True)
@@ -28,30 +30,23 @@ def queue_stable_studies(db: Database, quiet_seconds: float, now: datetime | Non
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(seconds=quiet_seconds)
     queued: list[QueuedJob] = []
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         rows = session.execute(
             select(Study.id, Study.study_instance_uid, Study.instance_count, Study.patient_pk, Study.last_arrival_at)
-            .where(Study.stability_state == "receiving", Study.last_arrival_at <= cutoff)
+            .where(Study.stability_state == StabilityState.RECEIVING, Study.last_arrival_at <= cutoff)
             .order_by(Study.last_arrival_at)
             .with_for_update(skip_locked=True)
         ).all()
         for study_pk, uid, count, patient_pk, last_arrival in rows:
             # Only flip if no instance arrived since we read the row (another process may write).
             flipped = session.execute(
-                update(Study).where(Study.id == study_pk, Study.stability_state == "receiving",
+                update(Study).where(Study.id == study_pk, Study.stability_state == StabilityState.RECEIVING,
                                     Study.last_arrival_at == last_arrival)
-                .values(stability_state="stable")
+                .values(stability_state=StabilityState.STABLE)
             ).rowcount
             if not flipped:
                 continue
-            pending = session.execute(
-                select(TriageJob).where(TriageJob.study_instance_uid == uid, TriageJob.state == "queued")
-            ).scalar_one_or_none()
-            if pending is not None:
-                pending.instance_count = count
-                continue
-            job = TriageJob(study_instance_uid=uid, state="queued", queued_at=now, instance_count=count)
-            session.add(job)
-            session.flush()
-            queued.append(QueuedJob(job.id, uid, count, patient_pk))
+            job, created = queue_study(session, uid, instance_count=count, now=now)
+            if created:
+                queued.append(QueuedJob(job.id, uid, count, patient_pk))
     return queued

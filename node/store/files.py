@@ -18,6 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.filebase import DicomBytesIO
 
+from node.store.read import StoredFiles
 from node.uids import is_valid_uid
 
 INCOMING = ".incoming"
@@ -44,9 +45,11 @@ def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
     return PREAMBLE + buf.getvalue()
 
 
-class FileStore:
+class FileStore(StoredFiles):
+    """The write side over the storage root; reads are StoredFiles' (node/store/read.py)."""
+
     def __init__(self, root: Path, *, fsync: bool = True, owner: str = "node") -> None:
-        self.root = Path(root)
+        super().__init__(root)
         self.fsync = fsync
         self.owner = owner
         self.incoming = self.root / INCOMING

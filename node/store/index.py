@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from node.db.engine import Database
 from node.db.models import Instance, Patient, Series, Study
+from node.db.states import StabilityState
 from node.store.header import InstanceHeader
 
 # The statements are built once and run on the session's Core connection with bound
@@ -37,7 +38,7 @@ _SERIES_PK = select(_series.c.id).where(_series.c.series_instance_uid == bindpar
 _STUDY_ADD = {  # touch_stability -> statement
     True: update(_study).where(_study.c.id == bindparam("b_pk")).values(
         instance_count=_study.c.instance_count + 1, modalities=bindparam("b_mods"),
-        last_arrival_at=bindparam("b_now"), stability_state="receiving"),
+        last_arrival_at=bindparam("b_now"), stability_state=StabilityState.RECEIVING),
     False: update(_study).where(_study.c.id == bindparam("b_pk")).values(
         instance_count=_study.c.instance_count + 1, modalities=bindparam("b_mods")),
 }
@@ -80,7 +81,7 @@ def add_instance(db: Database, session: Session, h: InstanceHeader, *, rel_path:
             study_instance_uid=h.study_instance_uid, patient_pk=patient_pk, study_date=h.study_date,
             study_time=h.study_time, accession_number=h.accession_number[:16], study_id=h.study_id[:16],
             description=h.study_description, referring_physician=h.referring_physician,
-            modalities="", last_arrival_at=now, stability_state="receiving", instance_count=0))
+            modalities="", last_arrival_at=now, stability_state=StabilityState.RECEIVING, instance_count=0))
         study = conn.execute(_STUDY_BY_UID, {"b_uid": h.study_instance_uid}).one()
     study_pk, modalities = study
     mods = set(filter(None, (modalities or "").split("\\")))

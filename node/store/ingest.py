@@ -135,7 +135,7 @@ class Ingestor:
                 log.error("store_write_failed", error=type(exc).__name__, study_ref=study_ref(h.study_instance_uid))
                 return IngestOutcome(OUT_OF_RESOURCES, f"cannot write the instance: {type(exc).__name__}")
             try:
-                with self.db.write_lock, self.db.session() as session, session.begin():
+                with self.db.write() as session:
                     added = add_instance(self.db, session, h, rel_path=rel.as_posix(), size=written,
                                          transfer_syntax_uid=ts, calling_ae=calling_ae,
                                          touch_stability=touch_stability)
@@ -195,7 +195,7 @@ def reindex_file(db: Database, files: FileStore, rel: Path) -> bool:
     h = instance_header(ds)
     if relative_path(h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid) != rel:
         return False
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         return add_instance(db, session, h, rel_path=rel.as_posix(), size=path.stat().st_size,
                             transfer_syntax_uid=ts, calling_ae="")
 

@@ -1,5 +1,5 @@
 """Stage 3 of the worker: answer each job. A decision becomes an SR, the worklist row and what is
-forwarded (node/triage/results.py); then the job is finished, counted and audited.
+forwarded (node/results/); then the job is finished, counted and audited.
 
 Rule 6: every decision, no-assist included, is answered with an SR. Only a failure to write the
 answer (disk, database, a study with no readable instance) sends a job back to the queue, and
@@ -17,16 +17,18 @@ from node.audit.events import MINOR_FAILURE, SUCCESS
 from node.config import Settings
 from node.db.engine import Database
 from node.db.models import TriageJob
+from node.db.states import JobState
 from node.oplog import get_logger, study_ref
+from node.results.contract import algorithm_info, triage_result
+from node.results.outputs import ResultOutputs
+from node.results.write import StoredReport, write_report
 from node.store.ingest import Ingestor
 from node.triage.batch import StudyWork
 from node.triage.jobs import finish_job, requeue_job
 from node.triage.model_api import ModelIdentity
-from node.triage.outputs import ResultOutputs
 from node.triage.policy import NoAssistReason, StudyDecision
 from node.triage.preprocess import PREPROCESS_VERSION, preprocess_version
-from node.triage.results import StoredReport, algorithm_info, triage_result, write_report
-from node.worklist import order_priority
+from node.worklist.priority import order_priority
 
 log = get_logger("triage")
 
@@ -65,7 +67,7 @@ class Answerer:
             log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
             self.fail_or_retry(work, exc)
             return
-        if not finish_job(self.db, work.job_id, "done", worker_id=self.worker_id):
+        if not finish_job(self.db, work.job_id, JobState.DONE, worker_id=self.worker_id):
             # Our lease ran out and another worker retook the job: it writes the same SR (same
             # UIDs), so the answer still exists once; the row is theirs to finish.
             log.warning("job_retaken_meanwhile", job_id=work.job_id)
@@ -124,7 +126,7 @@ class Answerer:
             job = session.get(TriageJob, work.job_id)
             attempts = job.attempts if job else self.settings.triage.max_attempts
         if attempts >= self.settings.triage.max_attempts:
-            finish_job(self.db, work.job_id, "failed", f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
+            finish_job(self.db, work.job_id, JobState.FAILED, f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
         else:
             requeue_job(self.db, work.job_id, f"{type(exc).__name__}: {exc}", worker_id=self.worker_id)
         self.audit_job(work.study_uid, work.job_id, f"triage job error: {type(exc).__name__}", outcome=MINOR_FAILURE)

@@ -13,27 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import select
 
 from node.db.engine import Database
-from node.db.models import Instance, Series, Study
-from node.oplog import get_logger
+from node.store.read import StoredFiles, study_headers
 from node.triage.preprocess import PreprocessError, to_model_input
 from node.triage.profiles import TriageProfile
 from node.triage.select import select_images
 
-log = get_logger("triage")
-
 __all__ = ["StudyWork", "prepare_study", "read_study_headers"]
-
-#: The node's own instances (SR, card, PDF) are never triage input.
-OWN_MANUFACTURER = "triage-node"
-
 
 @dataclass
 class StudyWork:
@@ -51,21 +41,10 @@ class StudyWork:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (SOP Instance UID, why)
 
 
-def read_study_headers(db: Database, storage_root: Path, study_uid: str) -> list[Dataset]:
-    """The study's stored instances in series / instance order; pixel data stays on disk
-    (deferred) until preprocessing asks for it. An unreadable file is logged and left out."""
-    with db.session() as session:
-        paths = session.execute(
-            select(Instance.path).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id).where(Study.study_instance_uid == study_uid)
-            .order_by(Series.series_number, Instance.instance_number, Instance.id)).scalars().all()
-    headers: list[Dataset] = []
-    for rel in paths:
-        try:
-            headers.append(pydicom.dcmread(storage_root / rel, defer_size=1024))
-        except Exception as exc:  # noqa: BLE001 - a damaged file costs that instance, not the study
-            log.warning("unreadable_instance", error=type(exc).__name__)
-    return headers
+def read_study_headers(db: Database, files: StoredFiles, study_uid: str) -> list[Dataset]:
+    """The study's stored instances in reading order; pixel data stays on disk (deferred) until
+    preprocessing asks for it. An unreadable file is logged and left out."""
+    return study_headers(db, files, study_uid)
 
 
 def prepare_study(job_id: int, study_uid: str, queued_at: datetime, headers: list[Dataset],
@@ -73,7 +52,7 @@ def prepare_study(job_id: int, study_uid: str, queued_at: datetime, headers: lis
     """Select the images of the first profile that accepts any; with a model (``image_size``
     given), preprocess them at the model's own input size."""
     for profile in profiles:
-        selection = select_images(headers, profile, own_manufacturer=OWN_MANUFACTURER)
+        selection = select_images(headers, profile)
         if not selection.accepted:
             continue
         work = StudyWork(job_id, study_uid, queued_at, headers, profile, eligible=True,

@@ -1,5 +1,6 @@
-"""Job rows for the worker: claim (row lock; SKIP LOCKED on PostgreSQL), heartbeat, finish,
-and take back jobs whose worker died (rule 3: a running job of a dead worker is retaken).
+"""The triage job queue (table ``triage_job``; its only writer): queue a study (the stability
+tick, a re-triage from the console), claim (row lock; SKIP LOCKED on PostgreSQL), heartbeat,
+finish, and take back jobs whose worker died (rule 3: a running job of a dead worker is retaken).
 
 Several worker processes (on several hosts) share the table. A claimed job is leased: its
 worker renews ``heartbeat_at`` while it works, and any worker retakes a running job whose
@@ -11,32 +12,50 @@ another worker), so each job's answer exists once.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 
-import os
-
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from node.db.engine import Database
 from node.db.models import TriageJob
+from node.db.states import JobState
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def queue_study(session: Session, study_uid: str, *, instance_count: int, now: datetime) -> tuple[TriageJob, bool]:
+    """Queue a triage of the study (inside the caller's transaction); returns (job, created).
+
+    A job already queued and not yet started is reused: it reads every instance of the study
+    when it runs, so a second one would only answer twice. Its instance count is brought up to date.
+    """
+    pending = session.execute(select(TriageJob).where(
+        TriageJob.study_instance_uid == study_uid, TriageJob.state == JobState.QUEUED)).scalar_one_or_none()
+    if pending is not None:
+        pending.instance_count = instance_count
+        return pending, False
+    job = TriageJob(study_instance_uid=study_uid, state=JobState.QUEUED, queued_at=now, instance_count=instance_count)
+    session.add(job)
+    session.flush()
+    return job, True
+
+
 def claim_jobs(db: Database, worker_id: str, limit: int) -> list[TriageJob]:
     """Move up to ``limit`` queued jobs to running for this worker, oldest first."""
     now = _now()
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         ids = session.execute(
-            select(TriageJob.id).where(TriageJob.state == "queued").order_by(TriageJob.queued_at, TriageJob.id)
+            select(TriageJob.id).where(TriageJob.state == JobState.QUEUED).order_by(TriageJob.queued_at, TriageJob.id)
             .limit(limit).with_for_update(skip_locked=True)).scalars().all()
         claimed = []
         for job_id in ids:
             moved = session.execute(
-                update(TriageJob).where(TriageJob.id == job_id, TriageJob.state == "queued")
-                .values(state="running", started_at=now, heartbeat_at=now, worker=worker_id,
+                update(TriageJob).where(TriageJob.id == job_id, TriageJob.state == JobState.QUEUED)
+                .values(state=JobState.RUNNING, started_at=now, heartbeat_at=now, worker=worker_id,
                         attempts=TriageJob.attempts + 1)).rowcount
             if moved:
                 claimed.append(session.get(TriageJob, job_id))
@@ -48,25 +67,25 @@ def heartbeat(db: Database, job_ids: list[int], worker_id: str | None = None) ->
     if not job_ids:
         return 0
     mine = (TriageJob.worker == worker_id) if worker_id is not None else True
-    with db.write_lock, db.session() as session, session.begin():
-        return session.execute(update(TriageJob).where(TriageJob.id.in_(job_ids), TriageJob.state == "running", mine)
+    with db.write() as session:
+        return session.execute(update(TriageJob).where(TriageJob.id.in_(job_ids), TriageJob.state == JobState.RUNNING, mine)
                                .values(heartbeat_at=_now())).rowcount
 
 
-def finish_job(db: Database, job_id: int, state: str, error: str = "", worker_id: str | None = None) -> bool:
+def finish_job(db: Database, job_id: int, state: JobState, error: str = "", worker_id: str | None = None) -> bool:
     """Mark the job done/failed. With ``worker_id`` only while the job is still ours (not retaken)."""
-    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == "running")) if worker_id is not None else True
-    with db.write_lock, db.session() as session, session.begin():
+    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == JobState.RUNNING)) if worker_id is not None else True
+    with db.write() as session:
         return bool(session.execute(update(TriageJob).where(TriageJob.id == job_id, fence)
                                     .values(state=state, finished_at=_now(), error=error[:2000])).rowcount)
 
 
 def requeue_job(db: Database, job_id: int, error: str, worker_id: str | None = None) -> None:
     """Back to the queue after a failure to write the answer: not finished, so no ``finished_at``."""
-    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == "running")) if worker_id is not None else True
-    with db.write_lock, db.session() as session, session.begin():
+    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == JobState.RUNNING)) if worker_id is not None else True
+    with db.write() as session:
         session.execute(update(TriageJob).where(TriageJob.id == job_id, fence)
-                        .values(state="queued", finished_at=None, error=error[:2000]))
+                        .values(state=JobState.QUEUED, finished_at=None, error=error[:2000]))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -99,10 +118,10 @@ def requeue_orphans(db: Database, *, host_prefix: str, worker_id: str, stale_sec
     exists (we restarted). Another live process on this host keeps its jobs.
     """
     cutoff = _now() - timedelta(seconds=stale_seconds)
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         rows = session.execute(
             select(TriageJob.id, TriageJob.worker, TriageJob.heartbeat_at, TriageJob.attempts)
-            .where(TriageJob.state == "running", TriageJob.worker != worker_id)
+            .where(TriageJob.state == JobState.RUNNING, TriageJob.worker != worker_id)
             .with_for_update(skip_locked=True)).all()
         requeued = failed = 0
         for job_id, worker, beat, attempts in rows:
@@ -111,10 +130,10 @@ def requeue_orphans(db: Database, *, host_prefix: str, worker_id: str, stale_sec
                 continue
             if attempts >= max_attempts:
                 session.execute(update(TriageJob).where(TriageJob.id == job_id).values(
-                    state="failed", finished_at=_now(), error="worker died too often on this job"))
+                    state=JobState.FAILED, finished_at=_now(), error="worker died too often on this job"))
                 failed += 1
             else:
                 session.execute(update(TriageJob).where(TriageJob.id == job_id).values(
-                    state="queued", finished_at=None))
+                    state=JobState.QUEUED, finished_at=None))
                 requeued += 1
     return requeued, failed

@@ -35,7 +35,6 @@ import os
 import re
 import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from node.config import ModelSection
+from node.triage.hf_quiet import quiet_transformers
 from node.triage.model_api import ModelIdentity
 from node.triage.tiny_model import TEST_MODEL_MARKER
 
@@ -53,7 +53,6 @@ __all__ = [
     "load_model",
     "weights_sha256",
     "pixels_on_device",
-    "quiet_transformers",
     "TEXT_MAX_LENGTH",
     "WEIGHTS_CACHE_FILE",
 ]
@@ -339,39 +338,6 @@ def _resolve_dtype(name: str, device: torch.device) -> str:
     if name not in _DTYPES:
         raise ModelUnavailable(f"model.dtype {name!r} is not one of auto, float32, bfloat16, float16")
     return name
-
-
-class _DropDefaultConfigNoise(logging.Filter):
-    """transformers 5 builds a default SiglipTextConfig (CLIP token ids 49406/49407) while loading
-    and saving, and warns about its own defaults; the warning says nothing about our checkpoint."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "must be `None` or an integer within the vocabulary" not in record.getMessage()
-
-
-_CONFIG_NOISE = _DropDefaultConfigNoise()
-
-
-@contextmanager
-def quiet_transformers(*, errors_only: bool = False):
-    """No progress bars from transformers (they spam service logs); optionally errors only."""
-    from transformers.utils import logging as tlog
-
-    enabled = tlog.is_progress_bar_enabled()
-    level = tlog.get_verbosity()
-    config_logger = logging.getLogger("transformers.configuration_utils")
-    config_logger.addFilter(_CONFIG_NOISE)
-    tlog.disable_progress_bar()
-    if errors_only:
-        tlog.set_verbosity_error()
-    try:
-        yield
-    finally:
-        config_logger.removeFilter(_CONFIG_NOISE)
-        if errors_only:
-            tlog.set_verbosity(level)
-        if enabled:
-            tlog.enable_progress_bar()
 
 
 def _dtype_kwarg() -> str:

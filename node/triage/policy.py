@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dicom_sr import PRIORITY_HIGH, PRIORITY_MEDIUM, FindingState
+
 if TYPE_CHECKING:  # pragma: no cover
     from node.triage.model_api import Model
     from node.triage.profiles import FindingSpec, TriageProfile
@@ -46,9 +48,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "NoAssistReason",
     "REASON_TEXT",
-    "FindingState",
-    "PRIORITY_HIGH",
-    "PRIORITY_MEDIUM",
     "PromptEmbeddings",
     "FindingScore",
     "StudyDecision",
@@ -62,10 +61,6 @@ __all__ = [
     "decide",
     "no_assist",
 ]
-
-PRIORITY_HIGH = "HIGH"
-PRIORITY_MEDIUM = "MEDIUM"  # the default (routine) priority; the model never lowers it
-
 
 class NoAssistReason(StrEnum):
     MODEL_UNAVAILABLE = "model-unavailable"
@@ -93,12 +88,6 @@ REASON_TEXT: dict[NoAssistReason, str] = {
         "so the model cannot tell."
     ),
 }
-
-
-class FindingState(StrEnum):
-    PRESENT = "present"
-    NOT_DETECTED = "not_detected"  # "not detected by the model" -- never "absent" or "normal"
-    INDETERMINATE = "indeterminate"
 
 
 @dataclass(frozen=True)

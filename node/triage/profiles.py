@@ -73,6 +73,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from dicom_sr import NOT_CALIBRATED_TEXT
+
 __all__ = [
     "Urgency",
     "FindingSpec",
@@ -165,10 +167,6 @@ class Calibration:
     weights_sha256: str
     preprocessing_version: str
     findings: tuple[tuple[str, FindingCalibration], ...] = ()
-
-
-#: What the SR, /healthz and the worklist say of operating points not tuned on local data.
-NOT_CALIBRATED_TEXT = "operating points not calibrated on local data"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Works on header datasets (no pixel values are read). Checks run in this order an
 failing one is the recorded reason (stable short codes, used in SRs and metrics):
 
 =========================  ==================================================================
-``own-sr``                 Modality SR and Manufacturer == ``own_manufacturer`` (our own output)
+``own-sr``                 an SR of this node (node/own_instances.py: our own output)
 ``not-an-image``           a non-image SOP class (SR, KO, PR, encapsulated documents, raw data,
                            waveforms, RT plans/structures, ...), Modality SR/KO/PR/DOC/..., no
                            Rows/Columns, or no Pixel Data element (see ``require_pixel_data``)
@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from node.own_instances import is_own_sr
 from node.triage.profiles import TriageProfile
 
 __all__ = ["Skipped", "Selection", "select_images", "patient_age_years", "NON_IMAGE_MODALITIES"]
@@ -154,12 +155,11 @@ def patient_age_years(ds: Dataset) -> float | None:
     return years + (when - last).days / (nxt - last).days
 
 
-def _reason(ds: Dataset, profile: TriageProfile, own_manufacturer: str, require_pixel_data: bool) -> str | None:
+def _reason(ds: Dataset, profile: TriageProfile, require_pixel_data: bool) -> str | None:
     sel = profile.selection
     modality = _cs(ds, "Modality")
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
-    manufacturer = str(ds.get("Manufacturer", "") or "").strip()
-    if modality == "SR" and own_manufacturer and manufacturer == own_manufacturer.strip():
+    if is_own_sr(ds):
         return "own-sr"
     if modality in NON_IMAGE_MODALITIES or _is_non_image_class(sop_class):
         return "not-an-image"
@@ -196,7 +196,6 @@ def select_images(
     datasets: Sequence[Dataset],
     profile: TriageProfile,
     *,
-    own_manufacturer: str = "triage-node",
     require_pixel_data: bool = True,
 ) -> Selection:
     """Split a study's instances into the images ``profile`` accepts and the skipped rest.
@@ -208,7 +207,7 @@ def select_images(
     seen: set[str] = set()
     for ds in datasets:
         uid = str(ds.get("SOPInstanceUID", "") or "").strip()
-        reason = _reason(ds, profile, own_manufacturer, require_pixel_data)
+        reason = _reason(ds, profile, require_pixel_data)
         if reason is None and uid:
             if uid in seen:
                 reason = "duplicate"

@@ -155,7 +155,7 @@ def build_tiny_siglip(
     ``extra_texts`` (e.g. a profile's prompts) are added to the tokenizer's training corpus.
     Returns ``folder``.
     """
-    from node.triage.model import quiet_transformers
+    from node.triage.hf_quiet import quiet_transformers
 
     if image_size < 8:
         raise ValueError("image_size must be >= 8")

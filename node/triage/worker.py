@@ -29,6 +29,7 @@ from node.db.engine import Database
 from node.embeddings import keep_batch_embeddings
 from node.oplog import get_logger
 from node.store.ingest import Ingestor
+from node.store.read import StoredFiles
 from node.triage.answer import Answerer
 from node.triage.batch import StudyWork, prepare_study, read_study_headers
 from node.triage.infer import DeadlineRunner, infer_batch
@@ -48,7 +49,7 @@ class TriageWorker:
                  *, model_loader: ModelLoader = load_model) -> None:
         self.settings = settings
         self.db = db
-        self.storage_root = Path(settings.storage.path)
+        self.files = StoredFiles(settings.storage.path)
         self.profiles = self._load_profiles()
         # This process slot (host + data_dir): a restart of the same slot retakes its jobs at once.
         self.host_prefix = f"{settings.node.process_id()}:"
@@ -144,7 +145,7 @@ class TriageWorker:
             works: list[StudyWork] = []
             for job in jobs:
                 self.answerer.audit_job(job.study_instance_uid, job.id, "triage job started")
-                headers = read_study_headers(self.db, self.storage_root, job.study_instance_uid)
+                headers = read_study_headers(self.db, self.files, job.study_instance_uid)
                 works.append(prepare_study(job.id, job.study_instance_uid, job.queued_at, headers, self.profiles,
                                            model.image_size if model is not None else None))
             decisions = infer_batch(works, model, runner=self.runner, timeout=self.settings.model.timeout_seconds,

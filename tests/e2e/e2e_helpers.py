@@ -164,7 +164,7 @@ def open_db(url: str):  # type: ignore[no-untyped-def]
 
 
 def worklist_row(db, study_uid: str) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
-    from node.worklist import worklist
+    from node.worklist.rows import worklist
 
     return next((row for row in worklist(db) if row["study_instance_uid"] == study_uid), None)
 

@@ -463,13 +463,14 @@ def test_a_requeued_job_has_no_finished_at(tmp_path: Path) -> None:
 
     from node.db.engine import Database
     from node.db.models import TriageJob
-    from node.triage.jobs import claim_jobs, requeue_job
+    from node.db.states import JobState
+    from node.triage.jobs import claim_jobs, queue_study, requeue_job
 
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
-    with db.session() as session, session.begin():
-        session.add(TriageJob(study_instance_uid="1.2.3", state="queued", queued_at=datetime.now(timezone.utc)))
+    with db.write() as session:
+        queue_study(session, "1.2.3", instance_count=1, now=datetime.now(timezone.utc))
     (job,) = claim_jobs(db, "w1", 1)
     requeue_job(db, job.id, "OSError: disk full")
     with db.session() as session:
         again = session.get(TriageJob, job.id)
-        assert again.state == "queued" and again.finished_at is None and again.error.startswith("OSError")
+        assert again.state == JobState.QUEUED and again.finished_at is None and again.error.startswith("OSError")

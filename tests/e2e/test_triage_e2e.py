@@ -109,7 +109,7 @@ def answered(db, study_uids: list[str]) -> bool:  # type: ignore[no-untyped-def]
 
 
 def _worklist(db):  # type: ignore[no-untyped-def]
-    from node.worklist import worklist
+    from node.worklist.rows import worklist
 
     return worklist(db)
 

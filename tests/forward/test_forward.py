@@ -312,7 +312,7 @@ def test_send_both_forwards_the_images_too(tmp_path: Path, tiny_model: Path, ort
 
     from node.forward.outbox import enqueue_study
 
-    with node.db.write_lock, node.db.session() as session, session.begin():
+    with node.db.write() as session:
         assert enqueue_study(session, node.settings.forward, study_uid=study_uid, sr_sop_instance_uid=sr) == 0
     event = next(e for e in reversed(export_events(cfg)) if any(o["id"] == study_uid for o in e["objects"]))
     assert event["outcome"] == 0

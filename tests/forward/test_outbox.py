@@ -21,7 +21,7 @@ POLICY = ForwardingSection(initial_backoff_seconds=1, max_backoff_seconds=4, max
 
 
 def _rows(db: Database, n: int, created: datetime) -> list[int]:
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         items = [OutboxItem(destination="PACS@127.0.0.1:104", kind="sr", study_instance_uid="1.2.3",
                             sop_instance_uid=f"1.2.3.{i}", path=f"x/{i}.dcm", created_at=created,
                             next_attempt_at=created) for i in range(n)]
@@ -104,7 +104,7 @@ def test_enqueue_study_follows_send_and_is_idempotent(db_url: str, tmp_path) -> 
                  for send in ("sr", "study", "both")]
 
         def enqueue() -> int:
-            with db.write_lock, db.session() as session, session.begin():
+            with db.write() as session:
                 return enqueue_study(session, dests, study_uid=study_uid, sr_sop_instance_uid=sr)
 
         assert enqueue() == 1 + 2 + 3

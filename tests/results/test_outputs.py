@@ -243,7 +243,7 @@ def test_hl7_priority_update_only_raises(tmp_path: Path) -> None:
     try:
         dests = (Hl7Destination(host="127.0.0.1", port=2575, priority_update=True),)
         for n, raises in enumerate((True, False)):  # this SR raised the priority / it did not (or kept a raise)
-            with db.write_lock, db.session() as session, session.begin():
+            with db.write() as session:
                 enqueue_study(session, (), study_uid=f"1.2.{n}", sr_sop_instance_uid=f"1.2.{n}.9", sr_path="x.dcm",
                               hl7=dests, raises_priority=raises)
         with db.session() as session:

@@ -7,12 +7,10 @@ import math
 import pytest
 import torch
 
+from dicom_sr import PRIORITY_HIGH, PRIORITY_MEDIUM, FindingState
 from node.triage.model import LoadedModel
 from node.triage.policy import (
-    PRIORITY_HIGH,
-    PRIORITY_MEDIUM,
     REASON_TEXT,
-    FindingState,
     NoAssistReason,
     PromptEmbeddings,
     class_mean,

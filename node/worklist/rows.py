@@ -1,73 +1,24 @@
-"""The reading worklist as the node keeps it: one row per triaged study, most urgent first,
-and the rule that sets its priority over time (DESIGN rule 5).
-
-A study's worklist priority is the maximum of
-
-- the order's own priority, read from the study's headers (Requested Procedure Priority, also
-  inside Request Attributes Sequence, and Scheduled Procedure Step Priority: STAT/HIGH -> HIGH,
-  ROUTINE/MEDIUM -> MEDIUM, LOW -> LOW; MEDIUM when the order names none), and
-- HIGH while an SR of this node has raised the study (an urgent finding present) and no person
-  has cleared that raise.
-
-So a later SR that cannot assess, or assesses lower, never lowers the row: the raise is kept
-and the SR says so. Only a person clears it: a UPS moved to COMPLETED or CANCELED, or
-``triage-node worklist clear`` (both audited by their callers). The model never sets LOW; a LOW
-order stays LOW unless the model raises it.
+"""The worklist rows (table ``worklist_item``, owned here with node/worklist/ups.py): the row a
+result writes, a person's clear of an AI raise, and the JSON that ``triage-node worklist``,
+the ops API and the console show. The priority rule itself is node/worklist/priority.py.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from pydicom.dataset import Dataset
-from sqlalchemy import case, select
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from dicom_sr import NOT_CALIBRATED_TEXT, PRIORITY_MEDIUM
 from node.db.engine import Database
 from node.db.models import WorklistItem
-
-HIGH, MEDIUM, LOW = "HIGH", "MEDIUM", "LOW"
-PRIORITY_ORDER = {HIGH: 0, MEDIUM: 1, LOW: 2}
-
-#: DICOM order priorities (Requested Procedure Priority 0040,1003; Scheduled Procedure Step
-#: Priority 0074,1200) -> worklist priority.
-ORDER_PRIORITY_MAP = {"STAT": HIGH, "HIGH": HIGH, "ROUTINE": MEDIUM, "MEDIUM": MEDIUM, "LOW": LOW}
-
-
-def _order_values(ds: Dataset) -> Iterable[str]:
-    for keyword in ("RequestedProcedurePriority", "ScheduledProcedureStepPriority"):
-        value = ds.get(keyword)
-        if value:
-            yield str(value)
-    for item in ds.get("RequestAttributesSequence") or []:
-        value = item.get("RequestedProcedurePriority")
-        if value:
-            yield str(value)
-
-
-def order_priority(headers: Iterable[Dataset]) -> str:
-    """The order's own priority as the study's instances carry it ("" when none says).
-
-    When instances disagree, the most urgent value wins: raising is the safe direction.
-    """
-    found = [ORDER_PRIORITY_MAP[v.strip().upper()] for ds in headers for v in _order_values(ds)
-             if v.strip().upper() in ORDER_PRIORITY_MAP]
-    return min(found, key=PRIORITY_ORDER.__getitem__) if found else ""
-
-
-def effective_priority(order: str, raised: bool) -> str:
-    """max(order priority or MEDIUM, HIGH while raised)."""
-    if raised:
-        return HIGH
-    return order if order in PRIORITY_ORDER else MEDIUM
-
-
-def priority_rank() -> Any:
-    """SQL expression ordering HIGH, MEDIUM, LOW."""
-    return case((WorklistItem.priority == HIGH, 0), (WorklistItem.priority == MEDIUM, 1), else_=2)
+from node.worklist.priority import effective_priority, priority_rank
+from node.worklist.states import SCHEDULED
 
 
 @dataclass(frozen=True)
@@ -100,7 +51,7 @@ def clear_raise_in_session(item: WorklistItem, *, by: str, reason: str, now: dat
 
 def clear_raise(db: Database, study_uid: str, *, by: str, reason: str) -> Cleared | None:
     """A person clears a raised flag (``worklist clear``). None when the study has no row."""
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         item = session.execute(select(WorklistItem).where(
             WorklistItem.study_instance_uid == study_uid)).scalar_one_or_none()
         if item is None:
@@ -142,8 +93,6 @@ def calibration_fields(statement: str) -> dict[str, Any]:
     """What a worklist row says of its operating points (issue 13): calibrated or not, in words.
 
     Rows written before the node recorded it (empty statement) count as not calibrated."""
-    from node.triage.profiles import NOT_CALIBRATED_TEXT
-
     text = statement or NOT_CALIBRATED_TEXT
     return {"calibrated": not text.startswith(NOT_CALIBRATED_TEXT), "calibration": text}
 
@@ -153,3 +102,68 @@ def worklist(db: Database) -> list[dict[str, Any]]:
     with db.session() as session:
         rows = session.execute(select(WorklistItem).order_by(priority_rank(), WorklistItem.queued_at)).scalars().all()
         return [row_json(r) for r in rows]
+
+
+def study_row(session: Session, study_uid: str) -> WorklistItem | None:
+    """The study's worklist row, if it was triaged."""
+    return session.execute(select(WorklistItem).where(
+        WorklistItem.study_instance_uid == study_uid)).scalar_one_or_none()
+
+
+def current_row(db: Database, study_uid: str) -> WorklistItem | None:
+    """The study's worklist row as committed now (detached; read-only use)."""
+    with db.session() as session:
+        return study_row(session, study_uid)
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """What one stored SR says for the study's row (node/results/write.py builds it)."""
+
+    study_instance_uid: str
+    job_id: int
+    queued_at: datetime
+    sr_sop_instance_uid: str
+    sr_series_instance_uid: str
+    raises: bool  # this SR's own urgent finding raises the study (not a kept raise)
+    order_priority: str
+    assist: bool
+    reason: str
+    profile: str
+    calibration: str
+    findings_json: str
+    images_json: str
+
+
+def record_report(session: Session, report: ReportRow, *, now: datetime) -> WorklistItem:
+    """Create or update the study's row for a new SR (inside the caller's transaction).
+
+    The row is the truth for a raise: an SR that raises sets it; any other keeps a raise that
+    nobody cleared (``priority_kept``), and a clear that happened while the SR was built stays
+    cleared (rule 5)."""
+    uid = report.study_instance_uid
+    item = study_row(session, uid)
+    if item is None:
+        item = WorklistItem(study_instance_uid=uid, job_id=report.job_id, queued_at=report.queued_at,
+                            triaged_at=now, priority=PRIORITY_MEDIUM, raised_by_sr_uid="",
+                            ups_sop_instance_uid=generate_uid(entropy_srcs=["triage-node-ups", uid]),
+                            procedure_step_state=SCHEDULED, transaction_uid="", state_changed_at=now)
+        session.add(item)
+    if report.raises:
+        item.raised_by_sr_uid, item.raised_at, item.priority_kept = report.sr_sop_instance_uid, now, False
+    else:
+        item.priority_kept = bool(item.raised_by_sr_uid)
+    item.order_priority = report.order_priority
+    item.priority = effective_priority(report.order_priority, raised=bool(item.raised_by_sr_uid))
+    item.assist = report.assist
+    item.reason = report.reason
+    item.profile = report.profile
+    item.calibration = report.calibration
+    item.sr_sop_instance_uid = report.sr_sop_instance_uid
+    item.sr_series_instance_uid = report.sr_series_instance_uid
+    item.job_id = report.job_id
+    item.findings = report.findings_json
+    item.images = report.images_json
+    item.queued_at = report.queued_at
+    item.triaged_at = now
+    return item

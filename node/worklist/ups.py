@@ -20,19 +20,19 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from sqlalchemy import select
 
+from dicom_sr import PRIORITY_HIGH, PRIORITY_LOW, PRIORITY_MEDIUM
 from node.db.engine import Database
-from node.db.models import Instance, Patient, Series, Study, WorklistItem
+from node.db.models import Patient, Study, WorklistItem
+from node.store.read import StoredInstance, instances_of_study
 from node.uids import is_valid_uid
-from node.worklist import clear_raise_in_session, priority_rank
+from node.worklist.priority import priority_rank
+from node.worklist.rows import clear_raise_in_session
+from node.worklist.states import COMPLETED, IN_PROGRESS, SCHEDULED, STATES
 
 UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"  # the SOP Class of every UPS instance
 UPS_PULL_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.3"
 WORKLIST_LABEL = "AI triage"
 CHARSET = "ISO_IR 192"
-
-SCHEDULED, IN_PROGRESS, CANCELED, COMPLETED = "SCHEDULED", "IN PROGRESS", "CANCELED", "COMPLETED"
-STATES = (SCHEDULED, IN_PROGRESS, CANCELED, COMPLETED)
-FINAL = (CANCELED, COMPLETED)
 
 # PS3.4 CC status codes (N-ACTION Change State).
 SUCCESS = 0x0000
@@ -94,14 +94,15 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 
 def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Patient | None = None,
-                series: list[tuple[Series, list[Instance]]] | None = None, retrieve_ae: str = "") -> Dataset:
-    """The UPS workitem of ``item`` (Transaction UID never included)."""
+                series: list[tuple[str, list[StoredInstance]]] | None = None, retrieve_ae: str = "") -> Dataset:
+    """The UPS workitem of ``item`` (Transaction UID never included); ``series`` are the study's
+    instances by Series Instance UID."""
     ds = Dataset()
     ds.SpecificCharacterSet = CHARSET
     ds.SOPClassUID = UPS_PUSH_SOP_CLASS
     ds.SOPInstanceUID = item.ups_sop_instance_uid
     # Unified Procedure Step Scheduled Procedure Information Module
-    ds.ScheduledProcedureStepPriority = item.priority if item.priority in ("HIGH", "MEDIUM", "LOW") else "MEDIUM"
+    ds.ScheduledProcedureStepPriority = item.priority if item.priority in (PRIORITY_HIGH, PRIORITY_MEDIUM, PRIORITY_LOW) else PRIORITY_MEDIUM
     ds.ScheduledProcedureStepModificationDateTime = _dt(item.state_changed_at or item.triaged_at)
     ds.ProcedureStepLabel = (f"AI triage {item.priority}: "
                              + ("assessed" if item.assist else f"no assist ({item.reason or 'unknown'})"))[:64]
@@ -113,11 +114,11 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
         f"AI triage result (research use only), profile {item.profile or '-'}; "
         f"report SR {item.sr_sop_instance_uid or '-'}")[:10240]
     inputs = []
-    for se, instances in series or []:
+    for series_uid, instances in series or []:
         entry = Dataset()
         entry.TypeOfInstances = "DICOM"
         entry.StudyInstanceUID = item.study_instance_uid
-        entry.SeriesInstanceUID = se.series_instance_uid
+        entry.SeriesInstanceUID = series_uid
         refs = []
         for inst in instances:
             r = Dataset()
@@ -159,13 +160,11 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
 def _load(session: Any, item: WorklistItem, retrieve_ae: str) -> Dataset:
     study = session.execute(select(Study).where(Study.study_instance_uid == item.study_instance_uid)).scalar_one_or_none()
     patient = session.get(Patient, study.patient_pk) if study is not None else None
-    series: list[tuple[Series, list[Instance]]] = []
+    series: dict[str, list[StoredInstance]] = {}
     if study is not None:
-        for se in session.execute(select(Series).where(Series.study_pk == study.id).order_by(Series.id)).scalars():
-            insts = list(session.execute(select(Instance).where(Instance.series_pk == se.id)
-                                         .order_by(Instance.id)).scalars())
-            series.append((se, insts))
-    return ups_dataset(item, study=study, patient=patient, series=series, retrieve_ae=retrieve_ae)
+        for inst in instances_of_study(session, item.study_instance_uid):
+            series.setdefault(inst.series_instance_uid, []).append(inst)
+    return ups_dataset(item, study=study, patient=patient, series=list(series.items()), retrieve_ae=retrieve_ae)
 
 
 def get_workitem(db: Database, ups_uid: str, *, retrieve_ae: str = "") -> Dataset | None:
@@ -280,7 +279,7 @@ def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: st
         return StateChange(MISSING_ATTRIBUTE, "Transaction UID (0008,1195) is required")
     if not is_valid_uid(transaction_uid):
         return StateChange(INVALID_ARGUMENT, "Transaction UID is not a valid UID")
-    with db.write_lock, db.session() as session, session.begin():
+    with db.write() as session:
         item = session.execute(select(WorklistItem).where(
             WorklistItem.ups_sop_instance_uid == ups_uid)).scalar_one_or_none()
         if item is None:

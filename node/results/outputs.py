@@ -2,7 +2,7 @@
 its PDF, stored in the study like the SR; and which [[forward]], [[hl7]] and [[fhir]]
 destinations get what (queued in the outbox with the worklist update).
 
-Why a module of its own: results.py decides *that* a report exists; this decides *where it is
+Why a module of its own: write.py decides *that* a report exists; this decides *where it is
 seen*, which grows with every kind of receiving system.
 """
 
@@ -18,12 +18,12 @@ from dicom_sr.card import THUMB, build_card_pdf, build_card_sc, card_pdf, render
 from node import __version__
 from node.config import FhirDestination, ForwardDestination, Hl7Destination, Settings
 from node.oplog import get_logger
+from node.own_instances import OWN_MANUFACTURER
 from node.store.ingest import Ingestor, encode_own_instance
 
 log = get_logger("results")
 CARD_SERIES_NUMBER = 9902
 PDF_SERIES_NUMBER = 9903
-MANUFACTURER = "triage-node"
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,13 @@ def store_summary(ingestor: Ingestor, outputs: ResultOutputs, *, result: TriageR
     if outputs.summary_card:
         uid = generate_uid(entropy_srcs=["triage-node-card", study_uid, str(job_id)])
         datasets.append(("sc", build_card_sc(
-            result, study_context, pixels, sop_instance_uid=uid, manufacturer=MANUFACTURER,
+            result, study_context, pixels, sop_instance_uid=uid, manufacturer=OWN_MANUFACTURER,
             series_instance_uid=generate_uid(entropy_srcs=["triage-node-card-series", study_uid, str(job_id)]),
             series_number=CARD_SERIES_NUMBER, software_versions=__version__)))
     if outputs.summary_pdf:
         uid = generate_uid(entropy_srcs=["triage-node-pdf", study_uid, str(job_id)])
         datasets.append(("pdf", build_card_pdf(
-            card_pdf(pixels), study_context, sop_instance_uid=uid, manufacturer=MANUFACTURER,
+            card_pdf(pixels), study_context, sop_instance_uid=uid, manufacturer=OWN_MANUFACTURER,
             series_instance_uid=generate_uid(entropy_srcs=["triage-node-pdf-series", study_uid, str(job_id)]),
             series_number=PDF_SERIES_NUMBER, software_versions=__version__)))
     for kind, ds in datasets:
