@@ -65,6 +65,7 @@ from highdicom.sr import (
     MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
+    PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     SourceImageForMeasurementGroup,
     TextContentItem,
@@ -75,8 +76,8 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes as pydicom_codes
 
 from . import codes
-from .params import encode_parameters
 from .image_level import image_level_groups, referenced_request
+from .params import encode_parameters
 from .result import AlgorithmInfo, Code, FindingResult, ImageAssessment, ImageRef, SRReference, TriageResult
 
 #: Namespace for the name-based UUIDs behind deterministic "2.25." UIDs.
@@ -368,9 +369,11 @@ def _character_set(result: TriageResult, study_context: Dataset, extra: Sequence
     for finding in result.findings:
         ours.append(finding.finding.meaning)
     ours.extend(str(v) for v in dataclasses.astuple(result.algorithm))
-    charset = study_context.get("SpecificCharacterSet")
     if all(text.isascii() for text in ours):
-        return charset
+        charset = study_context.get("SpecificCharacterSet")
+        if charset is None or isinstance(charset, str):
+            return charset
+        return [str(term) for term in charset]  # a multi-valued one (code extensions)
     return "ISO_IR 192"
 
 
@@ -395,12 +398,12 @@ def _check_evidence(result: TriageResult, study_context: Dataset, evidence: Sequ
     for finding in result.findings:
         refs.extend(finding.source_images)
     for ref in refs:
-        ds = by_uid.get(ref.sop_instance_uid)
-        if ds is None:
+        cited = by_uid.get(ref.sop_instance_uid)
+        if cited is None:
             raise ValueError(f"image {ref.sop_instance_uid} is cited but not given as evidence")
-        if ds.SOPClassUID != ref.sop_class_uid:
+        if cited.SOPClassUID != ref.sop_class_uid:
             raise ValueError(f"image {ref.sop_instance_uid}: SOP class differs from its evidence")
-        if ref.series_instance_uid and ds.SeriesInstanceUID != ref.series_instance_uid:
+        if ref.series_instance_uid and cited.SeriesInstanceUID != ref.series_instance_uid:
             raise ValueError(f"image {ref.sop_instance_uid}: series differs from its evidence")
     if not evidence and not all(k in study_context for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")):
         raise ValueError("with no evidence, study_context must be an instance of the study (SOP and series UIDs)")
@@ -466,7 +469,9 @@ def build_triage_sr(
     algorithm = result.algorithm
     algorithm_id = _algorithm_identification(algorithm)
 
-    groups = [_summary_group(result, algorithm_id, sop_instance_uid)]
+    groups: list[MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations] = [
+        _summary_group(result, algorithm_id, sop_instance_uid)
+    ]
     groups.extend(_finding_group(f, algorithm_id, sop_instance_uid, algorithm.calibration) for f in result.findings)
     groups.extend(_image_group(a, algorithm_id, sop_instance_uid) for a in result.images)
     # Image-level groups first: viewers (OHIF) open an SR at its first group, which must have an image.
@@ -516,7 +521,9 @@ def build_triage_sr(
     )
     # highdicom copied patient/study from evidence[0]; the study context is the authority.
     sr.copy_patient_and_study_information(study_context)
-    sr.ContributingEquipmentSequence.append(_air_equipment_item(algorithm, manufacturer, when))
+    # highdicom types this sequence as its ContributingEquipment, whose constructor accepts only DCM
+    # purpose codes; the IHE AIR item (purpose 99IHE) is a valid item that class cannot build.
+    sr.ContributingEquipmentSequence.append(_air_equipment_item(algorithm, manufacturer, when))  # type: ignore[arg-type]
     sr.CodingSchemeIdentificationSequence = _coding_scheme_identification()
     requests = referenced_request(study_context)
     if requests:

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .result import PRIORITY_HIGH, FindingState, TriageResult
+from .result import PRIORITY_HIGH, FindingResult, FindingState, TriageResult
 
 WIDTH, HEIGHT = 1024, 768
 THUMB = 320
@@ -70,9 +70,9 @@ def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
     return CardText("AI triage summary", priority, findings, provenance, warning)
 
 
-def _finding_line(f) -> str:  # type: ignore[no-untyped-def]
+def _finding_line(f: FindingResult) -> str:
     band = ""
-    if getattr(f, "band_low", None) is not None:
+    if f.band_low is not None and f.band_high is not None:
         band = f", indeterminate {f.band_low:.3f}-{f.band_high:.3f}"
     return (f"{f.finding.meaning}: {STATE_TEXT.get(f.state, str(f.state))}; score {f.score:.3f}, "
             f"threshold {f.threshold:.3f}{band}{'; urgent' if f.urgent else ''}")
@@ -82,7 +82,8 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+          width: int) -> list[str]:
     words, lines, line = text.split(), [], ""
     for word in words:
         trial = f"{line} {word}".strip()
@@ -101,9 +102,9 @@ _SHORT_STATE = {FindingState.PRESENT: "present", FindingState.NOT_DETECTED: "not
 _COLUMNS = (24, 262, 384, 448, 522, 618)
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:  # type: ignore[no-untyped-def]
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
     while text and draw.textlength(text, font=font) > width:
-        text = text[:-2] + "…" if not text.endswith("…") else text[:-2] + "…"
+        text = text[:-2] + "…"  # one character shorter, ending in an ellipsis
     return text
 
 
@@ -128,7 +129,8 @@ def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.nd
         y += 28
     y = max(y + 12, 190)
     if findings:
-        for x, head in zip(_COLUMNS, ("finding", "model says", "score", "threshold", "indeterminate", "urgent")):
+        heads = ("finding", "model says", "score", "threshold", "indeterminate", "urgent")
+        for x, head in zip(_COLUMNS, heads, strict=True):
             draw.text((x, y), head, font=tiny, fill=(150, 150, 170))
         y += row_h
         for f in findings:
@@ -137,7 +139,7 @@ def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.nd
             band = f"{f.band_low:.2f}-{f.band_high:.2f}" if getattr(f, "band_low", None) is not None else "-"
             cells = (_fit(draw, f.finding.meaning, small, _COLUMNS[1] - _COLUMNS[0] - 8), _SHORT_STATE[f.state],
                      f"{f.score:.3f}", f"{f.threshold:.2f}", band, "yes" if f.urgent else "")
-            for x, cell in zip(_COLUMNS, cells):
+            for x, cell in zip(_COLUMNS, cells, strict=True):
                 draw.text((x, y), cell, font=small, fill=tint)
             y += row_h
     y = max(y + 16, THUMB + 130)
@@ -169,8 +171,8 @@ def build_card_sc(result: TriageResult, study_context: Dataset, pixels: np.ndarr
         coordinate_system="PATIENT", patient_orientation=("L", "F"), series_instance_uid=series_instance_uid,
         series_number=series_number, sop_instance_uid=sop_instance_uid, instance_number=1,
         manufacturer=manufacturer, transfer_syntax_uid=ExplicitVRLittleEndian)
-    sc.PatientOrientation = None  # a card has no anatomy (Type 2: present, empty)
-    sc.Laterality = None  # Type 2C that dciodvfy wants present; empty: no paired body part is shown
+    sc.PatientOrientation = []  # a card has no anatomy (Type 2: present, empty)
+    sc.Laterality = ""  # Type 2C that dciodvfy wants present; empty: no paired body part is shown
     sc.SeriesDescription = "AI triage summary card (research use only)"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.BurnedInAnnotation = "NO"  # results text, no patient identifiers in the pixels
@@ -187,7 +189,7 @@ def card_pdf(pixels: np.ndarray) -> bytes:
 
 
 def _dates(ds: Dataset) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
 
@@ -229,5 +231,12 @@ def build_card_pdf(pdf: bytes, study_context: Dataset, *, series_instance_uid: s
     return ds
 
 
-__all__ = ["CardText", "ENCAPSULATED_PDF_STORAGE", "build_card_pdf", "build_card_sc", "card_pdf", "card_text",
-           "render_card"]
+__all__ = [
+    "ENCAPSULATED_PDF_STORAGE",
+    "CardText",
+    "build_card_pdf",
+    "build_card_sc",
+    "card_pdf",
+    "card_text",
+    "render_card",
+]

@@ -66,15 +66,22 @@ def _concept(finding: FindingResult) -> CodedConcept:
 def _label(result: TriageResult, findings: Sequence[FindingResult]) -> str:
     present = [f.finding.meaning for f in findings if f.state is FindingState.PRESENT]
     if not result.assist:
-        text = f"No AI assessment ({result.no_assist_reason.meaning})" if result.no_assist_reason else "No AI assessment"
+        reason = result.no_assist_reason
+        text = f"No AI assessment ({reason.meaning})" if reason else "No AI assessment"
     else:
         text = f"AI triage {result.priority}: " + (", ".join(present) + " present" if present
                                                    else "nothing above threshold")
     return text if len(text) <= 64 else text[:61] + "..."
 
 
-def _group(result: TriageResult, findings: Sequence[FindingResult], image: Dataset, outline: np.ndarray,
-           algorithm_id: AlgorithmIdentification, sop_instance_uid: str) -> PlanarROIMeasurementsAndQualitativeEvaluations:
+def _group(
+    result: TriageResult,
+    findings: Sequence[FindingResult],
+    image: Dataset,
+    outline: np.ndarray,
+    algorithm_id: AlgorithmIdentification,
+    sop_instance_uid: str,
+) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     region = ImageRegion(graphic_type=GraphicTypeValues.POLYLINE, graphic_data=outline,
                          source_image=SourceImageForRegion(referenced_sop_class_uid=image.SOPClassUID,
                                                            referenced_sop_instance_uid=image.SOPInstanceUID))
@@ -109,9 +116,11 @@ def image_level_groups(result: TriageResult, evidence: Sequence[Dataset], algori
     groups = []
     for uid, findings in cited.items():
         image = by_uid.get(uid)
-        outline = _outline(image) if image is not None else None
+        if image is None:
+            continue
+        outline = _outline(image)
         if outline is not None:
-            groups.append(_group(result, findings, image, outline, algorithm_id, sop_instance_uid))  # type: ignore[arg-type]
+            groups.append(_group(result, findings, image, outline, algorithm_id, sop_instance_uid))
     return groups
 
 
@@ -128,10 +137,8 @@ def referenced_request(study_context: Dataset) -> list[Dataset]:
         item.StudyInstanceUID = study_context.StudyInstanceUID
         item.ReferencedStudySequence = []
         item.AccessionNumber = accession
-        item.PlacerOrderNumberImagingServiceRequest = str(study_context.get("PlacerOrderNumberImagingServiceRequest", "")
-                                                          or source.get("PlacerOrderNumberImagingServiceRequest", "") or "")
-        item.FillerOrderNumberImagingServiceRequest = str(study_context.get("FillerOrderNumberImagingServiceRequest", "")
-                                                          or source.get("FillerOrderNumberImagingServiceRequest", "") or "")
+        for number in ("PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest"):
+            setattr(item, number, str(study_context.get(number, "") or source.get(number, "") or ""))
         item.RequestedProcedureID = str(source.get("RequestedProcedureID", "") or "")
         item.RequestedProcedureDescription = str(source.get("RequestedProcedureDescription", "")
                                                  or study_context.get("StudyDescription", "") or "")

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 
-from highdicom.sr import CodedConcept, Comprehensive3DSR, MeasurementsAndQualitativeEvaluations
+from highdicom.sr import (
+    CodeContentItem,
+    CodedConcept,
+    Comprehensive3DSR,
+    MeasurementReport,
+    MeasurementsAndQualitativeEvaluations,
+)
 from highdicom.sr.enum import ValueTypeValues
 from highdicom.sr.utils import find_content_items
 from pydicom import Dataset
@@ -39,7 +46,10 @@ def _code(concept: CodedConcept) -> Code:
     return Code(value=concept.value, scheme=concept.scheme_designator, meaning=concept.meaning)
 
 
-def _one(items: Sequence, what: str):
+_T = TypeVar("_T")
+
+
+def _one(items: Sequence[_T], what: str) -> _T:
     if len(items) != 1:
         raise TriageSRError(f"expected exactly one {what}, found {len(items)}")
     return items[0]
@@ -49,7 +59,11 @@ def _coded_value(group: MeasurementsAndQualitativeEvaluations, name: CodedConcep
     matches = group.get_qualitative_evaluations(name=name)
     if not matches:
         return None
-    return _one(matches, f"{name.meaning!r} item").value
+    # the CODE content item itself: highdicom annotates QualitativeEvaluation.value as a number
+    item = _one(matches, f"{name.meaning!r} item")[0]
+    if not isinstance(item, CodeContentItem):
+        raise TriageSRError(f"{name.meaning!r} item is not a CODE content item")
+    return item.value
 
 
 def _texts(group: MeasurementsAndQualitativeEvaluations, name: CodedConcept) -> list[str]:
@@ -100,7 +114,7 @@ _STATE_BY_CODE = [(concept, state) for state, concept in codes.STATE_CODES.items
 _PRIORITY_BY_CODE = [(concept, priority) for priority, concept in codes.PRIORITY_CODES.items()]
 
 
-def _lookup(concept: CodedConcept, table: list, what: str):
+def _lookup(concept: CodedConcept, table: list[tuple[CodedConcept, _T]], what: str) -> _T:
     for known, value in table:
         if concept == known:
             return value
@@ -176,6 +190,9 @@ def read_triage_sr(ds: Dataset) -> TriageResult:
         raise TriageSRError("not a Comprehensive 3D SR with a TID 1500 Measurement Report")
     try:
         report = Comprehensive3DSR.from_dataset(ds).content
+        # highdicom parses the content as a MeasurementReport only when its root names TID 1500
+        if not isinstance(report, MeasurementReport):
+            raise TriageSRError("the SR content is not a TID 1500 Measurement Report")
         groups = report.get_image_measurement_groups()
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise TriageSRError(f"cannot parse the measurement report: {exc}") from exc

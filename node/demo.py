@@ -17,11 +17,18 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 BANNER = """\
 ================================================================================
@@ -50,7 +57,7 @@ def synthetic_image(path: Path, *, modality: str, sop_class: str, view: str, bod
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID = study_uid
@@ -83,16 +90,22 @@ def synthetic_image(path: Path, *, modality: str, sop_class: str, view: str, bod
     return path
 
 
+class _StudySpec(TypedDict):
+    modality: str
+    sop_class: str
+    view: str
+    body_part: str
+    age: int
+
+
 def demo_studies(folder: Path) -> dict[str, Path]:
     """Four studies, one folder each: what a real CXR triage node would be sent in a morning."""
+    dx = DigitalXRayImageStorageForPresentation
     specs = {
-        "adult PA chest (DX)": dict(modality="DX", sop_class=DigitalXRayImageStorageForPresentation, view="PA",
-                                    body_part="CHEST", age=54),
-        "lateral chest (DX)": dict(modality="DX", sop_class=DigitalXRayImageStorageForPresentation, view="LL",
-                                   body_part="CHEST", age=61),
-        "child PA chest (DX)": dict(modality="DX", sop_class=DigitalXRayImageStorageForPresentation, view="PA",
-                                    body_part="CHEST", age=7),
-        "CT chest (3 slices)": dict(modality="CT", sop_class=CTImageStorage, view="", body_part="CHEST", age=70),
+        "adult PA chest (DX)": _StudySpec(modality="DX", sop_class=dx, view="PA", body_part="CHEST", age=54),
+        "lateral chest (DX)": _StudySpec(modality="DX", sop_class=dx, view="LL", body_part="CHEST", age=61),
+        "child PA chest (DX)": _StudySpec(modality="DX", sop_class=dx, view="PA", body_part="CHEST", age=7),
+        "CT chest (3 slices)": _StudySpec(modality="CT", sop_class=CTImageStorage, view="", body_part="CHEST", age=70),
     }
     out = {}
     for n, (label, spec) in enumerate(specs.items(), start=1):
@@ -102,12 +115,12 @@ def demo_studies(folder: Path) -> dict[str, Path]:
         count = 3 if spec["modality"] == "CT" else 1
         for i in range(count):
             synthetic_image(d / f"img{i}.dcm", study_uid=study_uid, patient_id=f"DEMO{n}", number=i + 1,
-                            series_uid=series_uid, **spec)  # type: ignore[arg-type]
+                            series_uid=series_uid, **spec)
         out[label] = d
     return out
 
 
-def wait_in_console(node, token: str) -> None:  # type: ignore[no-untyped-def]
+def wait_in_console(node, token: str) -> None:
     """``demo --keep``: leave the node running for the operator console until Ctrl-C (or SIGTERM)."""
     from node.console import console_url
 

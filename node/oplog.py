@@ -61,10 +61,10 @@ class _RedactForeign(logging.Filter):
         return True
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of the record (not the one at configure time)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -141,12 +141,12 @@ class _OurLoggerFactory(structlog.stdlib.LoggerFactory):
 
 
 def _mark_record(record: logging.LogRecord) -> bool:
-    record._from_structlog = True  # type: ignore[attr-defined]
+    record._from_structlog = True
     return True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(f"{OURS}.{name}")  # type: ignore[no-any-return]
+    return structlog.get_logger(f"{OURS}.{name}")
 
 
 def study_ref(study_instance_uid: str) -> str:

@@ -35,6 +35,7 @@ from node.store.ingest import Ingestor, reindex_file
 from node.store.index import instance_exists
 
 if TYPE_CHECKING:
+    from node.dicomweb.app import HttpServer
     from node.dimse.server import DicomListener
 
 log = get_logger("service")
@@ -109,7 +110,7 @@ class Node:
             from node.forward.forwarder import Forwarder
 
             self.forwarder = Forwarder(settings, self.db, self.audit)
-        self.http = None  # node.dicomweb.app.HttpServer while serving
+        self.http: HttpServer | None = None  # while serving
         from node.drift.watch import DriftWatch
         from node.search.service import SearchIndexes
 
@@ -285,7 +286,7 @@ class Node:
         if self.http is not None:
             from node.console import console_url
 
-            print(f"operator console: {console_url(self.settings.http.host, self.http_port)}", flush=True)
+            print(f"operator console: {console_url(self.settings.http.host, self.http.port)}", flush=True)
         for text in self.calibration_warnings:
             print(f"WARNING {text} (see README, 'Tune it on your data')", file=sys.stderr, flush=True)
         while not stop.wait(0.5):

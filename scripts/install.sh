@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install triage-node into ./.venv (idempotent; safe to run again).
 #
-#   bash scripts/install.sh            # runtime + test dependencies
+#   bash scripts/install.sh            # runtime + test dependencies + the checks (ruff, mypy, import-linter)
 #   bash scripts/install.sh --no-test  # runtime dependencies only
 #
 # pip runs with -qq: warnings are hidden, errors are shown.
@@ -12,7 +12,7 @@
 set -euo pipefail
 
 TORCH_VERSION="2.13.0"
-EXTRAS="[test]"
+EXTRAS="[test,dev]"
 MODE="test"
 for arg in "$@"; do
   case "$arg" in
@@ -79,7 +79,7 @@ fi
 STAMP="$VENV/.triage-node-install"
 want="$MODE $(sha256sum pyproject.toml | cut -d' ' -f1)"
 check='import node, dicom_sr'
-[ "$MODE" = "test" ] && check="$check, pytest, httpx, dicomweb_client, playwright"
+[ "$MODE" = "test" ] && check="$check, pytest, httpx, dicomweb_client, playwright, mypy, importlinter"
 if [ -f "$STAMP" ] && { [ "$(cat "$STAMP")" = "$want" ] \
      || { [ "$MODE" = "runtime" ] && [ "$(cat "$STAMP")" = "test ${want#* }" ]; }; } \
    && "$PY" -c "$check" >/dev/null 2>&1; then

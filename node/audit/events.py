@@ -14,6 +14,7 @@ class EventCode(Enum):
     PROCEDURE_RECORD = ("110111", "Procedure Record")
     QUERY = ("110112", "Query")
     SECURITY_ALERT = ("110113", "Security Alert")
+    USER_AUTHENTICATION = ("110114", "User Authentication")  # console logins (PS3.15 A.5.3.15)
 
     @property
     def code(self) -> str:

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from node.audit.chain import GENESIS_HASH, canonical, entry_hash
 from node.audit.events import EventCode
@@ -247,10 +249,7 @@ class AuditLog:
         values = {"log_path": head_key(self.host, self.path), "seq": self._seq, "hash": self._prev,
                   "last_ts": self._last_ts, "pending_hash": pending_hash}
         with self.database.write() as session:
-            if self.database.is_sqlite:
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
+            insert = sqlite_insert if self.database.is_sqlite else pg_insert
             session.execute(insert(AuditHead).values(values).on_conflict_do_update(
                 index_elements=["log_path"],
                 set_={k: v for k, v in values.items() if k != "log_path"}))

@@ -135,8 +135,8 @@ def verify_all(database: Database, own: Path, extra: tuple[Path, ...] = (),
     with database.session() as session:
         keys = list(session.scalars(select(AuditHead.log_path).order_by(AuditHead.log_path)))
     extra_by_host: dict[str | None, list[Path]] = {}
-    for path in extra:
-        extra_by_host.setdefault(_file_host(Path(path)), []).append(Path(path))
+    for listed in extra:
+        extra_by_host.setdefault(_file_host(Path(listed)), []).append(Path(listed))
     results: list[tuple[str, VerifyResult]] = []
     checked: set[str] = set()
     own_key = head_key(me, own)
@@ -161,7 +161,7 @@ def verify_all(database: Database, own: Path, extra: tuple[Path, ...] = (),
             results.append((f"{host}:{path}", VerifyResult(
                 False, 0, f"written on host {host}, not visible here: run `audit verify` on that host, "
                 "or mount the file here and list it in audit.verify_paths")))
-    for path in extra:  # listed files that no head row names: their chain alone
-        if str(Path(path).resolve()) not in checked:
-            results.append((str(path), verify_log(Path(path), None)))
+    for listed in extra:  # listed files that no head row names: their chain alone
+        if str(Path(listed).resolve()) not in checked:
+            results.append((str(listed), verify_log(Path(listed), None)))
     return results

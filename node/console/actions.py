@@ -26,13 +26,6 @@ from node.triage.jobs import queue_study
 from node.worklist.rows import Cleared, clear_raise
 
 
-class UserAuthentication:
-    """DICOM audit event 110114 User Authentication (PS3.15 A.5.3.15), for console logins."""
-
-    code = "110114"
-    meaning = "User Authentication"
-
-
 LOGIN = ("110122", "Login")
 LOGOUT = ("110123", "Logout")
 
@@ -48,7 +41,7 @@ def audit_login(audit: AuditLog | None, *, ok: bool, client: str, sid: str = "",
     who = Participant(user_id=f"console-session:{sid}" if sid else "console", role="requestor", is_requestor=True,
                       network_address=client)
     desc = ("console logout" if logout else "console login") + ("" if ok else ": wrong token")
-    audit.record(UserAuthentication, event_type=LOGOUT if logout else LOGIN,  # type: ignore[arg-type]
+    audit.record(EventCode.USER_AUTHENTICATION, event_type=LOGOUT if logout else LOGIN,
                  outcome=SUCCESS if ok else MINOR_FAILURE, outcome_desc=desc, participants=[who])
 
 

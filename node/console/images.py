@@ -50,7 +50,7 @@ def _png(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def render_model_input(path: Path, size: int, defaults=None) -> Rendered:  # type: ignore[no-untyped-def]
+def render_model_input(path: Path, size: int, defaults=None) -> Rendered:
     """What the model was given for this image (uint8, size x size x 3), as PNG."""
     from node.triage.preprocess import to_model_input  # torch: imported only when a thumbnail is asked for
 
@@ -103,7 +103,7 @@ class RenderCache:
         self._items: OrderedDict[tuple, Rendered] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple, make) -> Rendered:  # type: ignore[no-untyped-def]
+    def get(self, key: tuple, make) -> Rendered:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -115,7 +115,7 @@ class RenderCache:
                 self._items.popitem(last=False)
         return rendered
 
-    def model_input(self, path: Path, size: int, defaults=None) -> Rendered:  # type: ignore[no-untyped-def]
+    def model_input(self, path: Path, size: int, defaults=None) -> Rendered:
         st = path.stat()
         return self.get(("model", str(path), st.st_mtime_ns, st.st_size, size, defaults),
                         lambda: render_model_input(path, size, defaults))

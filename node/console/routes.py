@@ -281,8 +281,8 @@ def health(request: Request, viewer: Viewer = Depends(page_viewer)) -> Response:
     storage = Path(c.settings.storage.path)
     try:
         usage = shutil.disk_usage(storage)
-        disk = dict(free=usage.free, total=usage.total, floor=c.settings.storage.min_free_bytes,
-                    below_floor=usage.free < c.settings.storage.min_free_bytes)
+        disk: dict[str, object] = dict(free=usage.free, total=usage.total, floor=c.settings.storage.min_free_bytes,
+                                       below_floor=usage.free < c.settings.storage.min_free_bytes)
     except OSError as exc:
         disk = dict(error=f"{type(exc).__name__}: {exc}")
     points = sampler().last_hour()

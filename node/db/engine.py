@@ -28,7 +28,7 @@ def make_engine(url: str, echo: bool = False, sqlite_synchronous: str = "full") 
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        def _pragmas(dbapi_conn, _record) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL" if sqlite_synchronous == "normal" else "PRAGMA synchronous=FULL")

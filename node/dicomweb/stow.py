@@ -104,7 +104,9 @@ def _stow(request: Request, body: bytes, content_type: str, study: str | None) -
         raise Problem(400, f"malformed multipart body: {exc}") from None
     if not parts:
         raise Problem(400, "the multipart body holds no parts")
-    stored, failed, studies = [], [], []
+    stored: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    studies: list[str] = []
     for part in parts:
         ok, item, study_uid = _store_part(request, part.body, part.headers.get("content-type", root), study)
         (stored if ok else failed).append(item)

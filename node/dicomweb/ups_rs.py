@@ -71,8 +71,9 @@ def _search(request: Request) -> list[dict[str, Any]]:
             if not kw:
                 raise Problem(400, f"unknown query parameter {name!r}")
             if "," in value and kw in ("ProcedureStepState", "ScheduledProcedureStepPriority"):
-                value = [v.strip() for v in value.split(",")]
-            criteria[kw] = value
+                criteria[kw] = [v.strip() for v in value.split(",")]
+            else:
+                criteria[kw] = value
     items = ups.find_workitems(ctx(request).db, criteria, limit=offset + limit,
                                retrieve_ae=ctx(request).settings.dicom.ae_title)[offset:]
     return [ds.to_json_dict() for ds in items]

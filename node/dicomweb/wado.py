@@ -49,7 +49,7 @@ def _retrieve(request: Request, study: str, series: str | None, instance: str | 
 
     files = ctx(request).files
 
-    def parts():  # type: ignore[no-untyped-def]
+    def parts():
         for row in rows:
             with files.open(row.path) as f:
                 body = f.read()

@@ -75,12 +75,12 @@ RefusalCallback = Callable[[str, str, str], None]
 class GuardedRequestHandler(RequestHandler):
     """pynetdicom's handler, with our GuardedSocket in place of its AssociationSocket."""
 
-    def _create_association(self):  # type: ignore[no-untyped-def]
+    def _create_association(self):  # pynetdicom's own method, re-done; untyped as the original
         from pynetdicom.association import Association
         from pynetdicom._globals import MODE_ACCEPTOR
         from pynetdicom import evt
 
-        server: NodeAssociationServer = self.server  # type: ignore[assignment]
+        server = self.server  # a NodeAssociationServer: this handler serves no other
         raw_socket, prefix = self.request
         assoc = Association(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
@@ -159,6 +159,9 @@ class NodeAssociationServer(ThreadedAssociationServer):
     def serve_forever(self, poll_interval: float = 0.5) -> None:  # noqa: ARG002
         self._stopped.clear()
         listener = self.socket
+        if listener is None:  # server_close() ran before the loop started
+            self._stopped.set()
+            return
         listener.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(listener, selectors.EVENT_READ, None)
@@ -188,9 +191,12 @@ class NodeAssociationServer(ThreadedAssociationServer):
             self.ae._servers.remove(self)
 
     def _accept(self, sel: selectors.BaseSelector) -> None:
+        listener = self.socket
+        if listener is None:
+            return
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, address = self.socket.accept()
+                sock, address = listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -204,9 +210,10 @@ class NodeAssociationServer(ThreadedAssociationServer):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
-            tls = self.ssl_context is not None
-            if tls:
-                sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            context = self.ssl_context
+            tls = context is not None
+            if context is not None:
+                sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             while len(self._pending) >= self.limits.max_pending:
                 self._evict_oldest(sel, "too many connections still negotiating")
             pending = _Pending(sock, address, time.monotonic() + self.limits.handshake_seconds, tls)
@@ -319,7 +326,7 @@ class NodeAssociationServer(ThreadedAssociationServer):
             pass
 
     # socketserver hands our (socket, prefix) tuple to shutdown_request on errors
-    def shutdown_request(self, request: Any) -> None:  # type: ignore[override]
+    def shutdown_request(self, request: Any) -> None:
         sock = request[0] if isinstance(request, tuple) else request
         try:
             sock.shutdown(socket.SHUT_WR)
@@ -327,7 +334,7 @@ class NodeAssociationServer(ThreadedAssociationServer):
             pass
         self._close(sock)
 
-    def close_request(self, request: Any) -> None:  # type: ignore[override]
+    def close_request(self, request: Any) -> None:
         # The association thread owns the socket after hand-over; socketserver must not close it.
         return
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES, build_context, evt
+from pynetdicom.dimse_primitives import N_ACTION, N_GET
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -95,7 +96,7 @@ class QueryRetrieveSCP:
         for cls in UPS_CLASSES:
             ae.add_supported_context(cls, ALL_TRANSFER_SYNTAXES)
 
-    def handlers(self) -> list:  # type: ignore[type-arg]
+    def handlers(self) -> list:
         return [
             (evt.EVT_C_FIND, self.on_find),
             (evt.EVT_C_GET, self.on_get),
@@ -303,6 +304,8 @@ class QueryRetrieveSCP:
 
     # ---------------------------------------------------------------- UPS N-GET / N-ACTION
     def on_n_get(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        if not isinstance(event.request, N_GET):  # bound to EVT_N_GET; pynetdicom types any primitive
+            return 0x0110, None
         uid = str(event.request.RequestedSOPInstanceUID)
         try:
             full = ups.get_workitem(self.db, uid, retrieve_ae=self.ae_title)
@@ -322,6 +325,8 @@ class QueryRetrieveSCP:
         return st.SUCCESS, out
 
     def on_n_action(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        if not isinstance(event.request, N_ACTION):  # bound to EVT_N_ACTION; pynetdicom types any primitive
+            return 0x0110, None
         uid = str(event.request.RequestedSOPInstanceUID)
         action = int(event.action_type or 0)
         if action != 1:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from pydicom._uid_dict import UID_dictionary
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class  # type: ignore[attr-defined]
 
@@ -29,7 +30,7 @@ from node.dimse.qr import QueryRetrieveSCP
 from node.dimse.tls import server_context
 from node import metrics
 from node.oplog import get_logger, study_ref
-from node.store.ingest import DATASET_TOO_LARGE, IngestOutcome, Ingestor
+from node.store.ingest import CANNOT_UNDERSTAND, DATASET_TOO_LARGE, IngestOutcome, Ingestor
 
 log = get_logger("dimse")
 # pynetdicom reads an empty require_calling_aet list as "anyone". For allowed_peers = [] we put
@@ -111,7 +112,7 @@ class DicomListener:
         self.qr.add_contexts(ae)
         return ae
 
-    def handlers(self) -> list:  # type: ignore[type-arg]
+    def handlers(self) -> list:
         hs = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, lambda event: dimse_status.SUCCESS),
@@ -190,6 +191,9 @@ class DicomListener:
             cut = getattr(event.assoc.dul.socket, "take_oversized", lambda: None)()
             if cut is not None:  # the PDU guard stopped buffering this data set at the limit
                 outcome = IngestOutcome(DATASET_TOO_LARGE, f"data set of more than {cut} bytes exceeds the limit")
+                self.ingestor.count(outcome)
+            elif not isinstance(request, C_STORE) or request.DataSet is None:  # pynetdicom types any primitive
+                outcome = IngestOutcome(CANNOT_UNDERSTAND, "C-STORE request without a data set")
                 self.ingestor.count(outcome)
             else:
                 outcome = self.ingestor.store(

@@ -44,7 +44,7 @@ class EmbedOutcome:
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # sop uid -> preprocessing error
 
 
-def embed_missing(db: Database, model, profile: TriageProfile, images: Sequence[Dataset], *,  # type: ignore[no-untyped-def]
+def embed_missing(db: Database, model, profile: TriageProfile, images: Sequence[Dataset], *,
                   batch_size: int = 32, progress: bool = True, desc: str = "embedding") -> EmbedOutcome:
     """Embed the ``images`` (accepted by ``profile``) that have no kept embedding yet for the model's
     weights and the profile's preprocessing version; commit after every batch."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -61,10 +62,21 @@ class FindingInput:
     groups: Mapping[str, Sequence[str]]  # subgroup column -> value per study (len N)
 
 
+class PlotData(TypedDict, total=False):
+    """The arrays report.py draws; ROC curve and band only when there are positives and negatives."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    reliability: list[dict[str, float]]
+    fpr: np.ndarray
+    tpr: np.ndarray
+    band: tuple[np.ndarray, np.ndarray, np.ndarray]  # FPR grid, 2.5 % and 97.5 % TPR
+
+
 @dataclass
 class FindingAnalysis:
     metrics: dict[str, object]
-    plot: dict[str, object] = field(default_factory=dict)  # arrays for report.py
+    plot: PlotData = field(default_factory=PlotData)
 
 
 def _ci(values: np.ndarray) -> list[float] | None:
@@ -116,7 +128,7 @@ def _bootstrap(s: np.ndarray, y: np.ndarray, b: int, seed: int, key: str, target
 
 
 def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensitivity: float,
-                    tick: Callable[[], None] = lambda: None) -> FindingAnalysis:
+                    tick: Callable[[], object] = lambda: None) -> FindingAnalysis:
     known = np.isfinite(f.labels)
     s, y = f.scores[known].astype(np.float64), f.labels[known].astype(np.int64)
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
@@ -171,15 +183,17 @@ def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensit
         sp, sn = int((yy == 1).sum()), int((yy == 0).sum())
         row: dict[str, object] = {"by": column, "value": value, "n": int(sel.sum()), "n_pos": sp,
                                   "n_neg": sn, "auroc": None, "auroc_ci": None}
+        auroc_ci = None
         if sp and sn:
             row["auroc"] = float(roc_auc_score(yy, ss))
-            row["auroc_ci"] = _ci(sub_aurocs)
+            row["auroc_ci"] = auroc_ci = _ci(sub_aurocs)
         c = confusion_at(ss, yy, f.threshold)
-        row["sensitivity"], row["sensitivity_ci"] = c["sensitivity"], c["sensitivity_ci"]
+        sensitivity_ci = c["sensitivity_ci"]
+        row["sensitivity"], row["sensitivity_ci"] = c["sensitivity"], sensitivity_ci
         reasons = []
-        if point["auroc"] is not None and row["auroc_ci"] is not None and row["auroc_ci"][1] < point["auroc"]:
+        if point["auroc"] is not None and auroc_ci is not None and auroc_ci[1] < point["auroc"]:
             reasons.append("AUROC clearly below the cohort")
-        if cohort_sens is not None and row["sensitivity_ci"] is not None and row["sensitivity_ci"][1] < cohort_sens:
+        if cohort_sens is not None and sensitivity_ci is not None and sensitivity_ci[1] < cohort_sens:
             reasons.append("sensitivity clearly below the cohort")
         row["flagged"] = bool(reasons)
         row["flag_reasons"] = reasons
@@ -187,13 +201,13 @@ def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensit
     m["subgroups"] = subgroups
     tick()
 
-    plot: dict[str, object] = {"scores": s, "labels": y, "reliability": reliability_bins(s, y)}
+    plot: PlotData = {"scores": s, "labels": y, "reliability": reliability_bins(s, y)}
     band_b = boot.band
     if both:
         from sklearn.metrics import roc_curve
 
         fpr, tpr, _ = roc_curve(y, s)
-        plot.update(fpr=fpr, tpr=tpr)
+        plot["fpr"], plot["tpr"] = fpr, tpr
         if band_b is not None and band_b.size:
             plot["band"] = (FPR_GRID, np.nanpercentile(band_b, 2.5, axis=0), np.nanpercentile(band_b, 97.5, axis=0))
     m["reliability"] = plot["reliability"]

@@ -22,6 +22,7 @@ import math
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NotRequired, TypedDict
 
 import numpy as np
 from scipy.stats import binomtest
@@ -149,8 +150,30 @@ def expected_calibration_error(scores: np.ndarray, labels: np.ndarray, n_bins: i
     return float(sum(b["n"] / n * abs(b["mean_score"] - b["fraction_positive"]) for b in bins)) if n else float("nan")
 
 
+class Confusion(TypedDict):
+    """What :func:`confusion_at` returns (JSON-ready; rates and CIs are None where undefined)."""
+
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    sensitivity: float | None
+    sensitivity_ci: list[float] | None
+    specificity: float | None
+    specificity_ci: list[float] | None
+    ppv: float | None
+    ppv_ci: list[float] | None
+    npv: float | None
+    npv_ci: list[float] | None
+    # only with a band
+    indeterminate_band: NotRequired[list[float]]
+    indeterminate_fraction: NotRequired[float | None]
+    present_sensitivity: NotRequired[float | None]
+
+
 def confusion_at(scores: np.ndarray, labels: np.ndarray, threshold: float,
-                 band: tuple[float, float] | None = None) -> dict[str, object]:
+                 band: tuple[float, float] | None = None) -> Confusion:
     """Sensitivity, specificity, PPV, NPV (Wilson 95 % CIs) for "score >= threshold", plus the
     fraction inside the indeterminate band and the sensitivity of "present" (score above the band)."""
     pred = scores >= threshold
@@ -161,7 +184,7 @@ def confusion_at(scores: np.ndarray, labels: np.ndarray, threshold: float,
     def ratio(k: int, n: int) -> float | None:
         return k / n if n else None
 
-    out: dict[str, object] = {
+    out: Confusion = {
         "threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
         "sensitivity": ratio(tp, tp + fn), "sensitivity_ci": wilson(tp, tp + fn),
         "specificity": ratio(tn, tn + fp), "specificity_ci": wilson(tn, tn + fp),

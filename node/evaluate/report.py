@@ -30,7 +30,7 @@ img{max-width:100%;border:1px solid #eee}h2{border-bottom:2px solid #ddd;padding
 """
 
 
-def _png(fig) -> str:  # type: ignore[no-untyped-def]
+def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -58,7 +58,7 @@ def _finding_figure(key: str, a: FindingAnalysis, threshold: float | None) -> st
     ax = axes[0]
     if "fpr" in p:
         if "band" in p:
-            grid, lo, hi = p["band"]  # type: ignore[misc]
+            grid, lo, hi = p["band"]
             ax.fill_between(grid, lo, hi, color="tab:blue", alpha=0.2, label="95 % bootstrap band")
         ax.plot(p["fpr"], p["tpr"], color="tab:blue", label=f"AUROC {_fmt(a.metrics.get('auroc'))}")
         ax.plot([0, 1], [0, 1], ":", color="grey")

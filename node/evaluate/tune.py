@@ -85,7 +85,7 @@ def tune_profile(settings: Settings, evaluation: Path, profile: str, out: Path, 
     sha = hashlib.sha256(body).hexdigest()
     result = TuneResult(out, sha)
     doc = tomlkit.parse(src.read_text(encoding="utf-8"))
-    for item in doc["findings"]:  # type: ignore[union-attr]
+    for item in doc["findings"]:
         key = str(item["key"])
         m = block["findings"].get(key)
         if m is None:
@@ -104,8 +104,8 @@ def tune_profile(settings: Settings, evaluation: Path, profile: str, out: Path, 
         item["threshold"] = tomlkit.item(t).comment(note)
         item["indeterminate_band"] = tomlkit.item([low, high]).comment(note)
         result.tuned.append(key)
-    if version != original.preprocessing.method or "method" in doc["preprocessing"]:  # type: ignore[operator]
-        doc["preprocessing"]["method"] = version  # type: ignore[index]
+    if version != original.preprocessing.method or "method" in doc["preprocessing"]:
+        doc["preprocessing"]["method"] = version
     if "calibration" in doc:
         del doc["calibration"]
     cal = tomlkit.table()
@@ -118,13 +118,13 @@ def tune_profile(settings: Settings, evaluation: Path, profile: str, out: Path, 
     cal["preprocessing_version"] = version
     findings = tomlkit.table(is_super_table=True)
     for key, m in block["findings"].items():
-        t = tomlkit.table()
+        row = tomlkit.table()
         if m.get("auroc") is not None:
-            t["auroc"] = round(float(m["auroc"]), 6)
+            row["auroc"] = round(float(m["auroc"]), 6)
         if m.get("auroc_ci"):
-            t["auroc_ci"] = [round(float(v), 6) for v in m["auroc_ci"]]
-        t["n_pos"], t["n_neg"] = int(m["n_pos"]), int(m["n_neg"])
-        findings[key] = t
+            row["auroc_ci"] = [round(float(v), 6) for v in m["auroc_ci"]]
+        row["n_pos"], row["n_neg"] = int(m["n_pos"]), int(m["n_neg"])
+        findings[key] = row
     cal["findings"] = findings
     doc["calibration"] = cal
     header = (f"# Tuned by `triage-node profile tune` from evaluation sha256:{sha} of {src.name}.\n"

@@ -60,12 +60,12 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
                       f"{alg.weights_sha256}; profile {alg.profile_name} {alg.profile_version}; preprocessing "
                       f"{alg.preprocessing_version}" + ("; TEST MODEL, scores are noise" if alg.is_test_model else "")}
     device_id = _id("device", alg.model_id, alg.weights_sha256, alg.profile_version)
-    device = {"resourceType": "Device", "id": device_id, "displayName": f"triage-node {__version__}",
+    device: dict[str, Any] = {"resourceType": "Device", "id": device_id, "displayName": f"triage-node {__version__}",
               "manufacturer": "triage-node", "modelNumber": alg.model_id,
               "version": [{"value": alg.model_revision, "type": {"text": "model revision"}},
                           {"value": alg.profile_version, "type": {"text": f"profile {alg.profile_name}"}}],
               "note": [{"text": "Research use only. Not a medical device."}]}
-    observations = []
+    observations: list[dict[str, Any]] = []
     for f in (result.findings if result.assist else ()):  # no-assist: no finding Observation (scores stay in the SR)
         value, scheme, meaning = STATE_CODE[f.state]
         text = "Not detected by the model" if meaning == "Not detected" else meaning
@@ -93,7 +93,7 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
             reason = f"No AI assessment: {reason}"
         conclusion = f"{reason.rstrip('.')}. Priority {result.priority}."
     report_id = _id("report", facts.sr_uid)
-    report = {
+    report: dict[str, Any] = {
         "resourceType": "DiagnosticReport", "id": report_id, "status": "preliminary",
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{facts.sr_uid}"}],
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}],

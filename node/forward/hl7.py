@@ -83,7 +83,7 @@ def _msh(msg: Message, dest: Hl7Destination, message_type: str, control_id: str)
     msg.msh.msh_11 = "P"
 
 
-def _pid(segment, facts: StudyFacts) -> None:  # type: ignore[no-untyped-def]
+def _pid(segment, facts: StudyFacts) -> None:
     segment.pid_3 = f"{facts.patient_id}^^^{facts.issuer}" if facts.issuer else facts.patient_id
     segment.pid_5 = facts.patient_name
     if facts.birth_date:

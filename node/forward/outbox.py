@@ -13,9 +13,11 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from pydicom.uid import generate_uid
@@ -33,6 +35,10 @@ def destination_key(dest: ForwardDestination) -> str:
     return f"{dest.ae_title}@{dest.host}:{dest.port}"
 
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: datetime | None) -> datetime | None: ...
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -61,11 +67,7 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
     """INSERT ... ON CONFLICT DO NOTHING (the unique (destination, sop) key makes enqueue idempotent)."""
     if not rows:
         return 0
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     added = 0
     for start in range(0, len(rows), 500):  # stay under SQLite's bound-parameter limit
         stmt = insert(OutboxItem).values(rows[start:start + 500]).on_conflict_do_nothing(
@@ -150,7 +152,7 @@ def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime |
         for item in items:
             item.next_attempt_at = lease_until
         return [Claimed(i.id, i.destination, i.kind, i.study_instance_uid, i.sop_instance_uid, i.path, i.attempts,
-                        _utc(i.created_at)) for i in items]  # type: ignore[arg-type]
+                        _utc(i.created_at)) for i in items]
 
 
 def backoff_seconds(policy: ForwardingSection, attempts_before: int, *, jitter: bool = True) -> float:
@@ -215,7 +217,7 @@ def mark_failed(db: Database, failures: dict[int, str], policy: ForwardingSectio
             item.attempts += 1
             item.last_attempt_at = now
             item.last_error = failures[item.id][:2000]
-            age = (now - _utc(item.created_at)).total_seconds()  # type: ignore[operator]
+            age = (now - _utc(item.created_at)).total_seconds()
             if age >= policy.max_age_seconds:
                 item.state = DEAD
                 dead.append(item.id)
@@ -230,7 +232,7 @@ def _as_dict(item: OutboxItem) -> dict[str, Any]:
             "study_instance_uid": item.study_instance_uid, "sop_instance_uid": item.sop_instance_uid,
             "state": item.state, "attempts": item.attempts, "last_error": item.last_error,
             "next_attempt_at": nxt.isoformat() if nxt and item.state == PENDING else None,
-            "created_at": _utc(item.created_at).isoformat()}  # type: ignore[union-attr]
+            "created_at": _utc(item.created_at).isoformat()}
 
 
 def list_items(db: Database, states: Sequence[str] = (PENDING, DEAD)) -> list[dict[str, Any]]:

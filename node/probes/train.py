@@ -52,7 +52,7 @@ class TrainOptions:
     progress: bool = False
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):  # type: ignore[no-untyped-def]
+def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -128,7 +128,11 @@ def train_probe(settings: Settings, opts: TrainOptions, *,
     finally:
         db.dispose()
 
-    vectors, y_image, groups, y_study, not_used = [], [], [], [], 0
+    vectors: list[np.ndarray] = []
+    y_image: list[int] = []
+    groups: list[int] = []
+    y_study: list[int] = []
+    not_used = 0
     for row, s in zip(table.rows, studies):
         label = row.labels.get(opts.finding, math.nan)
         usable = [kept[str(ds.SOPInstanceUID)] for ds in (s.accepted if s else [])

@@ -186,7 +186,7 @@ def _condition(keyword: str, key: _Key, value: Any) -> ColumnElement[bool] | Non
 
 
 # ------------------------------------------------------------------ the query
-def _base_select(level: str):  # type: ignore[no-untyped-def]
+def _base_select(level: str):
     if level == "PATIENT":
         return select(Patient)
     if level == "STUDY":

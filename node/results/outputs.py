@@ -56,7 +56,7 @@ def _thumbnail_source(result: TriageResult, evidence: list[Dataset]) -> Dataset 
     return evidence[0] if evidence else None
 
 
-def _thumbnail(result: TriageResult, evidence: list[Dataset]):  # type: ignore[no-untyped-def]
+def _thumbnail(result: TriageResult, evidence: list[Dataset]):
     from node.triage.preprocess import to_model_input
 
     source = _thumbnail_source(result, evidence)

@@ -23,8 +23,12 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import faiss  # imported where used: only the node's HTTP role needs it
 
 __all__ = ["VectorIndex", "Hit", "ivf_nlist", "ivf_nprobe"]
 
@@ -73,7 +77,7 @@ class VectorIndex:
         self._ids = np.empty(0, dtype=np.int64)
         self._mods = np.empty(0, dtype="<U16")
         self._matrix = np.empty((0, self.dim), dtype=np.float32)  # exact mode only (capacity >= len)
-        self._faiss = None  # faiss.IndexIVFFlat once beyond exact_max
+        self._faiss: faiss.IndexIVFFlat | None = None  # once beyond exact_max
         self.trained_on = 0
         self.watermark = 0  # the largest image_embedding id added (catch-up starts after it)
 
@@ -90,7 +94,7 @@ class VectorIndex:
         return self._faiss is not None and len(self) >= self.rebuild_factor * max(self.trained_on, 1)
 
     # ------------------------------------------------------------------ add
-    def add(self, ids: np.ndarray, vectors: np.ndarray, modalities: list[str] | np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, modalities: Sequence[str] | np.ndarray) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size == 0:
             return
@@ -113,7 +117,7 @@ class VectorIndex:
         if len(self) > self.exact_max:
             self._to_faiss()
 
-    def _new_ivf(self, sample: np.ndarray, total: int):  # type: ignore[no-untyped-def]
+    def _new_ivf(self, sample: np.ndarray, total: int) -> faiss.IndexIVFFlat:
         import faiss
 
         nlist = ivf_nlist(total)
@@ -195,7 +199,8 @@ class VectorIndex:
         params = None
         if mask is not None:
             selector = faiss.IDSelectorBatch(self._ids[mask])
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=self._faiss.nprobe)
+            # faiss's stubs lack the keywords its Python wrapper takes (which also keep `sel` referenced)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self._faiss.nprobe)  # type: ignore[call-arg]
         k = min(k, len(self))
         distances, labels = self._faiss.search(q, k, params=params) if params else self._faiss.search(q, k)
         return [Hit(int(i), float(d)) for d, i in zip(distances[0], labels[0]) if i >= 0]
@@ -234,6 +239,8 @@ class VectorIndex:
             if info.get("format") != _FORMAT:
                 return None
             index = faiss.read_index(str(folder / "index.faiss"))
+            if not isinstance(index, faiss.IndexIVFFlat):  # save() writes only IVF-Flat
+                return None
             with np.load(folder / "meta.npz") as meta:
                 ids, mods = meta["ids"].astype(np.int64), meta["mods"].astype("<U16")
         except (OSError, ValueError, KeyError, RuntimeError):

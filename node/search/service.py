@@ -54,7 +54,7 @@ class SearchResult:
                 "series_instance_uid": self.series_instance_uid, "score": self.score}
 
 
-def _space_filter(weights: str, preprocessing: str):  # type: ignore[no-untyped-def]
+def _space_filter(weights: str, preprocessing: str):
     return (ImageEmbedding.weights_sha256 == weights, ImageEmbedding.preprocessing_version == preprocessing)
 
 

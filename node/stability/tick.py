@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
 
+from node.db.dml import rowcount
 from node.db.engine import Database
 from node.db.models import Study
 from node.db.states import StabilityState
@@ -39,11 +40,11 @@ def queue_stable_studies(db: Database, quiet_seconds: float, now: datetime | Non
         ).all()
         for study_pk, uid, count, patient_pk, last_arrival in rows:
             # Only flip if no instance arrived since we read the row (another process may write).
-            flipped = session.execute(
+            flipped = rowcount(session.execute(
                 update(Study).where(Study.id == study_pk, Study.stability_state == StabilityState.RECEIVING,
                                     Study.last_arrival_at == last_arrival)
                 .values(stability_state=StabilityState.STABLE)
-            ).rowcount
+            ))
             if not flipped:
                 continue
             job, created = queue_study(session, uid, instance_count=count, now=now)

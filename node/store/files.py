@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 
 from node.store.read import StoredFiles
 from node.uids import is_valid_uid
@@ -116,7 +117,7 @@ class FileStore(StoredFiles):
             removed += 1
         return removed
 
-    def iter_files(self):  # type: ignore[no-untyped-def]
+    def iter_files(self) -> Iterator[Path]:
         """Every stored instance file, as paths relative to the root (for reconciliation)."""
         for study in self.root.iterdir():
             if study.name == INCOMING or not study.is_dir():

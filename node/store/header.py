@@ -15,17 +15,17 @@ the CPU (the size limit applies to what the data set really is, not to its compr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.datadict import dictionary_VR
 from pydicom.filereader import data_element_generator, read_sequence
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
@@ -134,6 +134,8 @@ def _check_sequence(fp: _BufferReader, elem: RawDataElement, implicit: bool, lit
     """Parse a defined-length sequence where it lies and check it ends where its length says."""
     resume = fp.tell()
     fp.seek(elem.value_tell)
+    # pydicom annotates fp as BinaryIO but calls only read/seek/tell (its ReadableBuffer), which
+    # _BufferReader has: it reads the received buffer in place instead of copying it into a BytesIO.
     items = read_sequence(fp, implicit, little, elem.length, "iso8859")  # type: ignore[arg-type]
     if fp.tell() != elem.value_tell + elem.length:
         raise BadDataset(f"sequence {Tag(elem.tag)} does not end where its length says")
@@ -161,7 +163,8 @@ def parse_header(dataset_bytes: Any, transfer_syntax_uid: str, *,
     last_end = 0
     start = time.monotonic()
     try:
-        for elem in data_element_generator(fp, implicit, little, defer_size=4096):
+        # fp as BinaryIO: see _check_sequence
+        for elem in data_element_generator(fp, implicit, little, defer_size=4096):  # type: ignore[arg-type]
             end = fp.tell()
             tag = int(elem.tag)
             if isinstance(elem, RawDataElement):
@@ -198,7 +201,7 @@ def parse_header(dataset_bytes: Any, transfer_syntax_uid: str, *,
         if not elements:
             raise BadDataset("empty data set")
         ds = Dataset(elements)
-        ds.set_original_encoding(implicit, little, None)  # type: ignore[arg-type]
+        ds.set_original_encoding(implicit, little, None)
         # Touch the attributes the index reads, so a malformed value fails here.
         for keyword in ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
                         "SeriesInstanceUID", "PatientID", "PatientName", "Modality"):

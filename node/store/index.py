@@ -12,7 +12,7 @@ the locked row). SQLite has one writer at a time, so there the lock clause is si
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -20,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from node.db.engine import Database
-from node.db.models import Instance, Patient, Series, Study
+from node.db.models import Base, Instance, Patient, Series, Study
 from node.db.states import StabilityState
 from node.store.header import InstanceHeader
 
@@ -28,7 +28,8 @@ from node.store.header import InstanceHeader
 # parameters: building them per instance and running them through the ORM layer cost about
 # 3 ms of CPU per instance (measured: bench/RESULTS.md, "Ingest (C-STORE)"), more than the
 # SQL itself. Same SQL, same single transaction as before.
-_patient, _study, _series, _instance = (m.__table__ for m in (Patient, Study, Series, Instance))
+_patient, _study, _series, _instance = (Base.metadata.tables[m.__tablename__]
+                                        for m in (Patient, Study, Series, Instance))
 _INSTANCE_BY_UID = select(_instance.c.id).where(_instance.c.sop_instance_uid == bindparam("b_uid"))
 _PATIENT_PK = select(_patient.c.id).where(_patient.c.patient_id == bindparam("b_pid"),
                                           _patient.c.issuer == bindparam("b_issuer"))
@@ -65,7 +66,7 @@ def add_instance(db: Database, session: Session, h: InstanceHeader, *, rel_path:
     ``touch_stability=False`` is for objects the node makes itself (its SRs): they must not
     re-open the study, or every SR would trigger another triage.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     conn = _conn(session)
     ignore = _INSERT_IGNORE[db.is_sqlite]
     if instance_exists(conn, h.sop_instance_uid):

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import io
 import threading
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -153,7 +154,7 @@ class Ingestor:
                 return IngestOutcome(OUT_OF_RESOURCES, "cannot index the instance")
         return IngestOutcome(SUCCESS, "" if added else "duplicate", duplicate=not added, header=h, size=written)
 
-    def _claim(self, uid: str):  # type: ignore[no-untyped-def]
+    def _claim(self, uid: str) -> AbstractContextManager[None]:
         ingestor = self
 
         class _Claim:

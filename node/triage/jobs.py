@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import select, true, update
 from sqlalchemy.orm import Session
 
+from node.db.dml import rowcount
 from node.db.engine import Database
 from node.db.models import TriageJob
 from node.db.states import JobState
@@ -53,10 +54,10 @@ def claim_jobs(db: Database, worker_id: str, limit: int) -> list[TriageJob]:
             .limit(limit).with_for_update(skip_locked=True)).scalars().all()
         claimed = []
         for job_id in ids:
-            moved = session.execute(
+            moved = rowcount(session.execute(
                 update(TriageJob).where(TriageJob.id == job_id, TriageJob.state == JobState.QUEUED)
                 .values(state=JobState.RUNNING, started_at=now, heartbeat_at=now, worker=worker_id,
-                        attempts=TriageJob.attempts + 1)).rowcount
+                        attempts=TriageJob.attempts + 1)))
             if moved:
                 claimed.append(session.get(TriageJob, job_id))
         return [job for job in claimed if job is not None]
@@ -66,23 +67,24 @@ def heartbeat(db: Database, job_ids: list[int], worker_id: str | None = None) ->
     """Renew the lease of our running jobs; returns how many still belong to us."""
     if not job_ids:
         return 0
-    mine = (TriageJob.worker == worker_id) if worker_id is not None else True
+    mine = (TriageJob.worker == worker_id) if worker_id is not None else true()
     with db.write() as session:
-        return session.execute(update(TriageJob).where(TriageJob.id.in_(job_ids), TriageJob.state == JobState.RUNNING, mine)
-                               .values(heartbeat_at=_now())).rowcount
+        return rowcount(session.execute(update(TriageJob).where(TriageJob.id.in_(job_ids),
+                                                                TriageJob.state == JobState.RUNNING, mine)
+                                        .values(heartbeat_at=_now())))
 
 
 def finish_job(db: Database, job_id: int, state: JobState, error: str = "", worker_id: str | None = None) -> bool:
     """Mark the job done/failed. With ``worker_id`` only while the job is still ours (not retaken)."""
-    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == JobState.RUNNING)) if worker_id is not None else True
+    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == JobState.RUNNING)) if worker_id is not None else true()
     with db.write() as session:
-        return bool(session.execute(update(TriageJob).where(TriageJob.id == job_id, fence)
-                                    .values(state=state, finished_at=_now(), error=error[:2000])).rowcount)
+        return bool(rowcount(session.execute(update(TriageJob).where(TriageJob.id == job_id, fence)
+                                             .values(state=state, finished_at=_now(), error=error[:2000]))))
 
 
 def requeue_job(db: Database, job_id: int, error: str, worker_id: str | None = None) -> None:
     """Back to the queue after a failure to write the answer: not finished, so no ``finished_at``."""
-    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == JobState.RUNNING)) if worker_id is not None else True
+    fence = ((TriageJob.worker == worker_id) & (TriageJob.state == JobState.RUNNING)) if worker_id is not None else true()
     with db.write() as session:
         session.execute(update(TriageJob).where(TriageJob.id == job_id, fence)
                         .values(state=JobState.QUEUED, finished_at=None, error=error[:2000]))

@@ -36,7 +36,7 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from node.config import ModelSection
 from node.triage.hf_quiet import quiet_transformers
 from node.triage.model_api import ModelIdentity
 from node.triage.tiny_model import TEST_MODEL_MARKER
+
+if TYPE_CHECKING:
+    from transformers import SiglipModel  # imported where loaded: transformers is slow to import
 
 __all__ = [
     "ModelIdentity",
@@ -197,7 +200,7 @@ class LoadedModel:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: SiglipModel,
         processor: Any,
         identity: ModelIdentity,
         settings: ModelSection,
@@ -299,9 +302,9 @@ class LoadedModel:
 
     @property
     def embedding_dim(self) -> int:
-        cfg = getattr(self.model, "config", None)
-        vision = getattr(cfg, "vision_config", cfg)
-        return int(getattr(vision, "hidden_size"))
+        cfg = self.model.config
+        vision = getattr(cfg, "vision_config", cfg)  # a dual encoder's vision tower, else the model's own
+        return int(vision.hidden_size)
 
     def __repr__(self) -> str:
         i = self.identity

@@ -121,7 +121,7 @@ def _grey_unit(ds: Dataset, frame: np.ndarray, defaults: PreprocessDefaults | No
 
 
 def google_dicom_input(ds: Dataset, *, size: int, defaults: PreprocessDefaults | None,
-                       frame: np.ndarray, decode_step: tuple[str, dict], colour_plan=None):  # type: ignore[no-untyped-def]
+                       frame: np.ndarray, decode_step: tuple[str, dict], colour_plan=None):
     """Steps 2-8 on a decoded ``frame`` (preprocess.to_model_input decodes and dispatches here).
 
     Returns (uint8 (size, size, 3), steps); ``colour_plan`` is tn-pre-1's colour step, reused.

@@ -238,7 +238,7 @@ class _Ctx:
     def fail(self, key: str, msg: str) -> ProfileError:
         return ProfileError(f"{self.file}: {key}: {msg}")
 
-    def table(self, obj: Any, key: str, allowed: set[str], optional: set[str] = frozenset()) -> dict:
+    def table(self, obj: Any, key: str, allowed: set[str], optional: frozenset[str] | set[str] = frozenset()) -> dict:
         if not isinstance(obj, dict):
             raise self.fail(key or "<top>", "must be a table")
         prefix = f"{key}." if key else ""

@@ -23,6 +23,7 @@ import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 #: Name of the marker file that flags a folder as a random test model (contents: JSON).
 TEST_MODEL_MARKER = "triage_node_test_model.json"
@@ -97,7 +98,7 @@ def _train_sentencepiece(extra_texts: Iterable[str], vocab_size: int) -> bytes:
 
 
 def _image_processor(image_size: int):
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(  # for one of two processor classes, by transformers version
         do_resize=True,
         size={"height": image_size, "width": image_size},
         resample=3,  # PIL bicubic, as in MedSigLIP's preprocessor_config.json
