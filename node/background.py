@@ -25,8 +25,16 @@ __all__ = ["BackgroundLoop"]
 class BackgroundLoop:
     """A named daemon thread calling ``tick`` every ``interval`` seconds while idle."""
 
-    def __init__(self, name: str, tick: Callable[[], bool], *, interval: float, log: Any, error_event: str,
-                 setup: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        tick: Callable[[], bool],
+        *,
+        interval: float,
+        log: Any,
+        error_event: str,
+        setup: Callable[[], object] | None = None,
+    ) -> None:
         self.name = name
         self.interval = float(interval)
         self._tick = tick
@@ -65,7 +73,7 @@ class BackgroundLoop:
     def _guarded(self, call: Callable[[], object]) -> object:
         try:
             return call()
-        except Exception as exc:  # noqa: BLE001 - never let the loop die; the owner's rows stay visible for recovery
+        except Exception as exc:  # never let the loop die; the owner's rows stay visible for recovery
             self._log.error(self._error_event, error=type(exc).__name__, detail=str(exc)[:300])
             return False
 

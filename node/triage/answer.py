@@ -9,7 +9,7 @@ keeps no ``finished_at``.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
@@ -63,7 +63,7 @@ class Answerer:
         """The SR for ``decision``; ``identity`` names the model the batch was run with (None: none loaded)."""
         try:
             report = self._write(work, decision, identity)
-        except Exception as exc:  # noqa: BLE001 - any failure to write the answer: retried, then failed
+        except Exception as exc:  # any failure to write the answer: retried, then failed
             log.error("job_failed", job_id=work.job_id, error=type(exc).__name__, detail=str(exc)[:300])
             self.fail_or_retry(work, exc)
             return
@@ -75,9 +75,17 @@ class Answerer:
         self._count(work, report)
         self._audit_answer(work, report)
         self.audit_job(work.study_uid, work.job_id, "triage job finished")
-        log.info("job_done", job_id=work.job_id, study_ref=study_ref(work.study_uid), priority=report.priority,
-                 worklist_priority=report.worklist_priority, priority_kept=bool(report.priority_kept_from),
-                 assist=report.assist, reason=report.reason, images=len(work.images))
+        log.info(
+            "job_done",
+            job_id=work.job_id,
+            study_ref=study_ref(work.study_uid),
+            priority=report.priority,
+            worklist_priority=report.worklist_priority,
+            priority_kept=bool(report.priority_kept_from),
+            assist=report.assist,
+            reason=report.reason,
+            images=len(work.images),
+        )
 
     def _write(self, work: StudyWork, decision: StudyDecision, identity: ModelIdentity | None) -> StoredReport:
         if not work.headers:
@@ -89,36 +97,65 @@ class Answerer:
         result = triage_result(decision, work.profile, work.images, algorithm, given)
         evidence = list(work.images) if given else []
         context = work.images[0] if work.images else work.headers[0]
-        return write_report(self.db, self.ingestor, job_id=work.job_id, job_queued_at=work.queued_at,
-                            study_context=context, evidence=evidence, result=result,
-                            own_ae=self.settings.dicom.ae_title, order_priority=order_priority(work.headers),
-                            outputs=self.outputs)
+        return write_report(
+            self.db,
+            self.ingestor,
+            job_id=work.job_id,
+            job_queued_at=work.queued_at,
+            study_context=context,
+            evidence=evidence,
+            result=result,
+            own_ae=self.settings.dicom.ae_title,
+            order_priority=order_priority(work.headers),
+            outputs=self.outputs,
+        )
 
     @staticmethod
     def _count(work: StudyWork, report: StoredReport) -> None:
         metrics.SRS_WRITTEN.labels(report.priority).inc()
         if not report.assist:
             metrics.NO_ASSIST.labels(report.reason).inc()
-        queued = work.queued_at if work.queued_at.tzinfo else work.queued_at.replace(tzinfo=timezone.utc)
-        metrics.TRIAGE_LATENCY.observe((datetime.now(timezone.utc) - queued).total_seconds())
+        queued = work.queued_at if work.queued_at.tzinfo else work.queued_at.replace(tzinfo=UTC)
+        metrics.TRIAGE_LATENCY.observe((datetime.now(UTC) - queued).total_seconds())
 
     def _audit_answer(self, work: StudyWork, report: StoredReport) -> None:
         patient_id = str(work.headers[0].get("PatientID", ""))
         self.audit.record(
-            EventCode.INSTANCES_TRANSFERRED, action="C", outcome=SUCCESS,
-            outcome_desc=(f"SR created: priority {report.priority}"
-                          + (f" (kept from SR {report.priority_kept_from})" if report.priority_kept_from else "")
-                          + f", worklist priority {report.worklist_priority}, "
-                          + ("AI assessment" if report.assist else f"no AI assessment ({report.reason})")),
+            EventCode.INSTANCES_TRANSFERRED,
+            action="C",
+            outcome=SUCCESS,
+            outcome_desc=(
+                f"SR created: priority {report.priority}"
+                + (f" (kept from SR {report.priority_kept_from})" if report.priority_kept_from else "")
+                + f", worklist priority {report.worklist_priority}, "
+                + ("AI assessment" if report.assist else f"no AI assessment ({report.reason})")
+            ),
             participants=[self._me],
-            objects=[AuditObject(type="patient", id=patient_id),
-                     AuditObject(type="study", id=work.study_uid, details={
-                         "job_id": work.job_id, "profile": work.profile.name,
-                         "images_evaluated": len(work.images), "skipped": work.skipped[:50]}),
-                     AuditObject(type="report", id=report.sop_instance_uid, details={
-                         "priority": report.priority, "worklist_priority": report.worklist_priority,
-                         "priority_kept_from": report.priority_kept_from,
-                         "assist": report.assist, "reason": report.reason})])
+            objects=[
+                AuditObject(type="patient", id=patient_id),
+                AuditObject(
+                    type="study",
+                    id=work.study_uid,
+                    details={
+                        "job_id": work.job_id,
+                        "profile": work.profile.name,
+                        "images_evaluated": len(work.images),
+                        "skipped": work.skipped[:50],
+                    },
+                ),
+                AuditObject(
+                    type="report",
+                    id=report.sop_instance_uid,
+                    details={
+                        "priority": report.priority,
+                        "worklist_priority": report.worklist_priority,
+                        "priority_kept_from": report.priority_kept_from,
+                        "assist": report.assist,
+                        "reason": report.reason,
+                    },
+                ),
+            ],
+        )
 
     def fail_or_retry(self, work: StudyWork, exc: Exception) -> None:
         """Back to the queue (not finished), or failed once the job was claimed max_attempts times."""
@@ -132,6 +169,10 @@ class Answerer:
         self.audit_job(work.study_uid, work.job_id, f"triage job error: {type(exc).__name__}", outcome=MINOR_FAILURE)
 
     def audit_job(self, study_uid: str, job_id: int, what: str, outcome: int = SUCCESS) -> None:
-        self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=outcome, outcome_desc=what,
-                          participants=[self._me],
-                          objects=[AuditObject(type="study", id=study_uid, details={"job_id": job_id})])
+        self.audit.record(
+            EventCode.APPLICATION_ACTIVITY,
+            outcome=outcome,
+            outcome_desc=what,
+            participants=[self._me],
+            objects=[AuditObject(type="study", id=study_uid, details={"job_id": job_id})],
+        )

@@ -25,6 +25,7 @@ from node.triage.select import select_images
 
 __all__ = ["StudyWork", "prepare_study", "read_study_headers"]
 
+
 @dataclass
 class StudyWork:
     """One claimed job on its way through the batch: what the answer stage needs to describe it."""
@@ -47,16 +48,29 @@ def read_study_headers(db: Database, files: StoredFiles, study_uid: str) -> list
     return study_headers(db, files, study_uid)
 
 
-def prepare_study(job_id: int, study_uid: str, queued_at: datetime, headers: list[Dataset],
-                  profiles: Sequence[TriageProfile], image_size: int | None) -> StudyWork:
+def prepare_study(
+    job_id: int,
+    study_uid: str,
+    queued_at: datetime,
+    headers: list[Dataset],
+    profiles: Sequence[TriageProfile],
+    image_size: int | None,
+) -> StudyWork:
     """Select the images of the first profile that accepts any; with a model (``image_size``
     given), preprocess them at the model's own input size."""
     for profile in profiles:
         selection = select_images(headers, profile)
         if not selection.accepted:
             continue
-        work = StudyWork(job_id, study_uid, queued_at, headers, profile, eligible=True,
-                         skipped=[(s.sop_instance_uid, s.reason) for s in selection.skipped])
+        work = StudyWork(
+            job_id,
+            study_uid,
+            queued_at,
+            headers,
+            profile,
+            eligible=True,
+            skipped=[(s.sop_instance_uid, s.reason) for s in selection.skipped],
+        )
         if image_size is None:
             return work
         for ds in selection.accepted:

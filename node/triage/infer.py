@@ -52,7 +52,7 @@ class _Call(Generic[T]):
     def _run(self) -> None:
         try:
             self.result = self._fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which decides what it means
+        except BaseException as exc:  # handed to the waiting thread, which decides what it means
             self.error = exc
         finally:
             self.done.set()
@@ -97,8 +97,14 @@ def _no_keep(works: Sequence[StudyWork], embeddings: object, weights_sha256: str
     return None
 
 
-def infer_batch(works: Sequence[StudyWork], model: Model | None, *, runner: DeadlineRunner, timeout: float,
-                keep_embeddings: KeepEmbeddings = _no_keep) -> dict[int, StudyDecision]:
+def infer_batch(
+    works: Sequence[StudyWork],
+    model: Model | None,
+    *,
+    runner: DeadlineRunner,
+    timeout: float,
+    keep_embeddings: KeepEmbeddings = _no_keep,
+) -> dict[int, StudyDecision]:
     """One decision per job id of ``works``: no-assist without a model or without a preprocessed
     image; else one model call per profile over all studies' images (``timeout`` seconds at most),
     sliced back per study and decided by the policy. ``model`` is the one the batch was prepared
@@ -120,8 +126,9 @@ def infer_batch(works: Sequence[StudyWork], model: Model | None, *, runner: Dead
     return decisions
 
 
-def _infer_group(group: list[StudyWork], model: Model, runner: DeadlineRunner, timeout: float,
-                 keep_embeddings: KeepEmbeddings) -> dict[int, StudyDecision]:
+def _infer_group(
+    group: list[StudyWork], model: Model, runner: DeadlineRunner, timeout: float, keep_embeddings: KeepEmbeddings
+) -> dict[int, StudyDecision]:
     profile = group[0].profile
     stack = np.stack([p for w in group for p in w.pixels])
     try:
@@ -130,10 +137,9 @@ def _infer_group(group: list[StudyWork], model: Model, runner: DeadlineRunner, t
             raise ValueError(f"{len(embeddings)} embeddings for {len(stack)} images")
         prompts = embed_profile(model, profile)  # cached since the model loaded
     except InferenceTimeout as exc:
-        log.error("model_timeout", images=len(stack), studies=len(group), detail=str(exc),
-                  abandoned=runner.abandoned())
+        log.error("model_timeout", images=len(stack), studies=len(group), detail=str(exc), abandoned=runner.abandoned())
         return {w.job_id: no_assist(NoAssistReason.MODEL_TIMEOUT) for w in group}
-    except Exception as exc:  # noqa: BLE001 - whatever the model raised: a model-error answer (rule 6)
+    except Exception as exc:  # whatever the model raised: a model-error answer (rule 6)
         log.error("model_error", error=type(exc).__name__, detail=str(exc)[:300])
         return {w.job_id: no_assist(NoAssistReason.MODEL_ERROR) for w in group}
     keep_embeddings(group, embeddings, model.identity.weights_sha256)  # rule 8
@@ -141,6 +147,6 @@ def _infer_group(group: list[StudyWork], model: Model, runner: DeadlineRunner, t
     start = 0
     for w in group:
         n = len(w.pixels)
-        decisions[w.job_id] = decide(embeddings[start:start + n], profile, prompts, model.logit_scale)
+        decisions[w.job_id] = decide(embeddings[start : start + n], profile, prompts, model.logit_scale)
         start += n
     return decisions

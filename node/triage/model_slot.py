@@ -34,8 +34,15 @@ ModelLoader = Callable[..., Model]
 class ModelSlot:
     """Holds the loaded model (or why there is none) for one worker."""
 
-    def __init__(self, settings: ModelSection, cache_dir: Path, profiles: Sequence[TriageProfile], audit: AuditLog,
-                 me: Participant, loader: ModelLoader) -> None:
+    def __init__(
+        self,
+        settings: ModelSection,
+        cache_dir: Path,
+        profiles: Sequence[TriageProfile],
+        audit: AuditLog,
+        me: Participant,
+        loader: ModelLoader,
+    ) -> None:
         self.settings = settings
         self.cache_dir = cache_dir
         self.profiles = list(profiles)
@@ -74,23 +81,48 @@ class ModelSlot:
                 embed_profile(loaded, profile)  # prompt embeddings once, at load
             self._check_probes(loaded.identity.weights_sha256)  # a probe of other weights: refuse the model
             self.model = loaded  # published only when ready (a background load races the batch loop)
-        except Exception as exc:  # noqa: BLE001 - ModelUnavailable, or a prompt forward that failed
+        except Exception as exc:  # ModelUnavailable, or a prompt forward that failed
             if not isinstance(exc, ModelUnavailable):
                 exc = ModelUnavailable(f"model start-up failed: {type(exc).__name__}: {str(exc)[:200]}")
             self.model, self.error = None, str(exc)
             log.error("model_unavailable", detail=str(exc)[:1000])
-            self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=MINOR_FAILURE,
-                              outcome_desc=f"model not loaded: {str(exc)[:300]}", participants=[self._me])
+            self.audit.record(
+                EventCode.APPLICATION_ACTIVITY,
+                outcome=MINOR_FAILURE,
+                outcome_desc=f"model not loaded: {str(exc)[:300]}",
+                participants=[self._me],
+            )
             return None
         ident = loaded.identity
         self.error = ""
-        log.info("model_loaded", model_id=ident.model_id, revision=ident.revision, device=ident.device,
-                 dtype=ident.dtype, weights_sha256=ident.weights_sha256, test_model=ident.is_test_model)
-        self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=SUCCESS, outcome_desc="model loaded",
-                          participants=[self._me],
-                          objects=[AuditObject(type="model", id=ident.model_id, details={
-                              "revision": ident.revision, "weights_sha256": ident.weights_sha256,
-                              "device": ident.device, "dtype": ident.dtype, "test_model": ident.is_test_model})])
+        log.info(
+            "model_loaded",
+            model_id=ident.model_id,
+            revision=ident.revision,
+            device=ident.device,
+            dtype=ident.dtype,
+            weights_sha256=ident.weights_sha256,
+            test_model=ident.is_test_model,
+        )
+        self.audit.record(
+            EventCode.APPLICATION_ACTIVITY,
+            outcome=SUCCESS,
+            outcome_desc="model loaded",
+            participants=[self._me],
+            objects=[
+                AuditObject(
+                    type="model",
+                    id=ident.model_id,
+                    details={
+                        "revision": ident.revision,
+                        "weights_sha256": ident.weights_sha256,
+                        "device": ident.device,
+                        "dtype": ident.dtype,
+                        "test_model": ident.is_test_model,
+                    },
+                )
+            ],
+        )
         return loaded
 
     def _check_probes(self, weights: str) -> None:

@@ -45,8 +45,15 @@ __all__ = ["TriageWorker"]
 
 
 class TriageWorker:
-    def __init__(self, settings: Settings, db: Database, ingestor: Ingestor, audit: AuditLog,
-                 *, model_loader: ModelLoader = load_model) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        ingestor: Ingestor,
+        audit: AuditLog,
+        *,
+        model_loader: ModelLoader = load_model,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.files = StoredFiles(settings.storage.path)
@@ -55,14 +62,21 @@ class TriageWorker:
         self.host_prefix = f"{settings.node.process_id()}:"
         self.worker_id = f"{self.host_prefix}{os.getpid()}:{id(self):x}"
         me = Participant(user_id=settings.dicom.ae_title, role="application")
-        self.slot = ModelSlot(settings.model, Path(settings.node.data_dir) / "cache", self.profiles, audit, me,
-                              model_loader)
+        self.slot = ModelSlot(
+            settings.model, Path(settings.node.data_dir) / "cache", self.profiles, audit, me, model_loader
+        )
         self.answerer = Answerer(settings, db, ingestor, audit, self.worker_id)
         self.runner = DeadlineRunner()
         self._last_retake = 0.0
         # The first load is waited for: jobs queued at start-up get the model.
-        self._loop = BackgroundLoop("triage-worker", self._tick, interval=settings.triage.poll_seconds, log=log,
-                                    error_event="worker_loop_error", setup=self.slot.ensure)
+        self._loop = BackgroundLoop(
+            "triage-worker",
+            self._tick,
+            interval=settings.triage.poll_seconds,
+            log=log,
+            error_event="worker_loop_error",
+            setup=self.slot.ensure,
+        )
 
     @property
     def model(self) -> Model | None:
@@ -89,8 +103,10 @@ class TriageWorker:
             raise ConfigError(f"triage.profiles_dir: cannot load triage profiles from {directory}: {exc}") from None
         missing = [name for name in self.settings.triage.profiles if name not in available]
         if missing:
-            raise ConfigError(f"triage.profiles: no profile named {', '.join(missing)} in "
-                              f"{self.settings.triage.profiles_path} (have: {', '.join(sorted(available))})")
+            raise ConfigError(
+                f"triage.profiles: no profile named {', '.join(missing)} in "
+                f"{self.settings.triage.profiles_path} (have: {', '.join(sorted(available))})"
+            )
         profiles = [available[name] for name in self.settings.triage.profiles]
         if any(f.probe is not None for p in profiles for f in p.findings):
             from node.embeddings.current import configured_weights_sha256
@@ -119,8 +135,12 @@ class TriageWorker:
     def retake_orphans(self) -> None:
         """Requeue running jobs whose worker died (lease expired, or a dead process of this host)."""
         requeued, failed = requeue_orphans(
-            self.db, host_prefix=self.host_prefix, worker_id=self.worker_id,
-            stale_seconds=self.settings.triage.stale_job_seconds, max_attempts=self.settings.triage.max_attempts)
+            self.db,
+            host_prefix=self.host_prefix,
+            worker_id=self.worker_id,
+            stale_seconds=self.settings.triage.stale_job_seconds,
+            max_attempts=self.settings.triage.max_attempts,
+        )
         self._last_retake = time.monotonic()
         if requeued or failed:
             log.info("jobs_retaken", requeued=requeued, failed=failed)
@@ -146,10 +166,23 @@ class TriageWorker:
             for job in jobs:
                 self.answerer.audit_job(job.study_instance_uid, job.id, "triage job started")
                 headers = read_study_headers(self.db, self.files, job.study_instance_uid)
-                works.append(prepare_study(job.id, job.study_instance_uid, job.queued_at, headers, self.profiles,
-                                           model.image_size if model is not None else None))
-            decisions = infer_batch(works, model, runner=self.runner, timeout=self.settings.model.timeout_seconds,
-                                    keep_embeddings=self._keep_embeddings)
+                works.append(
+                    prepare_study(
+                        job.id,
+                        job.study_instance_uid,
+                        job.queued_at,
+                        headers,
+                        self.profiles,
+                        model.image_size if model is not None else None,
+                    )
+                )
+            decisions = infer_batch(
+                works,
+                model,
+                runner=self.runner,
+                timeout=self.settings.model.timeout_seconds,
+                keep_embeddings=self._keep_embeddings,
+            )
             identity = model.identity if model is not None else None
             for work in works:
                 self.answerer.answer(work, decisions[work.job_id], identity)
@@ -168,7 +201,7 @@ class TriageWorker:
             while not done.wait(self.settings.triage.heartbeat_seconds):
                 try:
                     heartbeat(self.db, job_ids, self.worker_id)
-                except Exception as exc:  # noqa: BLE001 - a database hiccup: the next beat tries again
+                except Exception as exc:  # a database hiccup: the next beat tries again
                     log.warning("heartbeat_failed", error=type(exc).__name__)
 
         beater = threading.Thread(target=beat, name="job-heartbeat", daemon=True)

@@ -82,8 +82,15 @@ class FakeModel:
     (until ``release`` is set) or raise."""
 
     def __init__(self, present: Callable[[int, int], bool] = lambda call, row: False) -> None:
-        self.identity = ModelIdentity(model_id="test/fake-model", revision="test", weights_sha256="f" * 64,
-                                      image_size=32, device="cpu", dtype="float32", is_test_model=True)
+        self.identity = ModelIdentity(
+            model_id="test/fake-model",
+            revision="test",
+            weights_sha256="f" * 64,
+            image_size=32,
+            device="cpu",
+            dtype="float32",
+            is_test_model=True,
+        )
         self.logit_scale = 100.0
         self.present = present
         self.hang: set[int] = set()  # call numbers (0-based) that block until release is set
@@ -129,10 +136,20 @@ class Harness:
         study_uid, series_uid = generate_uid(), generate_uid()
         sops = []
         for number in range(1, n_images + 1):
-            path = synthetic_image(self.src / f"{patient_id}-{number}.dcm", modality="DX",
-                                   sop_class=DigitalXRayImageStorageForPresentation, view="PA", body_part="CHEST",
-                                   age=50, study_uid=study_uid, patient_id=patient_id, number=number,
-                                   series_uid=series_uid, rows=64, cols=64)
+            path = synthetic_image(
+                self.src / f"{patient_id}-{number}.dcm",
+                modality="DX",
+                sop_class=DigitalXRayImageStorageForPresentation,
+                view="PA",
+                body_part="CHEST",
+                age=50,
+                study_uid=study_uid,
+                patient_id=patient_id,
+                number=number,
+                series_uid=series_uid,
+                rows=64,
+                cols=64,
+            )
             ds = pydicom.dcmread(path)
             buf = DicomBytesIO()
             buf.is_little_endian, buf.is_implicit_VR = True, False
@@ -150,8 +167,9 @@ class Harness:
 
     def row(self, study_uid: str) -> WorklistItem:
         with self.db.session() as session:
-            return session.execute(select(WorklistItem).where(
-                WorklistItem.study_instance_uid == study_uid)).scalar_one()
+            return session.execute(
+                select(WorklistItem).where(WorklistItem.study_instance_uid == study_uid)
+            ).scalar_one()
 
     def run_once_bounded(self) -> float:
         """run_once in a thread, waited for at most WAIT_S (a hang fails the test, not the suite)."""
@@ -161,7 +179,7 @@ class Harness:
         def run() -> None:
             try:
                 self.worker.run_once()
-            except BaseException as exc:  # noqa: BLE001 - surfaced below
+            except BaseException as exc:  # surfaced below
                 errors.append(exc)
             finally:
                 done.set()
@@ -178,9 +196,11 @@ def harness(tmp_path: Path, make_settings: Callable[..., Any]) -> Iterator[Harne
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "fake.toml").write_text(PROFILE, encoding="utf-8")
-    settings = make_settings(tmp_path, triage={"enabled": True, "profiles_dir": str(profiles), "profiles": ["fake"],
-                                               "max_attempts": 2},
-                             model={"timeout_seconds": TIMEOUT_S})
+    settings = make_settings(
+        tmp_path,
+        triage={"enabled": True, "profiles_dir": str(profiles), "profiles": ["fake"], "max_attempts": 2},
+        model={"timeout_seconds": TIMEOUT_S},
+    )
     db = Database(settings.database.url)
     audit = AuditLog(Path(settings.audit.path), db, source_id="test", fsync=False)
     storage = Path(settings.storage.path)
@@ -338,8 +358,9 @@ def test_the_background_loop_survives_a_failing_tick_and_stops_in_bounds() -> No
     assert log.errors == [("test_loop_error", {"error": "RuntimeError", "detail": "database is locked"})]
     assert loop.stop(timeout=5.0) and not loop.alive
 
-    idle = BackgroundLoop("idle-loop", lambda: bool(ticks.append(-1)), interval=60.0, log=log,
-                          error_event="test_loop_error")
+    idle = BackgroundLoop(
+        "idle-loop", lambda: bool(ticks.append(-1)), interval=60.0, log=log, error_event="test_loop_error"
+    )
     idle.start()
     wait_for(lambda: ticks[-1] == -1)
     started = time.monotonic()
