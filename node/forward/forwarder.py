@@ -8,12 +8,12 @@ instance counts of the batch.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter, defaultdict
 
 from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS
+from node.background import BackgroundLoop
 from node.config import FhirDestination, ForwardDestination, Hl7Destination, Settings
 from node.db.engine import Database
 from node.forward.fhir import FhirError, bundle_for, post_bundle
@@ -38,30 +38,17 @@ class Forwarder:
         self.destinations: dict[str, ForwardDestination] = {destination_key(d): d for d in settings.forward}
         self.hl7: dict[str, Hl7Destination] = {hl7_key(d): d for d in settings.hl7}
         self.fhir: dict[str, FhirDestination] = {fhir_key(d): d for d in settings.fhir}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("forwarder", self.run_once, interval=self.policy.poll_seconds, log=log,
+                                    error_event="forward_loop_error")
         # A claimed row is leased (renewed before each destination's part of the batch); after
         # this process dies the row is due again for any forwarder once the lease has run out.
         self.lease_seconds = self.policy.lease_seconds or max(60.0, self.policy.timeout_seconds * 4 + BATCH_LIMIT * 2)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 15.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception as exc:  # the loop must survive a database or network hiccup
-                log.error("forward_loop_error", error=type(exc).__name__, detail=str(exc)[:300])
-                worked = False
-            if not worked:
-                self._stop.wait(self.policy.poll_seconds)
+        self._loop.stop(timeout)
 
     def run_once(self) -> bool:
         """One round over the due rows. Returns False when nothing was due."""
@@ -72,7 +59,7 @@ class Forwarder:
         for item in claimed:
             by_dest[item.destination].append(item)
         for key, items in by_dest.items():
-            if self._stop.is_set():
+            if self._loop.stopping:
                 release(self.db, [i.id for i in items])  # not attempted: due again at the next start
                 continue
             # heartbeat (still ours) and the in-flight mark, committed before anything is sent
