@@ -40,8 +40,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from node.config import ModelSection  # noqa: E402
 from node.triage.hf_quiet import quiet_transformers  # noqa: E402
-from node.triage.model import LoadedModel, ModelIdentity, ModelSettings  # noqa: E402
+from node.triage.model import LoadedModel, ModelIdentity  # noqa: E402
 from node.triage.tiny_model import medsiglip_448_config  # noqa: E402
 
 SIZE = 448
@@ -101,7 +102,7 @@ def loaded(vision, device: torch.device, dtype: str, batch_size: int) -> LoadedM
         dtype=dtype,
         is_test_model=True,
     )
-    settings = ModelSettings(device=str(device), batch_size=batch_size, dtype=dtype)
+    settings = ModelSection(device=str(device), batch_size=batch_size, dtype=dtype)
     return LoadedModel(_VisionOnly(vision), None, identity, settings, logit_scale=1.0)
 
 

@@ -265,11 +265,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     model = None
     try:
         if args.text is not None:
-            from node.evaluate.run import model_settings
             from node.triage.model import ModelUnavailable, load_model
 
             try:
-                model = load_model(model_settings(settings), cache_dir=Path(settings.node.data_dir) / "cache")
+                model = load_model(settings.model, cache_dir=Path(settings.node.data_dir) / "cache")
             except ModelUnavailable as exc:
                 print(f"triage-node search: the model is needed to embed the text: {exc}", file=sys.stderr)
                 return 2

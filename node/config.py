@@ -179,7 +179,7 @@ class AuditSection(_Section):
 
 
 class ModelSection(_Section):
-    """Where MedSigLIP comes from and how it runs (mirrors node.triage.model.ModelSettings)."""
+    """Where MedSigLIP comes from and how it runs; node.triage.model.load_model takes it as it is."""
 
     id: str = "google/medsiglip-448"
     path: str | None = None  # a local checkpoint folder; wins over id
@@ -189,7 +189,7 @@ class ModelSection(_Section):
     batch_size: int = Field(default=32, ge=1)
     offline: bool = False
     hf_token_env: str = "HF_TOKEN"
-    timeout_seconds: float = Field(default=120.0, gt=0)
+    timeout_seconds: float = Field(default=120.0, gt=0)  # deadline for one inference call (the worker's)
     retry_load_seconds: float = Field(default=300.0, gt=0)  # how often a failed load is retried
 
 

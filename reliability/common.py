@@ -71,6 +71,7 @@ class Node:
     root: Path
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    extra_toml: str = ""  # appended verbatim, e.g. [[forward]] tables
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -79,8 +80,13 @@ class Node:
         data = self.root / "data"
         sections: dict[str, dict[str, Any]] = {
             "node": {"data_dir": data, "log_level": "warning"},
-            "dicom": {"ae_title": NODE_AE, "host": "127.0.0.1", "port": self.port, "allowed_peers": ["*"],
-                      "max_associations": 16},
+            "dicom": {
+                "ae_title": NODE_AE,
+                "host": "127.0.0.1",
+                "port": self.port,
+                "allowed_peers": ["*"],
+                "max_associations": 16,
+            },
             "storage": {"path": data / "storage", "min_free_bytes": 0},
             "database": {"url": f"sqlite:///{data / 'index.db'}"},
             "stability": {"quiet_seconds": 3600},
@@ -92,6 +98,9 @@ class Node:
             sections.setdefault(name, {}).update(body)
         self.sections = sections
         self.config = write_config(self.root / "node.toml", sections)
+        if self.extra_toml:
+            with self.config.open("a", encoding="utf-8") as f:
+                f.write("\n" + self.extra_toml)
 
     @property
     def storage(self) -> Path:
@@ -101,11 +110,15 @@ class Node:
     def db_path(self) -> Path:
         return Path(str(self.sections["database"]["url"]).removeprefix("sqlite:///"))
 
-    def start(self, timeout: float = 60) -> "Node":
+    def start(self, timeout: float = 60) -> Node:
         self.starts += 1
         log = open(self.root / f"serve-{self.starts}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([*cli(), "serve", "--config", str(self.config)], stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*cli(), "serve", "--config", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -137,8 +150,9 @@ class Node:
         return _status_kib(self.proc.pid, "Threads") if self.proc else 0
 
     def audit_verify(self) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cli(), "audit", "verify", "--config", str(self.config)], capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [*cli(), "audit", "verify", "--config", str(self.config)], capture_output=True, text=True, timeout=120
+        )
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -173,13 +187,18 @@ def dataset_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def association(port: int, *, timeout: float = 30, calling: str = "RELIABILITY") -> Any:
+def association(port: int, *, timeout: float = 30, calling: str = "RELIABILITY", guarded: bool = True) -> Any:
+    """A CT + Verification association; ``guarded``: with node/dimse/scu_race.py's fix, so that
+    pynetdicom's own reactor cannot drop a response the node sent (``False`` reproduces that)."""
+    from node.dimse.scu_race import keep_responses_for_caller
+
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = 10
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
-    return ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    return keep_responses_for_caller(assoc) if guarded else assoc
 
 
 # --------------------------------------------------------------------------- checks
@@ -198,9 +217,16 @@ def check_store(node: Node, acknowledged: dict[str, tuple[str, str, bytes]]) -> 
     with sqlite3.connect(node.db_path) as db:
         rows = {r[0] for r in db.execute("SELECT sop_instance_uid FROM instance")}
     missing = [uid for uid in acknowledged if uid not in files or uid not in rows]
-    different = [uid for uid, (_, _, body) in acknowledged.items()
-                 if uid in files and stored_dataset_bytes(files[uid]) != body]
-    return {"acknowledged": len(acknowledged), "files": len(files), "rows": len(rows),
-            "missing": missing, "different": different,
-            "orphan_files": sorted(set(files) - rows), "orphan_rows": sorted(rows - set(files)),
-            "temp_files": [p.name for p in (node.storage / ".incoming").glob("*.part")]}
+    different = [
+        uid for uid, (_, _, body) in acknowledged.items() if uid in files and stored_dataset_bytes(files[uid]) != body
+    ]
+    return {
+        "acknowledged": len(acknowledged),
+        "files": len(files),
+        "rows": len(rows),
+        "missing": missing,
+        "different": different,
+        "orphan_files": sorted(set(files) - rows),
+        "orphan_rows": sorted(rows - set(files)),
+        "temp_files": [p.name for p in (node.storage / ".incoming").glob("*.part")],
+    }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -28,8 +29,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import NODE_AE, Node, association, check_store, ct_instance, dataset_bytes  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
+from common import NODE_AE, Node, association, check_store, ct_instance, dataset_bytes
+from pydicom.uid import generate_uid
 
 
 class Sampler(threading.Thread):
@@ -49,7 +50,22 @@ class Sampler(threading.Thread):
                 return
 
 
-def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[type-arg]
+class _DroppedResponses(logging.Handler):
+    """Counts pynetdicom's "Received unexpected C-STORE service message": a response the
+    association's own reactor thread took off the queue and threw away (node/dimse/scu_race.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "Received unexpected" in record.getMessage():
+            self.count += 1
+
+
+def senders(count: int, seconds: float, workdir: Path, guarded: bool = True) -> dict:  # type: ignore[type-arg]
+    dropped = _DroppedResponses()
+    logging.getLogger("pynetdicom").addHandler(dropped)
     node = Node(workdir / "node").start()
     acked: dict[str, tuple[str, str, bytes]] = {}
     lock = threading.Lock()
@@ -70,7 +86,7 @@ def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[
         study, series = generate_uid(), generate_uid()
         number = 0
         while time.monotonic() < deadline:
-            assoc = association(node.port)
+            assoc = association(node.port, guarded=guarded)
             if not assoc.is_established:
                 failures[0] += 1
                 continue
@@ -103,12 +119,27 @@ def senders(count: int, seconds: float, workdir: Path) -> dict:  # type: ignore[
     node.stop()
     report = check_store(node, acked)
     lost = len(report["missing"]) + len(report["different"])
-    return {"senders": count, "seconds": round(elapsed, 1), "acknowledged": len(acked),
-            "instances_per_s": round(len(acked) / elapsed, 1), "failures": failures[0],
-            "no_response_within_timeout": no_response[0], "lost": lost,
-            "rss_baseline_mib": round(baseline / 1024, 1), "rss_max_mib": round(max(sampler.rss) / 1024, 1),
-            "rss_last_mib": round(sampler.rss[-1] / 1024, 1), "rss_samples": len(sampler.rss),
-            "threads_max": max(sampler.threads), "ok": lost == 0 and failures[0] == 0}
+    return {
+        "senders": count,
+        "seconds": round(elapsed, 1),
+        "acknowledged": len(acked),
+        "instances_per_s": round(len(acked) / elapsed, 1),
+        "failures": failures[0],
+        "no_response_within_timeout": no_response[0],
+        "client_guarded": guarded,
+        "responses_dropped_by_client_reactor": dropped.count,
+        "lost": lost,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "rss_baseline_mib": round(baseline / 1024, 1),
+        "rss_max_mib": round(max(sampler.rss) / 1024, 1),
+        "rss_last_mib": round(sampler.rss[-1] / 1024, 1),
+        "rss_samples": len(sampler.rss),
+        "rss_mib_at_each_tenth": [
+            round(sampler.rss[min(len(sampler.rss) - 1, i * len(sampler.rss) // 10)] / 1024, 1) for i in range(1, 11)
+        ],
+        "threads_max": max(sampler.threads),
+        "ok": lost == 0 and failures[0] == 0,
+    }
 
 
 def storm(clients: int, stores: int, node: Node, workdir: Path) -> dict:  # type: ignore[type-arg]
@@ -131,9 +162,29 @@ def storm(clients: int, stores: int, node: Node, workdir: Path) -> dict:  # type
     def client(number: int) -> None:
         while True:
             result = subprocess.run(
-                ["storescu", "-v", "+sd", "-to", "60", "-ta", "60", "-td", "60", "-aet", f"MODALITY{number}",
-                 "-aec", NODE_AE, "127.0.0.1", str(node.port), str(folders[number])],
-                capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=600)
+                [
+                    "storescu",
+                    "-v",
+                    "+sd",
+                    "-to",
+                    "60",
+                    "-ta",
+                    "60",
+                    "-td",
+                    "60",
+                    "-aet",
+                    f"MODALITY{number}",
+                    "-aec",
+                    NODE_AE,
+                    "127.0.0.1",
+                    str(node.port),
+                    str(folders[number]),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TCP_NODELAY": "1"},
+                timeout=600,
+            )
             out = result.stdout + result.stderr
             if "Association Rejected" in out:
                 with lock:
@@ -153,9 +204,16 @@ def storm(clients: int, stores: int, node: Node, workdir: Path) -> dict:  # type
         t.join()
     elapsed = time.monotonic() - start
     sampler.stop.set()
-    return {"clients": clients, "stored": done[0], "expected": clients * stores, "seconds": round(elapsed, 2),
-            "instances_per_s": round(done[0] / elapsed, 1), "rejected_attempts": rejected[0],
-            "node_threads_max": max(sampler.threads or [0]), "client_failures": failed[:3]}
+    return {
+        "clients": clients,
+        "stored": done[0],
+        "expected": clients * stores,
+        "seconds": round(elapsed, 2),
+        "instances_per_s": round(done[0] / elapsed, 1),
+        "rejected_attempts": rejected[0],
+        "node_threads_max": max(sampler.threads or [0]),
+        "client_failures": failed[:3],
+    }
 
 
 def main() -> int:
@@ -164,6 +222,11 @@ def main() -> int:
     p = sub.add_parser("senders")
     p.add_argument("--senders", type=int, default=8)
     p.add_argument("--seconds", type=float, default=600)
+    p.add_argument(
+        "--unguarded",
+        action="store_true",
+        help="clients without the fix for pynetdicom's response race (reproduces the lost replies)",
+    )
     p = sub.add_parser("storm")
     p.add_argument("--clients", type=int, nargs="+", default=[17, 24, 30])
     p.add_argument("--stores", type=int, default=10)
@@ -173,7 +236,7 @@ def main() -> int:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="triage-load-"))
     if args.what == "senders":
-        result = senders(args.senders, args.seconds, workdir)
+        result = senders(args.senders, args.seconds, workdir, guarded=not args.unguarded)
         ok = result["ok"]
         out: object = result
     else:
@@ -194,8 +257,10 @@ def main() -> int:
     else:
         print(f"{'clients':>7} {'stored':>9} {'inst/s':>8} {'vs limit':>8} {'rejected':>9} {'threads':>8}")
         for r in out["rows"]:  # type: ignore[index]
-            print(f"{r['clients']:>7} {r['stored']:>4}/{r['expected']:<4} {r['instances_per_s']:>8} "
-                  f"{r['rate_vs_limit']:>8} {r['rejected_attempts']:>9} {r['node_threads_max']:>8}")
+            print(
+                f"{r['clients']:>7} {r['stored']:>4}/{r['expected']:<4} {r['instances_per_s']:>8} "
+                f"{r['rate_vs_limit']:>8} {r['rejected_attempts']:>9} {r['node_threads_max']:>8}"
+            )
     return 0 if ok else 1
 
 

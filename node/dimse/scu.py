@@ -10,6 +10,7 @@ import pydicom
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from node.dimse.scu_race import keep_responses_for_caller
 from node.dimse.sockets import NODELAY_HANDLER
 
 _DEST_RE = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d+)$")
@@ -71,7 +72,8 @@ def echo(dest: Destination, calling_ae: str = "TRIAGE_SCU", timeout: float = 30)
     """C-ECHO status (None: no response). Raises ConnectionError saying why when not associated."""
     ae = _ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
+    assoc = keep_responses_for_caller(
+        ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER]))
     if not assoc.is_established:
         raise ConnectionError(refusal(assoc, dest, calling_ae))
     try:
@@ -101,7 +103,8 @@ def send(paths: list[Path], dest: Destination, calling_ae: str = "TRIAGE_SCU", t
         ae.add_requested_context(sop_class, sorted(syntaxes))
     if len(ae.requested_contexts) > 128:
         raise ValueError("more than 128 SOP class/transfer syntax combinations in one send")
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
+    assoc = keep_responses_for_caller(
+        ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER]))
     if not assoc.is_established:
         raise ConnectionError(refusal(assoc, dest, calling_ae))
     results = []

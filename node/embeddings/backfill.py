@@ -43,8 +43,6 @@ def backfill(settings: Settings, *, study_uids: Sequence[str] = (), all_studies:
              model_loader: Callable[..., LoadedModel] = load_model) -> BackfillSummary:
     from tqdm import tqdm
 
-    from node.evaluate.run import model_settings
-
     if not study_uids and not all_studies:
         raise BackfillError("name studies with --study UID, or pass --all")
     if preprocessing is not None and preprocessing not in PREPROCESSING_METHODS:
@@ -59,7 +57,7 @@ def backfill(settings: Settings, *, study_uids: Sequence[str] = (), all_studies:
     db = Database(settings.database.url)
     try:
         try:
-            model = model_loader(model_settings(settings), cache_dir=Path(settings.node.data_dir) / "cache")
+            model = model_loader(settings.model, cache_dir=Path(settings.node.data_dir) / "cache")
         except ModelUnavailable as exc:
             raise BackfillError(f"cannot load the model: {exc}") from None
         uids = list(study_uids) if study_uids else all_study_uids(db)

@@ -24,7 +24,7 @@ __all__ = ["configured_weights_sha256", "current_weights_sha256", "profile_prepr
 
 def configured_weights_sha256(settings: Settings) -> str | None:
     """The SHA-256 of the configured checkpoint's weights, or None when it is not on this machine."""
-    from node.triage.model import _hub_snapshot, weights_sha256
+    from node.triage.weights import _hub_snapshot, weights_sha256
 
     m = settings.model
     folder = Path(m.path) if m.path else _hub_snapshot(m.id, m.revision)

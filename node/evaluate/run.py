@@ -35,12 +35,12 @@ from node.store.read import StoredFiles, instances_of_studies
 from node.evaluate.analysis import FindingAnalysis, FindingInput, analyse_finding
 from node.evaluate.cohort import CohortStudy, ScoredCohort, score_cohort
 from node.evaluate.labels import LabelTable, read_labels
-from node.triage.model import LoadedModel, ModelSettings, ModelUnavailable, load_model
+from node.triage.model import LoadedModel, ModelUnavailable, load_model
 from node.triage.policy import embed_profile
 from node.triage.profiles import PREPROCESSING_METHODS, ProfileError, TriageProfile, load_profile, load_profiles
 from node.triage.select import select_images
 
-__all__ = ["EvaluationError", "EvaluationOptions", "run_evaluation", "analyse_cohort", "model_settings",
+__all__ = ["EvaluationError", "EvaluationOptions", "run_evaluation", "analyse_cohort",
            "load_named_profile", "HEADER_SUBGROUPS"]
 
 #: Subgroup columns every evaluation reports (from the kept header facts of each study's first evaluated image).
@@ -64,12 +64,6 @@ class EvaluationOptions:
     no_embed: bool = False
     preprocessing: Sequence[str] = ()  # versions to compare; default: the profile's own
     progress: bool = True
-
-
-def model_settings(settings: Settings) -> ModelSettings:
-    m = settings.model
-    return ModelSettings(id=m.id, path=m.path, revision=m.revision, device=m.device, batch_size=m.batch_size,
-                         offline=m.offline, hf_token_env=m.hf_token_env, dtype=m.dtype, timeout_s=m.timeout_seconds)
 
 
 def load_named_profile(settings: Settings, name: str | None, path: Path | None) -> TriageProfile:
@@ -253,7 +247,7 @@ def run_evaluation(settings: Settings, opts: EvaluationOptions, *,
     db = Database(settings.database.url)
     try:
         try:
-            model = model_loader(model_settings(settings), cache_dir=Path(settings.node.data_dir) / "cache")
+            model = model_loader(settings.model, cache_dir=Path(settings.node.data_dir) / "cache")
         except ModelUnavailable as exc:
             raise EvaluationError(f"the model is needed (prompt embeddings, missing image embeddings): {exc}") from None
         from node.probes.probe import ProbeError, check_probe

@@ -8,19 +8,19 @@ instance counts of the batch.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter, defaultdict
 
 from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import MINOR_FAILURE, SUCCESS
+from node.background import BackgroundLoop
 from node.config import FhirDestination, ForwardDestination, Hl7Destination, Settings
 from node.db.engine import Database
 from node.forward.fhir import FhirError, bundle_for, post_bundle
 from node.forward.hl7 import Hl7Error, message_for, send_mllp
-from node.forward.outbox import (Claimed, claim_due, destination_key, fhir_key, hl7_key, mark_failed, mark_sent,
-                                 release, renew_lease)
-from node.forward.sender import ItemResult, SendItem, send_batch
+from node.forward.outbox import (IN_DOUBT, Claimed, claim_due, destination_key, fhir_key, hl7_key, mark_failed,
+                                 mark_sent, release, renew_lease)
+from node.forward.sender import ItemResult, SendItem, destination_holds, send_batch
 from node.oplog import get_logger
 from node.store.read import StoredFiles
 
@@ -38,30 +38,17 @@ class Forwarder:
         self.destinations: dict[str, ForwardDestination] = {destination_key(d): d for d in settings.forward}
         self.hl7: dict[str, Hl7Destination] = {hl7_key(d): d for d in settings.hl7}
         self.fhir: dict[str, FhirDestination] = {fhir_key(d): d for d in settings.fhir}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("forwarder", self.run_once, interval=self.policy.poll_seconds, log=log,
+                                    error_event="forward_loop_error")
         # A claimed row is leased (renewed before each destination's part of the batch); after
         # this process dies the row is due again for any forwarder once the lease has run out.
         self.lease_seconds = self.policy.lease_seconds or max(60.0, self.policy.timeout_seconds * 4 + BATCH_LIMIT * 2)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 15.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception as exc:  # the loop must survive a database or network hiccup
-                log.error("forward_loop_error", error=type(exc).__name__, detail=str(exc)[:300])
-                worked = False
-            if not worked:
-                self._stop.wait(self.policy.poll_seconds)
+        self._loop.stop(timeout)
 
     def run_once(self) -> bool:
         """One round over the due rows. Returns False when nothing was due."""
@@ -72,10 +59,11 @@ class Forwarder:
         for item in claimed:
             by_dest[item.destination].append(item)
         for key, items in by_dest.items():
-            if self._stop.is_set():
+            if self._loop.stopping:
                 release(self.db, [i.id for i in items])  # not attempted: due again at the next start
                 continue
-            renew_lease(self.db, [i.id for i in items], self.lease_seconds)  # heartbeat: still ours
+            # heartbeat (still ours) and the in-flight mark, committed before anything is sent
+            renew_lease(self.db, [i.id for i in items], self.lease_seconds, in_flight=True)
             self._forward(key, items)
         return True
 
@@ -87,10 +75,17 @@ class Forwarder:
             results = [ItemResult(i.id, False, None, f"destination {key} is no longer configured") for i in items]
         else:
             calling = dest.calling_ae_title or self.settings.dicom.ae_title
-            results = send_batch(dest, [SendItem(i.id, self.files.path(i.path)) for i in items],
-                                 calling_ae=calling, timeout=self.policy.timeout_seconds)
+            held = self._already_delivered(dest, calling, [i for i in items if i.in_doubt])
+            results = [ItemResult(i.id, True, None) for i in items if i.id in held]
+            results += send_batch(dest, [SendItem(i.id, self.files.path(i.path)) for i in items if i.id not in held],
+                                  calling_ae=calling, timeout=self.policy.timeout_seconds)
         sent = [r.key for r in results if r.ok]
         failures = {r.key: r.error or "failed" for r in results if not r.ok}
+        if dest is not None:  # no definite answer: the destination may hold it; check before resending
+            doubtful = {i.id for i in items if i.in_doubt}
+            for r in results:
+                if not r.ok and r.status is None and (r.key in doubtful or r.error.startswith("no C-STORE response")):
+                    failures[r.key] = IN_DOUBT + failures[r.key].removeprefix(IN_DOUBT)
         mark_sent(self.db, sent)
         dead = mark_failed(self.db, failures, self.policy)
         metrics.FORWARD_ATTEMPTS.labels(key, "success").inc(len(sent))
@@ -105,6 +100,15 @@ class Forwarder:
         for item_id in dead:
             log.warning("forward_dead_letter", destination=key, outbox_id=item_id, kind=by_id[item_id].kind,
                         error=failures[item_id][:200])
+
+    def _already_delivered(self, dest: ForwardDestination, calling: str, in_doubt: list[Claimed]) -> set[int]:
+        """Ids of in-doubt rows the destination already holds (C-FIND): not sent again."""
+        if not in_doubt:
+            return set()
+        held = destination_holds(dest, {i.id: self.files.path(i.path) for i in in_doubt}, calling_ae=calling,
+                                 timeout=self.policy.timeout_seconds)
+        log.info("forward_in_doubt", destination=destination_key(dest), rows=len(in_doubt), already_held=len(held))
+        return held
 
     def _message(self, key: str, item: Claimed) -> ItemResult:
         """One HL7 or FHIR message, built from the stored SR and delivered (ACK AA/CA, or HTTP 2xx)."""

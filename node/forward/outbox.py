@@ -2,7 +2,12 @@
 
 Claiming does not add a state: a claimed row keeps ``pending`` and gets ``next_attempt_at``
 pushed out by a lease, so a forwarder that dies mid-send leaves rows that simply become due
-again (a resend is safe: receivers accept the same SOP Instance UID twice). On PostgreSQL the
+again. Right before a batch is sent its rows are marked ``IN_FLIGHT`` (in ``last_error``); a row
+that is claimed with that mark was being sent by a process that died before recording the answer
+(kill -9 between the destination's Success and our commit). The forwarder asks the destination
+(C-FIND) whether it already holds such an instance before sending it again, so an instance the
+destination acknowledged is not delivered twice; a destination that cannot answer gets it again
+(receivers accept the same SOP Instance UID twice). On PostgreSQL the
 claim uses SELECT ... FOR UPDATE SKIP LOCKED, so several node processes share one outbox; on
 SQLite the in-process writer lock serialises claims.
 """
@@ -28,6 +33,11 @@ from node.db.models import OutboxItem
 from node.store.read import instances_of_study
 
 PENDING, SENT, DEAD = "pending", "sent", "dead"
+# last_error of a row whose batch is being sent right now (replaced by the outcome when recorded)
+IN_FLIGHT = "in flight: sent by a forwarder that has not recorded the answer yet"
+# prefix of last_error when an attempt failed without a definite answer (no response, association
+# lost after sending, or an in-doubt row whose check could not be made): still in doubt
+IN_DOUBT = "in doubt: "
 
 
 def destination_key(dest: ForwardDestination) -> str:
@@ -61,6 +71,7 @@ class Claimed:
     path: str
     attempts: int
     created_at: datetime
+    in_doubt: bool = False  # the last process sending it died before recording the answer
 
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> int:
@@ -152,7 +163,8 @@ def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime |
         for item in items:
             item.next_attempt_at = lease_until
         return [Claimed(i.id, i.destination, i.kind, i.study_instance_uid, i.sop_instance_uid, i.path, i.attempts,
-                        _utc(i.created_at)) for i in items]
+                        _utc(i.created_at), i.last_error == IN_FLIGHT or i.last_error.startswith(IN_DOUBT))
+                for i in items]
 
 
 def backoff_seconds(policy: ForwardingSection, attempts_before: int, *, jitter: bool = True) -> float:
@@ -175,15 +187,20 @@ def release(db: Database, ids: Iterable[int], now: datetime | None = None) -> No
             item.next_attempt_at = now
 
 
-def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: datetime | None = None) -> None:
-    """Push the lease of rows this process is about to send (the forwarder's heartbeat)."""
+def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: datetime | None = None, *,
+                in_flight: bool = False) -> None:
+    """Push the lease of rows this process is about to send (the forwarder's heartbeat); with
+    ``in_flight`` also mark them IN_FLIGHT (committed before the first byte goes out)."""
     ids = list(ids)
     if not ids:
         return
     until = (now or _now()) + timedelta(seconds=lease_seconds)
+    values: dict[str, Any] = {"next_attempt_at": until}
+    if in_flight:
+        values["last_error"] = IN_FLIGHT
     with db.write() as session:
         session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == PENDING)
-                        .values(next_attempt_at=until))
+                        .values(**values))
 
 
 def mark_sent(db: Database, ids: Iterable[int], now: datetime | None = None) -> None:
@@ -259,5 +276,6 @@ def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None
         return [i.id for i in items]
 
 
-__all__ = ["Claimed", "DEAD", "PENDING", "SENT", "backoff_seconds", "claim_due", "destination_key",
-           "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "renew_lease", "requeue"]
+__all__ = ["Claimed", "DEAD", "IN_DOUBT", "IN_FLIGHT", "PENDING", "SENT", "backoff_seconds", "claim_due",
+           "destination_key", "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "renew_lease",
+           "requeue"]

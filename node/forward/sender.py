@@ -19,6 +19,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 from pynetdicom import AE
 
 from node.config import ForwardDestination
+from node.dimse.scu_race import keep_responses_for_caller
 from node.dimse.sockets import NODELAY_HANDLER
 from node.dimse.tls import client_tls_args
 
@@ -76,6 +77,7 @@ def send_batch(dest: ForwardDestination, items: Sequence[SendItem], *, calling_a
         tls_args = client_tls_args(dest)
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER],
                              tls_args=tls_args)
+        keep_responses_for_caller(assoc)  # a Success must not be lost to pynetdicom's reactor (resend)
     except Exception as exc:  # e.g. a TLS context that cannot be built
         error = f"association failed: {type(exc).__name__}: {exc}"[:300]
         return [results.get(i.key) or ItemResult(i.key, False, None, error) for i in items]
@@ -121,4 +123,58 @@ def send_batch(dest: ForwardDestination, items: Sequence[SendItem], *, calling_a
     return [results[i.key] for i in items]
 
 
-__all__ = ["ItemResult", "SendItem", "send_batch"]
+def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calling_ae: str,
+                      timeout: float) -> set[int]:
+    """Keys of ``files`` whose SOP Instance UID the destination already holds: a Study Root
+    C-FIND at IMAGE level per file (Study, Series and SOP Instance UID as unique keys).
+
+    Asked only for rows whose earlier sender died before recording the answer. Anything that
+    goes wrong (no association, C-FIND not offered or refused, an unreadable file) counts as
+    "not held": the row is sent again, which receivers tolerate."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+    keys: dict[int, Dataset] = {}
+    for key, path in files.items():
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True,
+                                     specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID = header.StudyInstanceUID
+            query.SeriesInstanceUID = header.SeriesInstanceUID
+            query.SOPInstanceUID = header.SOPInstanceUID
+            keys[key] = query
+        except Exception:  # unreadable here: sent again, and send_batch reports why
+            continue
+    if not keys:
+        return set()
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    try:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER],
+                             tls_args=client_tls_args(dest))
+    except Exception:
+        return set()
+    if not assoc.is_established:
+        return set()
+    keep_responses_for_caller(assoc)
+    held: set[int] = set()
+    try:
+        for key, query in keys.items():
+            for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                if not assoc.is_established or status is None or "Status" not in status:
+                    break
+                if int(status.Status) in (0xFF00, 0xFF01) and identifier is not None \
+                        and str(identifier.get("SOPInstanceUID", "")) == str(query.SOPInstanceUID):
+                    held.add(key)
+    except Exception:  # e.g. C-FIND refused: not held
+        pass
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return held
+
+
+__all__ = ["ItemResult", "SendItem", "destination_holds", "send_batch"]

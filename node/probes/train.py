@@ -97,7 +97,7 @@ def train_probe(settings: Settings, opts: TrainOptions, *,
     from node.embeddings.compute import embed_missing
     from node.embeddings.store import get_embeddings
     from node.evaluate.labels import read_labels
-    from node.evaluate.run import EvaluationError, _gather, _resolve, load_named_profile, model_settings
+    from node.evaluate.run import EvaluationError, _gather, _resolve, load_named_profile
 
     try:
         profile = load_named_profile(settings, opts.profile, None)
@@ -113,7 +113,7 @@ def train_probe(settings: Settings, opts: TrainOptions, *,
     db = Database(settings.database.url)
     try:
         try:
-            model = model_loader(model_settings(settings), cache_dir=Path(settings.node.data_dir) / "cache")
+            model = model_loader(settings.model, cache_dir=Path(settings.node.data_dir) / "cache")
         except ModelUnavailable as exc:
             raise ProbeTrainError(f"the model is needed (missing image embeddings, its weights hash): {exc}") from None
         try:

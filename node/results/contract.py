@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 import dicom_sr
 from dicom_sr import AlgorithmInfo, Code, FindingResult, ImageAssessment, ImageRef, TriageResult
 from node import __version__
-from node.triage.model import ModelIdentity
+from node.triage.model_api import ModelIdentity
 from node.triage.policy import REASON_TEXT, NoAssistReason, StudyDecision
 from node.triage.profiles import FindingSpec, TriageProfile
 

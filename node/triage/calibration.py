@@ -25,7 +25,7 @@ def configured_weights_sha256(settings: Settings) -> str | None:
     """The weights hash of a local ``model.path`` (cached; no model load), None for a hub id or no files."""
     if not settings.model.path:
         return None
-    from node.triage.model import weights_sha256
+    from node.triage.weights import weights_sha256
 
     try:
         return weights_sha256(Path(settings.model.path), Path(settings.node.data_dir) / "cache")

@@ -1,7 +1,8 @@
 """Loading MedSigLIP and turning prompts and preprocessed images into L2-normalised embeddings.
 
-The model is loaded with ``AutoModel`` / ``AutoProcessor`` from a local folder or a hub id
-(:class:`ModelSettings`). Any problem while loading -- no network in offline mode, a gated repo
+The model is loaded with ``AutoModel`` / ``AutoProcessor`` from a local folder or a hub id, as
+the ``[model]`` table of the config says (:class:`node.config.ModelSection`, passed as it is: no
+mirror of it to drift). Any problem while loading -- no network in offline mode, a gated repo
 without a token, a corrupt or incomplete checkpoint, no CUDA device -- raises
 :class:`ModelUnavailable` with one clear sentence, so the node can start and answer every study
 with a "no AI assessment (model unavailable)" SR instead of crashing.
@@ -27,28 +28,28 @@ start.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from node.config import ModelSection
 from node.triage.hf_quiet import quiet_transformers
+from node.triage.model_api import ModelIdentity
 from node.triage.tiny_model import TEST_MODEL_MARKER
+from node.triage.weights import WEIGHTS_CACHE_FILE, _hub_snapshot, weights_sha256
 
 if TYPE_CHECKING:
     from transformers import SiglipModel  # imported where loaded: transformers is slow to import
 
 __all__ = [
-    "ModelSettings",
     "ModelIdentity",
     "ModelUnavailable",
     "LoadedModel",
@@ -64,120 +65,12 @@ log = logging.getLogger(__name__)
 #: MedSigLIP's text context: 64 tokens, padded to the full length (last-token pooling).
 TEXT_MAX_LENGTH = 64
 
-#: Name of the JSON file (inside ``cache_dir``) that remembers weight hashes.
-WEIGHTS_CACHE_FILE = "weights-sha256.json"
-
-_CHUNK = 1 << 22  # 4 MiB reads when hashing
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """Where the model comes from and how it runs (the ``[model]`` table of the node's config)."""
-
-    id: str = "google/medsiglip-448"
-    path: str | None = None  # a local checkpoint folder; wins over ``id``
-    revision: str | None = None  # hub branch, tag or commit (hub ids only)
-    device: str = "auto"  # auto | cuda | cuda:N | cpu
-    batch_size: int = 32
-    offline: bool = False  # never touch the network (local_files_only)
-    hf_token_env: str = "HF_TOKEN"  # name of the environment variable holding the hub token
-    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
-    timeout_s: float = 60.0  # deadline for one inference call; enforced by the worker
-    image_size: int | None = None  # None: the model's own (vision_config.image_size)
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What an SR needs to name the model exactly (DESIGN rule 7)."""
-
-    model_id: str
-    revision: str
-    weights_sha256: str
-    image_size: int
-    device: str
-    dtype: str
-    is_test_model: bool
-
-
 class ModelUnavailable(RuntimeError):
     """The model could not be loaded or started; the message says why in one sentence."""
-
-
-# --------------------------------------------------------------------------------------------
-# weights hash
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    """The files ``from_pretrained`` loads weights from: ``*.safetensors``, else ``*.bin``."""
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
-    if not files:
-        files = sorted(p for p in folder.glob("*.bin") if p.is_file())
-    return files
-
-
-def _stat_key(files: list[Path]) -> str:
-    entries = []
-    for f in files:
-        st = f.stat()  # follows hub-cache symlinks to the blob
-        entries.append([f.name, str(f.resolve()), st.st_size, st.st_mtime_ns])
-    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-
-
-_memo: dict[str, str] = {}
-_memo_lock = threading.Lock()
-
-
-def weights_sha256(folder: str | Path, cache_dir: str | Path | None = None) -> str:
-    """SHA-256 (hex) of a checkpoint's weight files, read in name order as one stream.
-
-    For a single-file checkpoint this equals ``sha256sum model.safetensors`` (and the hub's LFS
-    oid). The result is cached, keyed by each file's name, resolved path, size and mtime: in
-    memory, and in ``cache_dir/weights-sha256.json`` when ``cache_dir`` is given, so it is
-    computed once per checkpoint, not at every start. Raises ``FileNotFoundError`` when the
-    folder has no weight files.
-    """
-    folder = Path(folder)
-    files = _weight_files(folder)
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors or *.bin weight files in {folder}")
-    key = _stat_key(files)
-    cache_file = Path(cache_dir) / WEIGHTS_CACHE_FILE if cache_dir is not None else None
-    cache: dict[str, Any] = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text(encoding="utf-8"))
-            if not isinstance(cache, dict):
-                cache = {}
-        except (OSError, ValueError):
-            cache = {}
-        hit = cache.get(key)
-        if isinstance(hit, dict) and isinstance(hit.get("sha256"), str):
-            return hit["sha256"]
-
-    with _memo_lock:
-        value = _memo.get(key)
-    if value is None:
-        digest = hashlib.sha256()
-        for f in files:
-            with f.open("rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    digest.update(chunk)
-        value = digest.hexdigest()
-        with _memo_lock:
-            _memo[key] = value
-
-    if cache_file is not None:
-        cache[key] = {"sha256": value, "folder": str(folder.resolve()), "files": [f.name for f in files]}
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(tmp, cache_file)
-        except OSError as exc:  # a read-only data dir only costs a re-hash next time
-            log.warning("cannot write weights hash cache %s: %s", cache_file, exc)
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +124,7 @@ class LoadedModel:
         model: SiglipModel,
         processor: Any,
         identity: ModelIdentity,
-        settings: ModelSettings,
+        settings: ModelSection,
         *,
         logit_scale: float,
         logit_bias: float = 0.0,
@@ -246,7 +139,6 @@ class LoadedModel:
         self.dtype = _DTYPES[identity.dtype]
         self.batch_size = max(1, int(settings.batch_size))
         self._lock = threading.Lock()
-        self._interpolate = False  # set by load_model when image_size differs from the config
         self.oom_retries = 0  # how often a batch was halved after CUDA OOM (for metrics)
 
     @property
@@ -287,8 +179,7 @@ class LoadedModel:
     def _forward_images(self, chunk_uint8: np.ndarray) -> torch.Tensor:
         """One forward of the vision tower: (n, S, S, 3) uint8 -> (n, D) float32, normalised, on the device."""
         px = pixels_on_device(chunk_uint8, self.device, self.dtype)
-        kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
-        feats = _pooled(self.model.get_image_features(pixel_values=px, **kwargs))
+        feats = _pooled(self.model.get_image_features(pixel_values=px))
         return _l2(feats)
 
     def embed_images(self, batch_uint8: np.ndarray) -> torch.Tensor:
@@ -380,25 +271,7 @@ def _dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
-    """The local snapshot folder of a hub checkpoint that from_pretrained just loaded."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(repo_id, "config.json", revision=revision)
-        if isinstance(hit, (str, os.PathLike)):
-            return Path(hit).parent
-    except Exception:  # noqa: BLE001 - fall through to snapshot_download
-        pass
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def remedies(settings: ModelSettings) -> str:
+def remedies(settings: ModelSection) -> str:
     """What a newcomer can do when the model cannot be had (one sentence, in every such message)."""
     return (
         f"Remedies: export {settings.hf_token_env} with a Hugging Face token that has accepted the "
@@ -409,7 +282,7 @@ def remedies(settings: ModelSettings) -> str:
     )
 
 
-def _require_hub(settings: ModelSettings, timeout_s: float = 5.0) -> None:
+def _require_hub(settings: ModelSection, timeout_s: float = 5.0) -> None:
     """Fail fast when the hub endpoint does not answer a TCP connect within ``timeout_s``."""
     import socket
     from urllib.parse import urlsplit
@@ -428,7 +301,7 @@ def _require_hub(settings: ModelSettings, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def _explain(source: str, settings: ModelSettings, exc: BaseException) -> str:
+def _explain(source: str, settings: ModelSection, exc: BaseException) -> str:
     text = _first_line(exc)
     low = str(exc).lower()
     if any(s in low for s in ("401", "403", "gated", "access to model", "restricted", "authenticated")):
@@ -446,7 +319,7 @@ def _explain(source: str, settings: ModelSettings, exc: BaseException) -> str:
     return f"cannot load model {source!r}: {type(exc).__name__}: {text}. {remedies(settings)}"
 
 
-def load_model(settings: ModelSettings, *, cache_dir: str | Path | None = None) -> LoadedModel:
+def load_model(settings: ModelSection, *, cache_dir: str | Path | None = None) -> LoadedModel:
     """Load, place and warm up the model. Raises :class:`ModelUnavailable` on any failure.
 
     ``cache_dir`` (e.g. ``<data_dir>/cache``) keeps the weights hash between starts.
@@ -461,7 +334,7 @@ def load_model(settings: ModelSettings, *, cache_dir: str | Path | None = None) 
         raise ModelUnavailable(f"model start-up failed: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
-def _load(settings: ModelSettings, cache_dir: str | Path | None) -> LoadedModel:
+def _load(settings: ModelSection, cache_dir: str | Path | None) -> LoadedModel:
     try:
         from transformers import AutoModel, AutoProcessor
     except Exception as exc:  # noqa: BLE001
@@ -546,10 +419,7 @@ def _load(settings: ModelSettings, cache_dir: str | Path | None) -> LoadedModel:
         revision = commit or settings.revision or "main"
 
     vision_cfg = getattr(model.config, "vision_config", model.config)
-    native = int(vision_cfg.image_size)
-    image_size = int(settings.image_size or native)
-    if image_size % int(vision_cfg.patch_size):
-        raise ModelUnavailable(f"model.image_size {image_size} is not a multiple of the patch size {vision_cfg.patch_size}")
+    image_size = int(vision_cfg.image_size)  # the model's own input size: preprocessing follows it
 
     with torch.no_grad():
         logit_scale = float(model.logit_scale.detach().float().exp().item())
@@ -577,7 +447,6 @@ def _load(settings: ModelSettings, cache_dir: str | Path | None) -> LoadedModel:
         is_test_model=is_test,
     )
     loaded = LoadedModel(model, processor, identity, settings, logit_scale=logit_scale, logit_bias=logit_bias)
-    loaded._interpolate = image_size != native
 
     # Warm-up: one prompt and one black image through the same code paths as at run time.
     try:

@@ -42,7 +42,7 @@ import torch
 from dicom_sr import PRIORITY_HIGH, PRIORITY_MEDIUM, FindingState
 
 if TYPE_CHECKING:  # pragma: no cover
-    from node.triage.model import LoadedModel
+    from node.triage.model_api import Model
     from node.triage.profiles import FindingSpec, TriageProfile
 
 __all__ = [
@@ -148,7 +148,7 @@ def clear_prompt_cache() -> None:
         _cache.clear()
 
 
-def embed_profile(model: LoadedModel, profile: TriageProfile) -> PromptEmbeddings:
+def embed_profile(model: Model, profile: TriageProfile) -> PromptEmbeddings:
     """Embed all prompts of ``profile`` once (one text forward) and average them per class.
 
     Cached by (model identity, profile version, the prompts themselves), so calling it for every

@@ -3,7 +3,7 @@
 ``build_tiny_siglip(folder)`` writes a complete Hugging Face checkpoint folder -- ``config.json``,
 ``model.safetensors``, a SentencePiece tokenizer (``spiece.model``, trained here on a small
 built-in corpus), the image processor and the processor config -- that loads through the same
-``node.triage.model.load_model(ModelSettings(path=folder))`` code path as google/medsiglip-448.
+``node.triage.model.load_model(ModelSection(path=folder))`` code path as google/medsiglip-448.
 The folder also carries :data:`TEST_MODEL_MARKER`, so the loaded model reports
 ``identity.is_test_model = True`` and SRs / the demo can say that its scores are meaningless.
 

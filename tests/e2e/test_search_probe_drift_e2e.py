@@ -137,11 +137,12 @@ def test_search_like_and_text_match_the_stored_embeddings(archive: Archive, tiny
     assert [r["score"] for r in like] == sorted((r["score"] for r in like), reverse=True) and len(like) == 5
     assert {"sop_instance_uid", "study_instance_uid", "series_instance_uid", "score"} == set(like[0])
 
-    from node.triage.model import ModelSettings, load_model
+    from node.config import ModelSection
+    from node.triage.model import load_model
 
     text = "large left pneumothorax"
     found = json.loads(cli(archive.cfg, "search", "--text", text, "--limit", "10", "--json").stdout)
-    model = load_model(ModelSettings(id="tiny", path=str(tiny_model_dir), device="cpu", offline=True))
+    model = load_model(ModelSection(id="tiny", path=str(tiny_model_dir), device="cpu", offline=True))
     q = model.embed_texts([text])[0].double().numpy()
     direct = {sop: float(v @ q / np.linalg.norm(v)) for sop, v in stored_vectors(archive.cfg).items()}
     best = sorted(direct.items(), key=lambda kv: -kv[1])[:10]

@@ -298,7 +298,7 @@ def test_model_failing_to_load_gives_no_assist_srs_and_a_running_node(
 
     # The node lives on: it answers C-ECHO, its worker thread runs, it still stores.
     assert echoscu(cfg.port) == 0
-    assert node.worker is not None and node.worker._thread is not None and node.worker._thread.is_alive()
+    assert node.worker is not None and node.worker.alive
     audit = [json.loads(line) for line in cfg.audit_path.read_text().splitlines() if line.strip()]
     not_loaded = [e for e in audit if "model not loaded" in json.dumps(e)]
     assert not_loaded, "no model-not-loaded audit line"

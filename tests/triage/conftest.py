@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from node.triage.model import LoadedModel, ModelSettings, load_model
+from node.config import ModelSection
+from node.triage.model import LoadedModel, load_model
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     """The tiny checkpoint loaded by load_model on the CPU (shared: do not modify)."""
     return load_model(
-        ModelSettings(path=str(tiny_model_dir), device="cpu", batch_size=4),
+        ModelSection(path=str(tiny_model_dir), device="cpu", batch_size=4),
         cache_dir=tmp_path_factory.mktemp("model-cache"),
     )
 

@@ -18,7 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from transformers import AutoModel, AutoProcessor
 
-from node.triage.model import LoadedModel, ModelSettings, load_model
+from node.config import ModelSection
+from node.triage.model import LoadedModel, load_model
 from node.triage.policy import decide, domain_probabilities, embed_profile, finding_probabilities
 from node.triage.preprocess import normalise, to_model_input
 from node.triage.profiles import load_profile
@@ -69,7 +70,7 @@ def _studies(size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pipeline_model(tiny_model_dir: Path) -> LoadedModel:
-    return load_model(ModelSettings(path=str(tiny_model_dir), device="cpu", batch_size=3))
+    return load_model(ModelSection(path=str(tiny_model_dir), device="cpu", batch_size=3))
 
 
 def test_pipeline_matches_plain_reference(pipeline_model: LoadedModel, tiny_model_dir: Path):

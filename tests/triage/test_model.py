@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from node.config import ModelSection
 from node.triage.model import (
     TEXT_MAX_LENGTH,
     WEIGHTS_CACHE_FILE,
     LoadedModel,
-    ModelSettings,
     ModelUnavailable,
     load_model,
     weights_sha256,
@@ -57,7 +57,7 @@ def test_tiny_model_is_reproducible(tiny_model_dir: Path, tmp_path: Path):
 
 def test_without_marker_is_not_a_test_model(tiny_model_copy: Path):
     (tiny_model_copy / TEST_MODEL_MARKER).unlink()
-    m = load_model(ModelSettings(path=str(tiny_model_copy), id="google/medsiglip-448", revision="v1"))
+    m = load_model(ModelSection(path=str(tiny_model_copy), id="google/medsiglip-448", revision="v1"))
     assert m.identity.is_test_model is False
     assert m.identity.model_id == "google/medsiglip-448"
     assert m.identity.revision == "v1"
@@ -69,7 +69,7 @@ def test_offline_hub_id_not_cached_is_unavailable_quickly(monkeypatch, tmp_path:
     repo = f"triage-node-tests/not-cached-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
     with pytest.raises(ModelUnavailable) as err:
-        load_model(ModelSettings(id=repo, offline=True))
+        load_model(ModelSection(id=repo, offline=True))
     assert time.monotonic() - t0 < 30
     msg = str(err.value)
     assert repo in msg and "offline" in msg
@@ -79,16 +79,16 @@ def test_offline_hub_id_not_cached_is_unavailable_quickly(monkeypatch, tmp_path:
 
 def test_missing_folder_is_unavailable(tmp_path: Path):
     with pytest.raises(ModelUnavailable, match="not a folder"):
-        load_model(ModelSettings(path=str(tmp_path / "nope")))
+        load_model(ModelSection(path=str(tmp_path / "nope")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelUnavailable, match="config.json"):
-        load_model(ModelSettings(path=str(tmp_path / "empty")))
+        load_model(ModelSection(path=str(tmp_path / "empty")))
 
 
 def test_garbage_weights_are_unavailable(tiny_model_copy: Path):
     (tiny_model_copy / "model.safetensors").write_bytes(os.urandom(4096))
     with pytest.raises(ModelUnavailable) as err:
-        load_model(ModelSettings(path=str(tiny_model_copy)))
+        load_model(ModelSection(path=str(tiny_model_copy)))
     assert str(tiny_model_copy) in str(err.value)
 
 
@@ -100,14 +100,14 @@ def test_incomplete_weights_are_unavailable(tiny_model_copy: Path):
     del tensors[dropped]
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(ModelUnavailable, match="incomplete"):
-        load_model(ModelSettings(path=str(tiny_model_copy)))
+        load_model(ModelSection(path=str(tiny_model_copy)))
 
 
 def test_cuda_requested_without_cuda_is_unavailable(tiny_model_dir: Path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(ModelUnavailable, match="CUDA"):
-        load_model(ModelSettings(path=str(tiny_model_dir), device="cuda"))
+        load_model(ModelSection(path=str(tiny_model_dir), device="cuda"))
 
 
 # --------------------------------------------------------------------------- weights hash
@@ -131,8 +131,8 @@ def test_weights_hash_stable_and_cached(tiny_model_copy: Path, tmp_path: Path):
     assert weights_sha256(tiny_model_copy, cache) == "f" * 64
 
     # Loading twice gives the same identity hash (from the cache).
-    a = load_model(ModelSettings(path=str(tiny_model_copy)), cache_dir=cache)
-    b = load_model(ModelSettings(path=str(tiny_model_copy)), cache_dir=cache)
+    a = load_model(ModelSection(path=str(tiny_model_copy)), cache_dir=cache)
+    b = load_model(ModelSection(path=str(tiny_model_copy)), cache_dir=cache)
     assert a.identity.weights_sha256 == b.identity.weights_sha256 == "f" * 64
 
     # A changed file (new mtime) is hashed again.
@@ -203,7 +203,7 @@ def test_embed_images_rejects_wrong_input(tiny_model: LoadedModel):
 
 
 def test_oom_halves_the_batch(tiny_model_dir: Path):
-    m = load_model(ModelSettings(path=str(tiny_model_dir), batch_size=8))
+    m = load_model(ModelSection(path=str(tiny_model_dir), batch_size=8))
     imgs = _images(7, seed=3)
     expected = m.embed_images(imgs)
     seen: list[int] = []
