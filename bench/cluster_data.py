@@ -41,10 +41,20 @@ def main() -> int:
         study_uid, series_uid = generate_uid(), generate_uid()
         studies.append(study_uid)
         for i in range(a.images):
-            synthetic_image(lanes[n % a.lanes] / f"s{s:04d}_i{i:03d}.dcm", modality="DX",
-                            sop_class=DigitalXRayImageStorageForPresentation, view="PA", body_part="CHEST",
-                            age=40 + s % 40, study_uid=study_uid, patient_id=f"SCALE{s:05d}",
-                            rows=a.size, cols=a.size, number=i + 1, series_uid=series_uid)
+            synthetic_image(
+                lanes[n % a.lanes] / f"s{s:04d}_i{i:03d}.dcm",
+                modality="DX",
+                sop_class=DigitalXRayImageStorageForPresentation,
+                view="PA",
+                body_part="CHEST",
+                age=40 + s % 40,
+                study_uid=study_uid,
+                patient_id=f"SCALE{s:05d}",
+                rows=a.size,
+                cols=a.size,
+                number=i + 1,
+                series_uid=series_uid,
+            )
             n += 1
     (a.out / "manifest.json").write_text(json.dumps({"studies": studies, "instances": n}))
     print(f"{a.studies} studies, {n} instances in {a.lanes} lanes under {a.out}")

@@ -30,7 +30,7 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -85,12 +85,17 @@ def build(root: Path, n: int, seed: int) -> tuple[object, Path]:
     model = SyntheticTextModel()
     prompts = embed_profile(model, profile)  # type: ignore[arg-type]
     rng = np.random.default_rng(seed)
-    settings = Settings.model_validate({
-        "node": {"data_dir": str(root / "data")}, "storage": {"path": str(root / "storage")},
-        "database": {"url": f"sqlite:///{root / 'index.db'}"}, "triage": {"profiles_dir": str(REPO / "config/profiles")},
-        "model": {"path": str(root / "no-model"), "device": "cpu"}})
+    settings = Settings.model_validate(
+        {
+            "node": {"data_dir": str(root / "data")},
+            "storage": {"path": str(root / "storage")},
+            "database": {"url": f"sqlite:///{root / 'index.db'}"},
+            "triage": {"profiles_dir": str(REPO / "config/profiles")},
+            "model": {"path": str(root / "no-model"), "device": "cpu"},
+        }
+    )
     db = Database(settings.database.url)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     keys = [f.key for f in profile.findings]
     prevalence = np.linspace(0.05, 0.30, len(keys))
     labels = (rng.random((n, len(keys))) < prevalence).astype(np.int8)
@@ -128,26 +133,74 @@ def build(root: Path, n: int, seed: int) -> tuple[object, Path]:
         rel = f"{study_uid}/{series_uid}/{sop_uid}.dcm"
         (storage / study_uid / series_uid).mkdir(parents=True, exist_ok=True)
         pydicom.dcmwrite(storage / rel, ds, enforce_file_format=True)
-        patients.append({"id": i + 1, "patient_id": f"P{i}", "issuer": "", "name": "", "birth_date": "", "sex": str(sex[i])})
-        studies.append({"id": i + 1, "study_instance_uid": study_uid, "patient_pk": i + 1, "last_arrival_at": now,
-                        "stability_state": "stable", "instance_count": 1, "modalities": "DX"})
-        series.append({"id": i + 1, "series_instance_uid": series_uid, "study_pk": i + 1, "modality": "DX",
-                       "series_number": 1, "body_part": "CHEST"})
-        instances.append({"id": i + 1, "sop_instance_uid": sop_uid, "series_pk": i + 1,
-                          "sop_class_uid": DigitalXRayImageStorageForPresentation, "instance_number": 1,
-                          "transfer_syntax_uid": ExplicitVRLittleEndian, "size_bytes": 400, "path": rel,
-                          "received_at": now, "calling_ae": "BENCH"})
-        embeddings.append({"sop_instance_uid": sop_uid, "study_instance_uid": study_uid,
-                           "series_instance_uid": series_uid, "weights_sha256": model.identity.weights_sha256,
-                           "preprocessing_version": profile.preprocessing.method, "dim": DIM,
-                           "vector": x[i].astype("<f4").tobytes(), "created_at": now, "patient_sex": str(sex[i]),
-                           "patient_age_years": float(age[i]), "manufacturer": str(maker[i]),
-                           "manufacturer_model": "", "station_name": "", "institution_name": "", "modality": "DX",
-                           "view_position": str(view[i]), "body_part": "CHEST"})
+        patients.append(
+            {"id": i + 1, "patient_id": f"P{i}", "issuer": "", "name": "", "birth_date": "", "sex": str(sex[i])}
+        )
+        studies.append(
+            {
+                "id": i + 1,
+                "study_instance_uid": study_uid,
+                "patient_pk": i + 1,
+                "last_arrival_at": now,
+                "stability_state": "stable",
+                "instance_count": 1,
+                "modalities": "DX",
+            }
+        )
+        series.append(
+            {
+                "id": i + 1,
+                "series_instance_uid": series_uid,
+                "study_pk": i + 1,
+                "modality": "DX",
+                "series_number": 1,
+                "body_part": "CHEST",
+            }
+        )
+        instances.append(
+            {
+                "id": i + 1,
+                "sop_instance_uid": sop_uid,
+                "series_pk": i + 1,
+                "sop_class_uid": DigitalXRayImageStorageForPresentation,
+                "instance_number": 1,
+                "transfer_syntax_uid": ExplicitVRLittleEndian,
+                "size_bytes": 400,
+                "path": rel,
+                "received_at": now,
+                "calling_ae": "BENCH",
+            }
+        )
+        embeddings.append(
+            {
+                "sop_instance_uid": sop_uid,
+                "study_instance_uid": study_uid,
+                "series_instance_uid": series_uid,
+                "weights_sha256": model.identity.weights_sha256,
+                "preprocessing_version": profile.preprocessing.method,
+                "dim": DIM,
+                "vector": x[i].astype("<f4").tobytes(),
+                "created_at": now,
+                "patient_sex": str(sex[i]),
+                "patient_age_years": float(age[i]),
+                "manufacturer": str(maker[i]),
+                "manufacturer_model": "",
+                "station_name": "",
+                "institution_name": "",
+                "modality": "DX",
+                "view_position": str(view[i]),
+                "body_part": "CHEST",
+            }
+        )
         rows.append([study_uid, *[int(v) for v in labels[i]], str(site[i])])
     with db.session() as session, session.begin():
-        for model_cls, values in ((Patient, patients), (Study, studies), (Series, series), (Instance, instances),
-                                  (ImageEmbedding, embeddings)):
+        for model_cls, values in (
+            (Patient, patients),
+            (Study, studies),
+            (Series, series),
+            (Instance, instances),
+            (ImageEmbedding, embeddings),
+        ):
             session.execute(insert(model_cls), values)
     db.dispose()
     labels_path = root / "labels.csv"
@@ -204,6 +257,7 @@ def main() -> int:
                 return inner(*a, **k)
             finally:
                 stages[label] = stages.get(label, 0.0) + time.perf_counter() - t
+
         setattr(module, name, wrapper)
 
     timed(run_module, "_gather", "read DICOM headers, select images (profile)")
@@ -213,8 +267,14 @@ def main() -> int:
     timed(report_module, "write_report", "report.html (matplotlib PNGs)")
 
     model = SyntheticTextModel()
-    opts = EvaluationOptions(labels=labels, out_dir=root / "evaluation", by=["site"], bootstrap=args.bootstrap,
-                             seed=args.seed, progress=False)
+    opts = EvaluationOptions(
+        labels=labels,
+        out_dir=root / "evaluation",
+        by=["site"],
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        progress=False,
+    )
     load_before = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
     metrics = run_evaluation(settings, opts, model_loader=lambda *a, **k: model)
@@ -234,11 +294,15 @@ def main() -> int:
     naive_s = naive_bootstrap(s, y, naive_b, args.seed) * args.bootstrap / naive_b
 
     cpu = platform.processor() or platform.machine()
-    print(f"machine: {os.cpu_count()} cores ({cpu}), torch threads {torch.get_num_threads()}, "
-          f"python {platform.python_version()}; 1-min load average {load_before:.1f} before, "
-          f"{load_after:.1f} after")
-    print(f"cohort: {args.studies} studies x 13 findings, {args.bootstrap} bootstrap resamples, "
-          f"6 subgroup columns (setup {setup_s:.0f} s, not timed)")
+    print(
+        f"machine: {os.cpu_count()} cores ({cpu}), torch threads {torch.get_num_threads()}, "
+        f"python {platform.python_version()}; 1-min load average {load_before:.1f} before, "
+        f"{load_after:.1f} after"
+    )
+    print(
+        f"cohort: {args.studies} studies x 13 findings, {args.bootstrap} bootstrap resamples, "
+        f"6 subgroup columns (setup {setup_s:.0f} s, not timed)"
+    )
     print()
     print(f"{'step':<58} {'seconds':>9}")
     print(f"{'triage-node evaluate, end to end (run_evaluation)':<58} {total_s:>9.1f}")
@@ -246,12 +310,18 @@ def main() -> int:
     for label, seconds in stages.items():
         print(f"{'  ' + label:<58} {seconds:>9.1f}")
     print(f"{'  bootstrap AUROC, 1 finding, count matrices (ours)':<58} {ours_s:>9.2f}")
-    print(f"{'  bootstrap AUROC, 1 finding, roc_auc_score per resample':<58} {naive_s:>9.2f}"
-          + ("  (extrapolated from %d)" % naive_b if naive_b < args.bootstrap else ""))
+    print(
+        f"{'  bootstrap AUROC, 1 finding, roc_auc_score per resample':<58} {naive_s:>9.2f}"
+        + (f"  (extrapolated from {naive_b})" if naive_b < args.bootstrap else "")
+    )
     print(f"{'  ratio sklearn loop / ours':<58} {naive_s / ours_s:>9.1f}x")
     auc = metrics["findings"]["pneumothorax"]
-    print(f"\npneumothorax AUROC {auc['auroc']:.3f} CI {auc['auroc_ci'][0]:.3f}-{auc['auroc_ci'][1]:.3f}; "
-          f"output in {root / 'evaluation'}" if args.keep else "")
+    print(
+        f"\npneumothorax AUROC {auc['auroc']:.3f} CI {auc['auroc_ci'][0]:.3f}-{auc['auroc_ci'][1]:.3f}; "
+        f"output in {root / 'evaluation'}"
+        if args.keep
+        else ""
+    )
     return 0
 
 

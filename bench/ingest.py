@@ -131,8 +131,10 @@ def table(paths: list[str], ours: str = NAME, ref: str = "orthanc") -> str:
             receivers.append(r["receiver"])
         if r["scenario"] not in scenarios:
             scenarios.append(r["scenario"])
-    lines = ["| scenario | receiver | inst/s | MB/s | rxCPU s | wall s | ok | ours/orthanc (inst/s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| scenario | receiver | inst/s | MB/s | rxCPU s | wall s | ok | ours/orthanc (inst/s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for sc in scenarios:
         ref_runs = [r for r in res if r["receiver"] == ref and r["scenario"] == sc and "error" not in r]
         ref_med = _med([r["inst_per_s"] for r in ref_runs])
@@ -150,11 +152,14 @@ def table(paths: list[str], ours: str = NAME, ref: str = "orthanc") -> str:
             lines.append(
                 f"| {sc} | {rc} | {_cell([r['inst_per_s'] for r in good], 0)} | "
                 f"{_cell([r['mb_per_s'] for r in good], 1)} | {_cell([r['receiver_cpu_s'] for r in good], 2)} | "
-                f"{_cell([r['wall_s'] for r in good], 2)} | {nok}/{len(rs)} | {ratio} |")
+                f"{_cell([r['wall_s'] for r in good], 2)} | {nok}/{len(rs)} | {ratio} |"
+            )
     fails = [r for r in res if not r.get("ok")]
     for r in fails:
-        lines.append(f"\nFAIL {r['receiver']}/{r['scenario']} rep{r.get('rep')}: "
-                     f"{r.get('error') or 'stored %s/%s rc %s' % (r.get('stored_instances'), r.get('instances'), r.get('sender_rc'))}")
+        lines.append(
+            f"\nFAIL {r['receiver']}/{r['scenario']} rep{r.get('rep')}: "
+            f"{r.get('error') or 'stored {}/{} rc {}'.format(r.get('stored_instances'), r.get('instances'), r.get('sender_rc'))}"
+        )
     loads = [(r["receiver"], r["scenario"], r.get("rep"), r.get("loadavg_before")) for r in res]
     hi = [x for x in loads if x[3] and float(x[3][0]) > 1.5]
     if hi:
@@ -168,8 +173,7 @@ def _run_bench(cmd: list[str], env: dict[str, str]) -> int:
     stops the receiver it started (bench.py stops receivers in a finally block)."""
     # SIGINT back to default in the child: a job started with `&` inherits SIGINT ignored, and a
     # Python started that way keeps ignoring it (no KeyboardInterrupt, so no cleanup).
-    proc = subprocess.Popen(cmd, env=env, cwd=OUT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(cmd, env=env, cwd=OUT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     stopping = []
 
     def forward(signum, _frame):  # type: ignore[no-untyped-def]
@@ -191,14 +195,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--receivers", default=f"storescp,orthanc,{NAME}",
-                    help=f"bench.py receivers; {NAME} (and --variant names) are ours")
-    ap.add_argument("--node-env", action="append", default=[], metavar="KEY=VAL",
-                    help=f"extra TRIAGE_NODE__* override for {NAME} (diagnostics only; the recorded "
-                         "numbers use none)")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VAL[,KEY=VAL]",
-                    help="an extra receiver of ours with more overrides, e.g. "
-                         "'tn-nofsync:TRIAGE_NODE__STORAGE__FSYNC=false' (add NAME to --receivers)")
+    ap.add_argument(
+        "--receivers",
+        default=f"storescp,orthanc,{NAME}",
+        help=f"bench.py receivers; {NAME} (and --variant names) are ours",
+    )
+    ap.add_argument(
+        "--node-env",
+        action="append",
+        default=[],
+        metavar="KEY=VAL",
+        help=f"extra TRIAGE_NODE__* override for {NAME} (diagnostics only; the recorded numbers use none)",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VAL[,KEY=VAL]",
+        help="an extra receiver of ours with more overrides, e.g. "
+        "'tn-nofsync:TRIAGE_NODE__STORAGE__FSYNC=false' (add NAME to --receivers)",
+    )
     ap.add_argument("--pause", type=float, default=1.0)
     ap.add_argument("--json", default=None, help="raw results (default bench/results/ingest-<time>.json)")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="only print the table of earlier runs")
@@ -224,19 +240,36 @@ def main() -> int:
     for v in a.variant:
         name, _, kvs = v.partition(":")
         ours[name] = list(a.node_env) + [kv for kv in kvs.split(",") if kv]
-    base = [PY, str(BENCH_PY), "run", "--tcp-nodelay", "--reps", "1", "--receivers", a.receivers,
-            "--pause", str(a.pause)]
+    base = [
+        PY,
+        str(BENCH_PY),
+        "run",
+        "--tcp-nodelay",
+        "--reps",
+        "1",
+        "--receivers",
+        a.receivers,
+        "--pause",
+        str(a.pause),
+    ]
     # storescp's default port 11112 is also triage-node's default (and may be in use): keep off it.
     base += ["--receiver-port", f"storescp={STORESCP_PORT}"]
     for i, (name, env) in enumerate(ours.items()):
-        base += ["--receiver-cmd", f"{name}={receiver_cmd(env)}",
-                 "--receiver-port", f"{name}={PORT + i}", "--receiver-aet", f"{name}={AET}",
-                 "--receiver-verify", f"{name}=cmd:{verify_cmd(env)}"]
+        base += [
+            "--receiver-cmd",
+            f"{name}={receiver_cmd(env)}",
+            "--receiver-port",
+            f"{name}={PORT + i}",
+            "--receiver-aet",
+            f"{name}={AET}",
+            "--receiver-verify",
+            f"{name}=cmd:{verify_cmd(env)}",
+        ]
     env = dict(os.environ, PEERBENCH_DIR=str(OUT), PEERBENCH_PYTHON=PY)
     parts_dir = OUT / "results" / f"ingest-{stamp}"
     parts_dir.mkdir(parents=True, exist_ok=True)
     print("+ " + " ".join(shlex.quote(c) for c in base) + " --scenarios SCENARIO --json PART.json", flush=True)
-    print(f"load average before: {open('/proc/loadavg').read().strip()}", flush=True)
+    print(f"load average before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
     # Interleaved: for each repetition and scenario, every receiver back to back (one bench.py
     # call each), so that a burst of load from the neighbours hits all receivers alike.
     merged: dict = {}
@@ -244,7 +277,7 @@ def main() -> int:
     for rep in range(a.reps):
         for sc in a.scenarios.split(","):
             part = parts_dir / f"r{rep}-{sc}.json"
-            rc |= _run_bench(base + ["--scenarios", sc, "--json", str(part)], env)
+            rc |= _run_bench([*base, "--scenarios", sc, "--json", str(part)], env)
             if not part.exists():
                 continue
             with open(part) as f:
@@ -260,7 +293,7 @@ def main() -> int:
                 merged["results"] += run["results"]
             with open(raw, "w") as f:
                 json.dump(merged, f, indent=1)
-    print(f"load average after: {open('/proc/loadavg').read().strip()}", flush=True)
+    print(f"load average after: {Path('/proc/loadavg').read_text().strip()}", flush=True)
     if raw.exists():
         keep.parent.mkdir(parents=True, exist_ok=True)
         # the kept copy is committed: it names no path of this machine

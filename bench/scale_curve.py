@@ -65,16 +65,35 @@ def postgres(work: Path) -> Iterator[str]:
         shutil.chown(folder, "postgres")
         as_pg = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres"],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
-                    "-o", f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} "
-                          "-c max_connections=300", "start"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [*as_pg, str(bindir / "initdb"), "-D", str(folder / "data"), "-A", "trust", "-U", "postgres"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        [
+            *as_pg,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(folder / "data"),
+            "-l",
+            str(folder / "log"),
+            "-w",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={folder} -c max_connections=300",
+            "start",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
     finally:
-        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop"],
-                       check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*as_pg, str(bindir / "pg_ctl"), "-D", str(folder / "data"), "-m", "fast", "-w", "stop"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 def sql(url: str, query: str) -> list[tuple]:  # type: ignore[type-arg]
@@ -95,14 +114,15 @@ def new_database(admin: str, name: str) -> str:
 class Serve:
     """One `triage-node serve` child process with its own config and data dir."""
 
-    def __init__(self, work: Path, name: str, db_url: str, storage: Path, roles: list[str], model: Path,
-                 *, quiet: float = 3600.0) -> None:
+    def __init__(
+        self, work: Path, name: str, db_url: str, storage: Path, roles: list[str], model: Path, *, quiet: float = 3600.0
+    ) -> None:
         self.dir = work / name
         self.dir.mkdir(parents=True)
         self.port = free_port()
         config = f"""
 [node]
-data_dir = "{self.dir / 'data'}"
+data_dir = "{self.dir / "data"}"
 log_level = "warning"
 roles = {json.dumps(roles)}
 [dicom]
@@ -119,13 +139,13 @@ url = "{db_url}"
 quiet_seconds = {quiet}
 tick_seconds = 0.2
 [audit]
-path = "{self.dir / 'data' / 'audit.jsonl'}"
+path = "{self.dir / "data" / "audit.jsonl"}"
 [model]
 path = "{model}"
 device = "cpu"
 offline = true
 [triage]
-profiles_dir = "{REPO / 'config' / 'profiles'}"
+profiles_dir = "{REPO / "config" / "profiles"}"
 poll_seconds = 0.1
 max_jobs_per_batch = 4
 [http]
@@ -136,8 +156,14 @@ enabled = false
         env["OMP_NUM_THREADS"] = "1"
         self.log = self.dir / "serve.log"
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([str(NODE), "serve", "--config", str(self.dir / "node.toml")], cwd=self.dir,
-                                         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [str(NODE), "serve", "--config", str(self.dir / "node.toml")],
+                cwd=self.dir,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait_text(self, path: Path, text: str, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -149,7 +175,7 @@ enabled = false
             time.sleep(0.1)
         raise RuntimeError(f"{self.dir.name}: no {text!r} in {path.name} after {timeout} s")
 
-    def ready(self) -> "Serve":
+    def ready(self) -> Serve:
         self.wait_text(self.log, "Ctrl-C to stop")
         return self
 
@@ -167,9 +193,26 @@ def send_lanes(data: Path, lanes: int, ports: list[int]) -> float:
     """storescu per lane, lane i to ports[i % len(ports)], all at once; returns wall seconds."""
     env = dict(os.environ, TCP_NODELAY="1")
     t0 = time.monotonic()
-    procs = [subprocess.Popen(["storescu", "-aet", CALLING, "-aec", AET, "+sd", "+r", "127.0.0.1",
-                               str(ports[i % len(ports)]), str(data / f"lane{i}")], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(lanes)]
+    procs = [
+        subprocess.Popen(
+            [
+                "storescu",
+                "-aet",
+                CALLING,
+                "-aec",
+                AET,
+                "+sd",
+                "+r",
+                "127.0.0.1",
+                str(ports[i % len(ports)]),
+                str(data / f"lane{i}"),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(lanes)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=900)
         if p.returncode != 0:
@@ -177,8 +220,9 @@ def send_lanes(data: Path, lanes: int, ports: list[int]) -> float:
     return time.monotonic() - t0
 
 
-def ingest_point(work: Path, admin: str, data: Path, n: int, lanes: int, receivers: int, model: Path,
-                 tag: str) -> float:
+def ingest_point(
+    work: Path, admin: str, data: Path, n: int, lanes: int, receivers: int, model: Path, tag: str
+) -> float:
     db = new_database(admin, tag)
     storage = work / tag / "storage"
     procs = [Serve(work / tag, f"rx{i}", db, storage, ["receive"], model) for i in range(receivers)]
@@ -195,8 +239,9 @@ def ingest_point(work: Path, admin: str, data: Path, n: int, lanes: int, receive
     return n / seconds
 
 
-def triage_point(work: Path, admin: str, data: Path, lanes: int, studies: int, workers: int, model: Path,
-                 tag: str) -> float:
+def triage_point(
+    work: Path, admin: str, data: Path, lanes: int, studies: int, workers: int, model: Path, tag: str
+) -> float:
     db = new_database(admin, tag)
     storage = work / tag / "storage"
     rx = Serve(work / tag, "rx", db, storage, ["receive"], model).ready()
@@ -219,7 +264,7 @@ def triage_point(work: Path, admin: str, data: Path, lanes: int, studies: int, w
     finally:
         for p in [*procs, *([timer] if timer else [])]:
             p.stop()
-    (first, last), = sql(db, "SELECT min(queued_at), max(finished_at) FROM triage_job")
+    ((first, last),) = sql(db, "SELECT min(queued_at), max(finished_at) FROM triage_job")
     jobs = sql(db, "SELECT count(*), count(DISTINCT study_instance_uid) FROM triage_job")[0]
     srs = sql(db, "SELECT count(*) FROM series WHERE modality = 'SR'")[0][0]
     if jobs != (studies, studies) or srs != studies:
@@ -245,14 +290,45 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="scale-curve-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)
-        subprocess.run([str(PY), str(REPO / "bench" / "cluster_data.py"), str(work / "ingest"), "--studies",
-                        str(a.studies), "--images", str(a.images), "--lanes", str(a.lanes)], check=True)
-        subprocess.run([str(PY), str(REPO / "bench" / "cluster_data.py"), str(work / "triage"), "--studies",
-                        str(a.triage_studies), "--images", str(a.triage_images), "--lanes", "1"], check=True)
-        subprocess.run([str(PY), "-c", "import sys; from pathlib import Path; "
-                        "from node.triage.tiny_model import build_tiny_siglip; "
-                        "build_tiny_siglip(Path(sys.argv[1]), image_size=64, seed=0)", str(work / "model")],
-                       check=True)
+        subprocess.run(
+            [
+                str(PY),
+                str(REPO / "bench" / "cluster_data.py"),
+                str(work / "ingest"),
+                "--studies",
+                str(a.studies),
+                "--images",
+                str(a.images),
+                "--lanes",
+                str(a.lanes),
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [
+                str(PY),
+                str(REPO / "bench" / "cluster_data.py"),
+                str(work / "triage"),
+                "--studies",
+                str(a.triage_studies),
+                "--images",
+                str(a.triage_images),
+                "--lanes",
+                "1",
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [
+                str(PY),
+                "-c",
+                "import sys; from pathlib import Path; "
+                "from node.triage.tiny_model import build_tiny_siglip; "
+                "build_tiny_siglip(Path(sys.argv[1]), image_size=64, seed=0)",
+                str(work / "model"),
+            ],
+            check=True,
+        )
         n = a.studies * a.images
         rows: list[str] = []
         with postgres(work) as admin:
@@ -260,22 +336,32 @@ def main() -> int:
                 vals, loads = [], []
                 for rep in range(a.reps):
                     loads.append(load())
-                    vals.append(ingest_point(work, admin, work / "ingest", n, a.lanes, r, work / "model",
-                                             f"ingest_r{r}_{rep}"))
+                    vals.append(
+                        ingest_point(work, admin, work / "ingest", n, a.lanes, r, work / "model", f"ingest_r{r}_{rep}")
+                    )
                     print(f"ingest receivers={r} rep={rep}: {vals[-1]:.1f} inst/s (load {loads[-1]:.1f})", flush=True)
-                rows.append(f"| ingest | {r} receiver{'s' if r > 1 else ''} | {statistics.median(vals):.1f} inst/s | "
-                            f"{min(vals):.1f}-{max(vals):.1f} | {min(loads):.1f}-{max(loads):.1f} |")
+                rows.append(
+                    f"| ingest | {r} receiver{'s' if r > 1 else ''} | {statistics.median(vals):.1f} inst/s | "
+                    f"{min(vals):.1f}-{max(vals):.1f} | {min(loads):.1f}-{max(loads):.1f} |"
+                )
             for w in workers:
                 vals, loads = [], []
                 for rep in range(a.reps):
                     loads.append(load())
-                    vals.append(triage_point(work, admin, work / "triage", 1, a.triage_studies, w, work / "model",
-                                             f"triage_w{w}_{rep}"))
+                    vals.append(
+                        triage_point(
+                            work, admin, work / "triage", 1, a.triage_studies, w, work / "model", f"triage_w{w}_{rep}"
+                        )
+                    )
                     print(f"triage workers={w} rep={rep}: {vals[-1]:.2f} images/s (load {loads[-1]:.1f})", flush=True)
-                rows.append(f"| triage | {w} worker{'s' if w > 1 else ''} | {statistics.median(vals):.2f} images/s | "
-                            f"{min(vals):.2f}-{max(vals):.2f} | {min(loads):.1f}-{max(loads):.1f} |")
-    print(f"\ningest: {n} instances (256x256 DX, {a.lanes} storescu associations); triage: "
-          f"{a.triage_studies} studies x {a.triage_images} images, tiny random model on CPU; median of {a.reps}")
+                rows.append(
+                    f"| triage | {w} worker{'s' if w > 1 else ''} | {statistics.median(vals):.2f} images/s | "
+                    f"{min(vals):.2f}-{max(vals):.2f} | {min(loads):.1f}-{max(loads):.1f} |"
+                )
+    print(
+        f"\ningest: {n} instances (256x256 DX, {a.lanes} storescu associations); triage: "
+        f"{a.triage_studies} studies x {a.triage_images} images, tiny random model on CPU; median of {a.reps}"
+    )
     print("| what | processes | median | min-max | load avg (1 min) at start |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.search.index import VectorIndex, ivf_nlist, ivf_nprobe  # noqa: E402
+from node.search.index import VectorIndex, ivf_nlist, ivf_nprobe
 
 DIM = 1152
 CHUNK = 50_000
@@ -70,7 +70,7 @@ def run_size(n: int, queries: np.ndarray, data: Synthetic) -> list[dict]:
     # exact: hold the matrix once (n x 1152 float32), time single queries, keep the truth
     matrix = np.empty((n, DIM), dtype=np.float32)
     for ids, v, _ in data.chunks(n):
-        matrix[ids[0]:ids[0] + len(ids)] = v
+        matrix[ids[0] : ids[0] + len(ids)] = v
     exact = VectorIndex(DIM, exact_max=n + 1)
     exact._matrix, exact._ids = matrix, np.arange(n, dtype=np.int64)  # no copy: the bench has one matrix
     exact._mods = np.full(n, "DX", dtype="<U16")
@@ -103,10 +103,21 @@ def run_size(n: int, queries: np.ndarray, data: Synthetic) -> list[dict]:
     rows = []
     for nprobe, t_ivf, recall in results:
         i50, i95 = percentiles(t_ivf)
-        rows.append({"n": n, "exact_p50_ms": e50, "exact_p95_ms": e95, "ivf_p50_ms": i50, "ivf_p95_ms": i95,
-                     "ivf_recall_at_10": float(np.mean(recall)), "ivf_recall_min": float(np.min(recall)),
-                     "nlist": nlist, "nprobe": nprobe, "default": nprobe == ivf_nprobe(nlist),
-                     "ivf_build_s": build_s})
+        rows.append(
+            {
+                "n": n,
+                "exact_p50_ms": e50,
+                "exact_p95_ms": e95,
+                "ivf_p50_ms": i50,
+                "ivf_p95_ms": i95,
+                "ivf_recall_at_10": float(np.mean(recall)),
+                "ivf_recall_min": float(np.min(recall)),
+                "nlist": nlist,
+                "nprobe": nprobe,
+                "default": nprobe == ivf_nprobe(nlist),
+                "ivf_build_s": build_s,
+            }
+        )
     return rows
 
 
@@ -121,20 +132,26 @@ def main() -> int:
     data = Synthetic()
     queries = Synthetic(seed=0).chunk(10_000, args.queries)  # same centres, a chunk index never stored
     rows = []
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
-          f"omp threads {faiss.omp_get_max_threads()}, dim {DIM}, {args.queries} single queries, k=10")
-    header = (f"{'vectors':>9} | {'exact p50':>9} {'exact p95':>9} | {'ivf p50':>8} {'ivf p95':>8} | "
-              f"{'recall@10':>9} {'min':>5} | {'nlist':>5} {'nprobe':>6} | {'build s':>7} | {'exact/ivf p95':>13}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
+        f"omp threads {faiss.omp_get_max_threads()}, dim {DIM}, {args.queries} single queries, k=10"
+    )
+    header = (
+        f"{'vectors':>9} | {'exact p50':>9} {'exact p95':>9} | {'ivf p50':>8} {'ivf p95':>8} | "
+        f"{'recall@10':>9} {'min':>5} | {'nlist':>5} {'nprobe':>6} | {'build s':>7} | {'exact/ivf p95':>13}"
+    )
     print(header)
     print("-" * len(header))
     for n in (int(s) for s in args.sizes.split(",")):
         for r in run_size(n, queries, data):
             rows.append(r)
-            print(f"{n:>9} | {r['exact_p50_ms']:>7.2f}ms {r['exact_p95_ms']:>7.2f}ms | {r['ivf_p50_ms']:>6.2f}ms "
-                  f"{r['ivf_p95_ms']:>6.2f}ms | {r['ivf_recall_at_10']:>9.3f} {r['ivf_recall_min']:>5.1f} | "
-                  f"{r['nlist']:>5} {r['nprobe']:>6} | {r['ivf_build_s']:>7.1f} | "
-                  f"{r['exact_p95_ms'] / r['ivf_p95_ms']:>12.1f}x" + ("  <- default nprobe" if r["default"] else ""),
-                  flush=True)
+            print(
+                f"{n:>9} | {r['exact_p50_ms']:>7.2f}ms {r['exact_p95_ms']:>7.2f}ms | {r['ivf_p50_ms']:>6.2f}ms "
+                f"{r['ivf_p95_ms']:>6.2f}ms | {r['ivf_recall_at_10']:>9.3f} {r['ivf_recall_min']:>5.1f} | "
+                f"{r['nlist']:>5} {r['nprobe']:>6} | {r['ivf_build_s']:>7.1f} | "
+                f"{r['exact_p95_ms'] / r['ivf_p95_ms']:>12.1f}x" + ("  <- default nprobe" if r["default"] else ""),
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"dim": DIM, "queries": args.queries, "rows": rows}, indent=2) + "\n")
     return 0

@@ -40,10 +40,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from node.config import ModelSection  # noqa: E402
-from node.triage.hf_quiet import quiet_transformers  # noqa: E402
-from node.triage.model import LoadedModel, ModelIdentity  # noqa: E402
-from node.triage.tiny_model import medsiglip_448_config  # noqa: E402
+from node.config import ModelSection
+from node.triage.hf_quiet import quiet_transformers
+from node.triage.model import LoadedModel, ModelIdentity
+from node.triage.tiny_model import medsiglip_448_config
 
 SIZE = 448
 
@@ -144,8 +144,11 @@ def bench_tower(vision, device, dtype, batch_sizes, *, iters, min_seconds, warmu
         if device.type == "cuda":
             row["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         rows.append(row)
-        print(f"  tower {dtype:8s} batch {bs:4d}: {row['images_per_s']:9.2f} img/s  "
-              f"{row['ms_per_image']:9.1f} ms/img  ({len(times)} iters)", flush=True)
+        print(
+            f"  tower {dtype:8s} batch {bs:4d}: {row['images_per_s']:9.2f} img/s  "
+            f"{row['ms_per_image']:9.1f} ms/img  ({len(times)} iters)",
+            flush=True,
+        )
         if lm.oom_retries:
             break
         if device.type == "cuda":
@@ -236,8 +239,14 @@ def bench_baseline(vision, device: torch.device, reps: int) -> dict:
             from transformers import SiglipImageProcessor as Proc
     # google/medsiglip-448's preprocessor_config.json (reference/medsiglip.md section 2.1)
     processor = Proc(
-        do_resize=True, size={"height": SIZE, "width": SIZE}, resample=3, do_rescale=True,
-        rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        do_resize=True,
+        size={"height": SIZE, "width": SIZE},
+        resample=3,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
     )
     vision.to(torch.float32)
     data = _dicom_bytes("dx")
@@ -271,8 +280,11 @@ def bench_baseline(vision, device: torch.device, reps: int) -> dict:
         "model_images_per_s": 1 / model_only,
         "e2e_images_per_s": 1 / e2e,
     }
-    print(f"  baseline: processor {row['preprocess_ms']:.0f} ms, model {row['model_ms']:.0f} ms, "
-          f"e2e {row['e2e_ms']:.0f} ms/img", flush=True)
+    print(
+        f"  baseline: processor {row['preprocess_ms']:.0f} ms, model {row['model_ms']:.0f} ms, "
+        f"e2e {row['e2e_ms']:.0f} ms/img",
+        flush=True,
+    )
     return row
 
 
@@ -325,13 +337,19 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "quick": quick,
     }
-    print(f"# triage bench on {env['device']} (torch {env['torch']}, transformers {env['transformers']}, "
-          f"{env['cpu_threads']} threads)", flush=True)
+    print(
+        f"# triage bench on {env['device']} (torch {env['torch']}, transformers {env['transformers']}, "
+        f"{env['cpu_threads']} threads)",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     vision = build_vision_tower(device)
-    print(f"  built random MedSigLIP-448 vision tower in {time.perf_counter() - t0:.1f} s "
-          f"({sum(p.numel() for p in vision.parameters()) / 1e6:.1f} M params)", flush=True)
+    print(
+        f"  built random MedSigLIP-448 vision tower in {time.perf_counter() - t0:.1f} s "
+        f"({sum(p.numel() for p in vision.parameters()) / 1e6:.1f} M params)",
+        flush=True,
+    )
 
     tower = []
     for dt in dtypes:
@@ -391,22 +409,35 @@ def render(r: dict) -> str:
         else:
             e2e_s = e2e_ratio = ""
         note = " (OOM-halved)" if row.get("oom_halved") else ""
-        lines.append(f"| {row['dtype']} | {row['batch']}{note} | {ips:.2f} | {row['ms_per_image']:.1f} | {ratio} | {e2e_s} | {e2e_ratio} |")
+        lines.append(
+            f"| {row['dtype']} | {row['batch']}{note} | {ips:.2f} | {row['ms_per_image']:.1f} | {ratio} | {e2e_s} | {e2e_ratio} |"
+        )
     if r["preprocess"]:
-        lines += ["", "| preprocessing (CPU, one image at a time) | DICOM bytes | read+decode ms | read+decode+window+pad+resize ms |",
-                  "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "| preprocessing (CPU, one image at a time) | DICOM bytes | read+decode ms | read+decode+window+pad+resize ms |",
+            "|---|---:|---:|---:|",
+        ]
         for p in r["preprocess"]:
-            lines.append(f"| {p['image']} | {p['bytes'] / 1e6:.1f} MB | {p['decode_ms']:.1f} | {p['preprocess_ms']:.1f} |")
+            lines.append(
+                f"| {p['image']} | {p['bytes'] / 1e6:.1f} MB | {p['decode_ms']:.1f} | {p['preprocess_ms']:.1f} |"
+            )
     if base:
-        lines += ["", "| baseline (tutorial recipe, DX) | processor ms | model ms | e2e ms/image | model img/s | e2e img/s |",
-                  "|---|---:|---:|---:|---:|---:|",
-                  f"| {base['recipe']} | {base['preprocess_ms']:.0f} | {base['model_ms']:.0f} | {base['e2e_ms']:.0f} | "
-                  f"{base['model_images_per_s']:.3f} | {base['e2e_images_per_s']:.3f} |"]
+        lines += [
+            "",
+            "| baseline (tutorial recipe, DX) | processor ms | model ms | e2e ms/image | model img/s | e2e img/s |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| {base['recipe']} | {base['preprocess_ms']:.0f} | {base['model_ms']:.0f} | {base['e2e_ms']:.0f} | "
+            f"{base['model_images_per_s']:.3f} | {base['e2e_images_per_s']:.3f} |",
+        ]
     flops = 0.97e12
     best = max((row["images_per_s"] for row in r["vision_tower"] if not row.get("oom")), default=None)
     if best:
-        lines += ["", f"best vision-tower throughput {best:.2f} img/s = {best * flops / 1e12:.2f} TFLOP/s "
-                  f"(at ~0.97 TFLOP per image)"]
+        lines += [
+            "",
+            f"best vision-tower throughput {best:.2f} img/s = {best * flops / 1e12:.2f} TFLOP/s "
+            f"(at ~0.97 TFLOP per image)",
+        ]
     return "\n".join(lines)
 
 

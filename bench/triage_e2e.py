@@ -46,13 +46,20 @@ def main() -> int:
     model = build_tiny_siglip(root / "model")
     port = _free_port()
     env = {
-        "TRIAGE_NODE__NODE__DATA_DIR": str(root / "data"), "TRIAGE_NODE__STORAGE__PATH": str(root / "data/storage"),
-        "TRIAGE_NODE__STORAGE__MIN_FREE_BYTES": "0", "TRIAGE_NODE__DATABASE__URL": f"sqlite:///{root}/data/index.db",
-        "TRIAGE_NODE__AUDIT__PATH": str(root / "data/audit.jsonl"), "TRIAGE_NODE__DICOM__HOST": "127.0.0.1",
-        "TRIAGE_NODE__DICOM__PORT": str(port), "TRIAGE_NODE__DICOM__ALLOWED_PEERS": '["*"]',
-        "TRIAGE_NODE__STABILITY__QUIET_SECONDS": "0.5", "TRIAGE_NODE__STABILITY__TICK_SECONDS": "0.2",
-        "TRIAGE_NODE__TRIAGE__POLL_SECONDS": "0.05", "TRIAGE_NODE__MODEL__PATH": f'"{model}"',
-        "TRIAGE_NODE__MODEL__DEVICE": "cpu", "TRIAGE_NODE__HTTP__ENABLED": "false",
+        "TRIAGE_NODE__NODE__DATA_DIR": str(root / "data"),
+        "TRIAGE_NODE__STORAGE__PATH": str(root / "data/storage"),
+        "TRIAGE_NODE__STORAGE__MIN_FREE_BYTES": "0",
+        "TRIAGE_NODE__DATABASE__URL": f"sqlite:///{root}/data/index.db",
+        "TRIAGE_NODE__AUDIT__PATH": str(root / "data/audit.jsonl"),
+        "TRIAGE_NODE__DICOM__HOST": "127.0.0.1",
+        "TRIAGE_NODE__DICOM__PORT": str(port),
+        "TRIAGE_NODE__DICOM__ALLOWED_PEERS": '["*"]',
+        "TRIAGE_NODE__STABILITY__QUIET_SECONDS": "0.5",
+        "TRIAGE_NODE__STABILITY__TICK_SECONDS": "0.2",
+        "TRIAGE_NODE__TRIAGE__POLL_SECONDS": "0.05",
+        "TRIAGE_NODE__MODEL__PATH": f'"{model}"',
+        "TRIAGE_NODE__MODEL__DEVICE": "cpu",
+        "TRIAGE_NODE__HTTP__ENABLED": "false",
         "TRIAGE_NODE__TRIAGE__PROFILES_DIR": f'"{ROOT / "config/profiles"}"',
     }
     settings = load_settings(None, env)
@@ -63,29 +70,48 @@ def main() -> int:
         for s in range(a.studies):
             study, series = generate_uid(), generate_uid()
             for i in range(a.images):
-                files.append(synthetic_image(root / f"s{s}_{i}.dcm", modality="DX",
-                                             sop_class=DigitalXRayImageStorageForPresentation, view="PA",
-                                             body_part="CHEST", age=50, study_uid=study, patient_id=f"B{s}",
-                                             rows=a.rows, cols=a.cols, number=i + 1, series_uid=series))
+                files.append(
+                    synthetic_image(
+                        root / f"s{s}_{i}.dcm",
+                        modality="DX",
+                        sop_class=DigitalXRayImageStorageForPresentation,
+                        view="PA",
+                        body_part="CHEST",
+                        age=50,
+                        study_uid=study,
+                        patient_id=f"B{s}",
+                        rows=a.rows,
+                        cols=a.cols,
+                        number=i + 1,
+                        series_uid=series,
+                    )
+                )
         # one study at a time, so each job is measured alone (no cross-study batching)
         latencies = []
         for s in range(a.studies):
-            send(files[s * a.images:(s + 1) * a.images], Destination("TRIAGE_NODE", "127.0.0.1", port))
+            send(files[s * a.images : (s + 1) * a.images], Destination("TRIAGE_NODE", "127.0.0.1", port))
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 with node.db.session() as session:
-                    done = session.execute(select(TriageJob).where(TriageJob.state == "done")
-                                           .order_by(TriageJob.id.desc())).scalars().all()
+                    done = (
+                        session.execute(
+                            select(TriageJob).where(TriageJob.state == "done").order_by(TriageJob.id.desc())
+                        )
+                        .scalars()
+                        .all()
+                    )
                 if len(done) > s:
                     job = done[0]
                     latencies.append((job.finished_at - job.queued_at).total_seconds())
                     break
                 time.sleep(0.02)
-        print(f"| studies | images/study | image size | stable->SR stored median s | p90 s | min s |")
+        print("| studies | images/study | image size | stable->SR stored median s | p90 s | min s |")
         print("|---:|---:|---|---:|---:|---:|")
         q = sorted(latencies)
-        print(f"| {len(q)} | {a.images} | {a.rows}x{a.cols} uint16 | {statistics.median(q):.3f} | "
-              f"{q[int(0.9 * (len(q) - 1))]:.3f} | {q[0]:.3f} |")
+        print(
+            f"| {len(q)} | {a.images} | {a.rows}x{a.cols} uint16 | {statistics.median(q):.3f} | "
+            f"{q[int(0.9 * (len(q) - 1))]:.3f} | {q[0]:.3f} |"
+        )
         print("(tiny random SigLIP; add bench/triage.py's per-image model time for MedSigLIP-448)")
     finally:
         node.stop()

@@ -215,9 +215,7 @@ def _image_group(
     """One image given to the model: its domain score, whether it was evaluated, its preprocessing."""
     measurements = None
     if assessment.domain_score is not None:
-        measurements = [
-            hd.sr.Measurement(name=codes.DOMAIN_SCORE, value=assessment.domain_score, unit=codes.NO_UNITS)
-        ]
+        measurements = [hd.sr.Measurement(name=codes.DOMAIN_SCORE, value=assessment.domain_score, unit=codes.NO_UNITS)]
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(
             uid=_uid_from_name("image", sop_instance_uid, assessment.image.sop_instance_uid),
@@ -284,9 +282,7 @@ def _library_images(evidence: Sequence[Dataset]) -> list[Dataset]:
     return usable
 
 
-def _air_equipment_item(
-    algorithm: AlgorithmInfo, manufacturer: str, when: _dt.datetime
-) -> Dataset:
+def _air_equipment_item(algorithm: AlgorithmInfo, manufacturer: str, when: _dt.datetime) -> Dataset:
     """The algorithm as IHE AIR Rev 1.1 section 6.5.3.1 wants it in Contributing Equipment."""
     purpose = Dataset()
     purpose.CodeValue = codes.AIR_PROCESSING_ALGORITHM.value

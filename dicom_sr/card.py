@@ -26,9 +26,11 @@ from .result import PRIORITY_HIGH, FindingResult, FindingState, TriageResult
 WIDTH, HEIGHT = 1024, 768
 THUMB = 320
 BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
-STATE_TEXT = {FindingState.PRESENT: "present (above threshold)",
-              FindingState.NOT_DETECTED: "not detected by the model",
-              FindingState.INDETERMINATE: "indeterminate"}
+STATE_TEXT = {
+    FindingState.PRESENT: "present (above threshold)",
+    FindingState.NOT_DETECTED: "not detected by the model",
+    FindingState.INDETERMINATE: "indeterminate",
+}
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
 
@@ -65,8 +67,11 @@ def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
         f"Software: {alg.name} {alg.version}",
         f"Full result: DICOM SR {sr_sop_instance_uid}",
     )
-    warning = ("TEST MODEL: random weights, the scores are noise and mean nothing" if alg.is_test_model
-               else "A negative result means 'not detected by the model', never 'normal'.")
+    warning = (
+        "TEST MODEL: random weights, the scores are noise and mean nothing"
+        if alg.is_test_model
+        else "A negative result means 'not detected by the model', never 'normal'."
+    )
     return CardText("AI triage summary", priority, findings, provenance, warning)
 
 
@@ -74,16 +79,19 @@ def _finding_line(f: FindingResult) -> str:
     band = ""
     if f.band_low is not None and f.band_high is not None:
         band = f", indeterminate {f.band_low:.3f}-{f.band_high:.3f}"
-    return (f"{f.finding.meaning}: {STATE_TEXT.get(f.state, str(f.state))}; score {f.score:.3f}, "
-            f"threshold {f.threshold:.3f}{band}{'; urgent' if f.urgent else ''}")
+    return (
+        f"{f.finding.meaning}: {STATE_TEXT.get(f.state, str(f.state))}; score {f.score:.3f}, "
+        f"threshold {f.threshold:.3f}{band}{'; urgent' if f.urgent else ''}"
+    )
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
-          width: int) -> list[str]:
+def _wrap(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int
+) -> list[str]:
     words, lines, line = text.split(), [], ""
     for word in words:
         trial = f"{line} {word}".strip()
@@ -96,8 +104,11 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | I
 
 
 _ORDER = {FindingState.PRESENT: 0, FindingState.INDETERMINATE: 1, FindingState.NOT_DETECTED: 2}
-_SHORT_STATE = {FindingState.PRESENT: "present", FindingState.NOT_DETECTED: "not detected",
-                FindingState.INDETERMINATE: "indeterminate"}
+_SHORT_STATE = {
+    FindingState.PRESENT: "present",
+    FindingState.NOT_DETECTED: "not detected",
+    FindingState.INDETERMINATE: "indeterminate",
+}
 #: x of each table column: finding, model says, score, threshold, indeterminate band, urgent
 _COLUMNS = (24, 262, 384, 448, 522, 618)
 
@@ -134,11 +145,20 @@ def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.nd
             draw.text((x, y), head, font=tiny, fill=(150, 150, 170))
         y += row_h
         for f in findings:
-            tint = (255, 150, 120) if f.state is FindingState.PRESENT else (
-                (240, 210, 120) if f.state is FindingState.INDETERMINATE else (200, 200, 210))
+            tint = (
+                (255, 150, 120)
+                if f.state is FindingState.PRESENT
+                else ((240, 210, 120) if f.state is FindingState.INDETERMINATE else (200, 200, 210))
+            )
             band = f"{f.band_low:.2f}-{f.band_high:.2f}" if getattr(f, "band_low", None) is not None else "-"
-            cells = (_fit(draw, f.finding.meaning, small, _COLUMNS[1] - _COLUMNS[0] - 8), _SHORT_STATE[f.state],
-                     f"{f.score:.3f}", f"{f.threshold:.2f}", band, "yes" if f.urgent else "")
+            cells = (
+                _fit(draw, f.finding.meaning, small, _COLUMNS[1] - _COLUMNS[0] - 8),
+                _SHORT_STATE[f.state],
+                f"{f.score:.3f}",
+                f"{f.threshold:.2f}",
+                band,
+                "yes" if f.urgent else "",
+            )
             for x, cell in zip(_COLUMNS, cells, strict=True):
                 draw.text((x, y), cell, font=small, fill=tint)
             y += row_h
@@ -152,25 +172,47 @@ def render_card(result: TriageResult, sr_sop_instance_uid: str, thumbnail: np.nd
     if thumbnail is not None:
         thumb = Image.fromarray(thumbnail).convert("RGB").resize((THUMB, THUMB), Image.Resampling.BILINEAR)
         img.paste(thumb, box)
-        draw.text((box[0], box[1] + THUMB + 6), "evaluated image, as the model saw it", font=tiny,
-                  fill=(170, 170, 190))
+        draw.text((box[0], box[1] + THUMB + 6), "evaluated image, as the model saw it", font=tiny, fill=(170, 170, 190))
     else:
         draw.rectangle((box[0], box[1], box[0] + THUMB, box[1] + THUMB), outline=(90, 90, 110))
-        draw.text((box[0] + THUMB // 2, box[1] + THUMB // 2), "no image evaluated", font=small,
-                  fill=(170, 170, 190), anchor="mm")
+        draw.text(
+            (box[0] + THUMB // 2, box[1] + THUMB // 2),
+            "no image evaluated",
+            font=small,
+            fill=(170, 170, 190),
+            anchor="mm",
+        )
     return np.asarray(img, dtype=np.uint8)
 
 
-def build_card_sc(result: TriageResult, study_context: Dataset, pixels: np.ndarray, *, series_instance_uid: str,
-                  series_number: int, sop_instance_uid: str, manufacturer: str, software_versions: str) -> Dataset:
+def build_card_sc(
+    result: TriageResult,
+    study_context: Dataset,
+    pixels: np.ndarray,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    manufacturer: str,
+    software_versions: str,
+) -> Dataset:
     """The card as a Secondary Capture Image Storage instance of the study of ``study_context``."""
     from highdicom.sc import SCImage
 
     sc = SCImage.from_ref_dataset(
-        ref_dataset=study_context, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", patient_orientation=("L", "F"), series_instance_uid=series_instance_uid,
-        series_number=series_number, sop_instance_uid=sop_instance_uid, instance_number=1,
-        manufacturer=manufacturer, transfer_syntax_uid=ExplicitVRLittleEndian)
+        ref_dataset=study_context,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=("L", "F"),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=manufacturer,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
     sc.PatientOrientation = []  # a card has no anatomy (Type 2: present, empty)
     sc.Laterality = ""  # Type 2C that dciodvfy wants present; empty: no paired body part is shown
     sc.SeriesDescription = "AI triage summary card (research use only)"
@@ -194,20 +236,48 @@ def _dates(ds: Dataset) -> None:
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
 
 
-_PATIENT_STUDY = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-                  "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                  "AccessionNumber", "StudyDescription")
+_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+)
 
 
-def build_card_pdf(pdf: bytes, study_context: Dataset, *, series_instance_uid: str, series_number: int,
-                   sop_instance_uid: str, manufacturer: str, software_versions: str) -> Dataset:
+def build_card_pdf(
+    pdf: bytes,
+    study_context: Dataset,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    manufacturer: str,
+    software_versions: str,
+) -> Dataset:
     """The PDF as an Encapsulated PDF Storage instance of the study of ``study_context``."""
     ds = Dataset()
     for keyword in _PATIENT_STUDY:  # Patient and General Study modules, type 2 where absent
         value = study_context.get(keyword)
-        if value is not None or keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                                             "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                                             "AccessionNumber", "StudyInstanceUID"):
+        if value is not None or keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyDate",
+            "StudyTime",
+            "ReferringPhysicianName",
+            "StudyID",
+            "AccessionNumber",
+            "StudyInstanceUID",
+        ):
             setattr(ds, keyword, value if value is not None else "")
     ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
     ds.SOPInstanceUID = sop_instance_uid

@@ -109,9 +109,7 @@ TEST_MODEL = _private("TESTMODEL", "Test model warning")
 
 IMAGING_PROCEDURE = _sct("363679005", "Imaging procedure")
 
-AIR_PROCESSING_ALGORITHM = CodedConcept(
-    value="Newcode1", scheme_designator="99IHE", meaning="Processing Algorithm"
-)
+AIR_PROCESSING_ALGORITHM = CodedConcept(value="Newcode1", scheme_designator="99IHE", meaning="Processing Algorithm")
 
 #: Tracking identifier (TID 4108, human readable part) of the per-study summary group.
 SUMMARY_TRACKING_ID = "AI triage summary"
@@ -122,14 +120,14 @@ IMAGE_TRACKING_ID = "AI triage image"
 def priority_kept_text(sr_sop_instance_uid: str) -> str:
     """The sentence a kept HIGH carries; the reader takes the UID back from its end."""
     return (
-        f"Priority kept HIGH from the earlier assessment {sr_sop_instance_uid}: "
-        "only a person clears a raised priority."
+        f"Priority kept HIGH from the earlier assessment {sr_sop_instance_uid}: only a person clears a raised priority."
     )
+
 
 DISCLAIMER_TEXT = (
     "Research use only. Not for diagnostic use. This report was produced "
     "automatically by a zero-shot AI model and has not been reviewed by a "
-    "clinician. \"Not detected\" means only that the model did not detect the "
+    'clinician. "Not detected" means only that the model did not detect the '
     "finding; it does not mean the finding is absent or that the study is normal."
 )
 
@@ -140,4 +138,3 @@ TEST_MODEL_TEXT = (
 )
 
 TEST_MODEL_SERIES_TAG = "TEST MODEL - SCORES MEANINGLESS"
-

@@ -59,8 +59,9 @@ _ORDER = {FindingState.PRESENT: 0, FindingState.INDETERMINATE: 1, FindingState.N
 
 
 def _concept(finding: FindingResult) -> CodedConcept:
-    return CodedConcept(value=finding.finding.value, scheme_designator=finding.finding.scheme,
-                        meaning=finding.finding.meaning)
+    return CodedConcept(
+        value=finding.finding.value, scheme_designator=finding.finding.scheme, meaning=finding.finding.meaning
+    )
 
 
 def _label(result: TriageResult, findings: Sequence[FindingResult]) -> str:
@@ -69,8 +70,9 @@ def _label(result: TriageResult, findings: Sequence[FindingResult]) -> str:
         reason = result.no_assist_reason
         text = f"No AI assessment ({reason.meaning})" if reason else "No AI assessment"
     else:
-        text = f"AI triage {result.priority}: " + (", ".join(present) + " present" if present
-                                                   else "nothing above threshold")
+        text = f"AI triage {result.priority}: " + (
+            ", ".join(present) + " present" if present else "nothing above threshold"
+        )
     return text if len(text) <= 64 else text[:61] + "..."
 
 
@@ -82,29 +84,37 @@ def _group(
     algorithm_id: AlgorithmIdentification,
     sop_instance_uid: str,
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
-    region = ImageRegion(graphic_type=GraphicTypeValues.POLYLINE, graphic_data=outline,
-                         source_image=SourceImageForRegion(referenced_sop_class_uid=image.SOPClassUID,
-                                                           referenced_sop_instance_uid=image.SOPInstanceUID))
+    region = ImageRegion(
+        graphic_type=GraphicTypeValues.POLYLINE,
+        graphic_data=outline,
+        source_image=SourceImageForRegion(
+            referenced_sop_class_uid=image.SOPClassUID, referenced_sop_instance_uid=image.SOPInstanceUID
+        ),
+    )
     ordered = sorted(findings, key=lambda f: (_ORDER[f.state], -f.score))
     # Viewers draw these groups as labels on the image. A no-assist result offers no assessment,
     # so its label says so and carries no per-finding numbers or states there (they stay in the
     # study-level finding groups, for the audit of the decision: rule 6 / issue 7).
     shown = ordered if result.assist else []
     return PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=_uid(sop_instance_uid, str(image.SOPInstanceUID)),
-                                               identifier=_label(result, ordered)),
+        tracking_identifier=TrackingIdentifier(
+            uid=_uid(sop_instance_uid, str(image.SOPInstanceUID)), identifier=_label(result, ordered)
+        ),
         referenced_region=region,
         finding_type=codes.AI_ASSESSMENT,
         algorithm_id=algorithm_id,
-        measurements=[hd.sr.Measurement(name=_concept(f), value=round(f.score * 100.0, 2), unit=PERCENT)
-                      for f in shown] or None,
-        qualitative_evaluations=[QualitativeEvaluation(name=_concept(f), value=codes.STATE_CODES[f.state])
-                                 for f in shown] or None,
+        measurements=[hd.sr.Measurement(name=_concept(f), value=round(f.score * 100.0, 2), unit=PERCENT) for f in shown]
+        or None,
+        qualitative_evaluations=[
+            QualitativeEvaluation(name=_concept(f), value=codes.STATE_CODES[f.state]) for f in shown
+        ]
+        or None,
     )
 
 
-def image_level_groups(result: TriageResult, evidence: Sequence[Dataset], algorithm_id: AlgorithmIdentification,
-                       sop_instance_uid: str) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
+def image_level_groups(
+    result: TriageResult, evidence: Sequence[Dataset], algorithm_id: AlgorithmIdentification, sop_instance_uid: str
+) -> list[PlanarROIMeasurementsAndQualitativeEvaluations]:
     """Per image that a finding cites (and that has a pixel grid), one whole-image TID 1410 group with,
     per finding citing it, its score (NUM, percent) and its state (qualitative evaluation); present
     findings first, so a viewer's label starts with what raised the priority."""
@@ -140,8 +150,9 @@ def referenced_request(study_context: Dataset) -> list[Dataset]:
         for number in ("PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest"):
             setattr(item, number, str(study_context.get(number, "") or source.get(number, "") or ""))
         item.RequestedProcedureID = str(source.get("RequestedProcedureID", "") or "")
-        item.RequestedProcedureDescription = str(source.get("RequestedProcedureDescription", "")
-                                                 or study_context.get("StudyDescription", "") or "")
+        item.RequestedProcedureDescription = str(
+            source.get("RequestedProcedureDescription", "") or study_context.get("StudyDescription", "") or ""
+        )
         item.RequestedProcedureCodeSequence = list(source.get("RequestedProcedureCodeSequence", []) or [])
         items.append(item)
     return items

@@ -166,8 +166,7 @@ class ImageAssessment:
         if not isinstance(self.evaluated, bool):
             raise ValueError(f"ImageAssessment.evaluated must be a bool, got {self.evaluated!r}")
         if self.domain_score is not None:
-            object.__setattr__(self, "domain_score",
-                               _probability("ImageAssessment", "domain_score", self.domain_score))
+            object.__setattr__(self, "domain_score", _probability("ImageAssessment", "domain_score", self.domain_score))
         elif self.evaluated:
             raise ValueError("an evaluated image needs its domain score")
 
@@ -243,8 +242,7 @@ class TriageResult:
             raise ValueError(f"TriageResult.assist must be a bool, got {self.assist!r}")
         if self.priority not in ALLOWED_PRIORITIES:
             raise ValueError(
-                f"TriageResult.priority must be HIGH or MEDIUM (the model never lowers "
-                f"priority), got {self.priority!r}"
+                f"TriageResult.priority must be HIGH or MEDIUM (the model never lowers priority), got {self.priority!r}"
             )
         kept = self.priority_kept_from
         if kept is not None:
@@ -258,16 +256,12 @@ class TriageResult:
             if not isinstance(self.no_assist_reason, Code):
                 raise ValueError("a no-assist TriageResult needs a coded no_assist_reason")
             if self.priority != PRIORITY_MEDIUM and kept is None:
-                raise ValueError(
-                    "a no-assist TriageResult must leave priority at MEDIUM (or keep an earlier HIGH)"
-                )
+                raise ValueError("a no-assist TriageResult must leave priority at MEDIUM (or keep an earlier HIGH)")
         if self.no_assist_text is not None and not self.no_assist_text.strip():
             raise ValueError("TriageResult.no_assist_text must be None or non-empty")
         urgent_present = any(f.urgent and f.state is FindingState.PRESENT for f in self.findings)
         if self.priority == PRIORITY_HIGH and not (urgent_present or kept is not None):
-            raise ValueError(
-                "priority HIGH needs an urgent finding that is present, or an earlier HIGH that is kept"
-            )
+            raise ValueError("priority HIGH needs an urgent finding that is present, or an earlier HIGH that is kept")
         if urgent_present and self.priority != PRIORITY_HIGH:
             raise ValueError("an urgent finding that is present must raise the priority to HIGH")
         if urgent_present and not self.assist:
@@ -288,9 +282,7 @@ class TriageResult:
         for f in self.findings:
             stray = {ref.sop_instance_uid for ref in f.source_images} - evaluated
             if stray:
-                raise ValueError(
-                    f"finding {f.finding.meaning!r} cites images that were not evaluated: {sorted(stray)}"
-                )
+                raise ValueError(f"finding {f.finding.meaning!r} cites images that were not evaluated: {sorted(stray)}")
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,7 @@ def run_dciodvfy(path: str | Path, timeout: float = 60.0) -> DciodvfyReport:
     binary = shutil.which("dciodvfy")
     if binary is None:
         raise FileNotFoundError("dciodvfy (dicom3tools) is not installed")
-    proc = subprocess.run(
-        [binary, str(path)], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    proc = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=timeout, check=False)
     output = proc.stdout + proc.stderr
     lines = [line.strip() for line in output.splitlines()]
     errors = tuple(line for line in lines if line.startswith(("Error", "Abort")))

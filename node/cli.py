@@ -37,8 +37,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
     else:
-        print(f"studies    {status['studies']} ({status['studies_receiving']} receiving, "
-              f"{status['studies_stable']} stable)")
+        print(
+            f"studies    {status['studies']} ({status['studies_receiving']} receiving, "
+            f"{status['studies_stable']} stable)"
+        )
         print(f"series     {status['series']}")
         print(f"instances  {status['instances']} ({status['bytes'] / 1e6:.1f} MB)")
         print("jobs       " + ", ".join(f"{k} {v}" for k, v in status["jobs"].items()))
@@ -65,9 +67,11 @@ def cmd_worklist(args: argparse.Namespace) -> int:
             why.append("raised by AI" + (", kept" if item["priority_kept"] else ""))
         if item["order_priority"]:
             why.append(f"order {item['order_priority']}")
-        print(f"{item['priority']:<6} {item['study_instance_uid']}  {what}"
-              + (f"; flagged: {', '.join(present)}" if present else "")
-              + (f" [{'; '.join(why)}]" if why else ""))
+        print(
+            f"{item['priority']:<6} {item['study_instance_uid']}  {what}"
+            + (f"; flagged: {', '.join(present)}" if present else "")
+            + (f" [{'; '.join(why)}]" if why else "")
+        )
     return 0
 
 
@@ -88,18 +92,33 @@ def cmd_worklist_clear(args: argparse.Namespace) -> int:
         print(f"triage-node: no worklist entry for study {args.study_uid}", file=sys.stderr)
         return 1
     # a person beside the live node: append to its log without taking ownership of it
-    audit = AuditLog(Path(settings.audit.path), db, source_id=settings.audit.source_id, fsync=settings.audit.fsync,
-                     exclusive=False)
+    audit = AuditLog(
+        Path(settings.audit.path), db, source_id=settings.audit.source_id, fsync=settings.audit.fsync, exclusive=False
+    )
     try:
         audit.record(
-            EventCode.PROCEDURE_RECORD, action="U", outcome=0,
-            outcome_desc=(f"worklist priority raise cleared by {by}: {cleared.priority_before} -> "
-                          f"{cleared.priority_after}" if cleared.changed else
-                          f"worklist clear by {by}: nothing to clear (priority {cleared.priority_after})"),
+            EventCode.PROCEDURE_RECORD,
+            action="U",
+            outcome=0,
+            outcome_desc=(
+                f"worklist priority raise cleared by {by}: {cleared.priority_before} -> {cleared.priority_after}"
+                if cleared.changed
+                else f"worklist clear by {by}: nothing to clear (priority {cleared.priority_after})"
+            ),
             participants=[Participant(user_id=by, role="requestor", is_requestor=True)],
-            objects=[AuditObject(type="study", id=cleared.study_instance_uid, details={
-                "reason": reason, "cleared_raise": cleared.raised_by_sr_uid,
-                "priority_before": cleared.priority_before, "priority_after": cleared.priority_after})])
+            objects=[
+                AuditObject(
+                    type="study",
+                    id=cleared.study_instance_uid,
+                    details={
+                        "reason": reason,
+                        "cleared_raise": cleared.raised_by_sr_uid,
+                        "priority_before": cleared.priority_before,
+                        "priority_after": cleared.priority_after,
+                    },
+                )
+            ],
+        )
     finally:
         audit.close()
     if cleared.changed:
@@ -119,8 +138,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         if args.retry is not None and not ids:
             print(f"outbox item {args.retry} is not a dead letter", file=sys.stderr)
             return 1
-        print(f"requeued {len(ids)} dead letter(s)" + (f": {', '.join(map(str, ids))}" if ids else ""),
-              file=sys.stderr if args.json else sys.stdout)
+        print(
+            f"requeued {len(ids)} dead letter(s)" + (f": {', '.join(map(str, ids))}" if ids else ""),
+            file=sys.stderr if args.json else sys.stdout,
+        )
     items = list_items(db)
     if args.json:
         print(json.dumps(items, indent=2))
@@ -129,9 +150,11 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         print("outbox has no pending or dead items")
     for item in items:
         when = f" next {item['next_attempt_at']}" if item["next_attempt_at"] else ""
-        print(f"{item['id']:>6} {item['state']:<7} {item['destination']} {item['kind']:<8} "
-              f"{item['sop_instance_uid']} attempts {item['attempts']}{when}"
-              + (f"  last error: {item['last_error']}" if item["last_error"] else ""))
+        print(
+            f"{item['id']:>6} {item['state']:<7} {item['destination']} {item['kind']:<8} "
+            f"{item['sop_instance_uid']} attempts {item['attempts']}{when}"
+            + (f"  last error: {item['last_error']}" if item["last_error"] else "")
+        )
     return 0
 
 
@@ -157,8 +180,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(line, file=sys.stdout if result.ok else sys.stderr)
     if len(results) > 1:
         bad = sum(not r.ok for _, r in results)
-        print(f"{len(results)} audit files checked, {bad} with a problem",
-              file=sys.stdout if not bad else sys.stderr)
+        print(f"{len(results)} audit files checked, {bad} with a problem", file=sys.stdout if not bad else sys.stderr)
     return 0 if all(r.ok for _, r in results) else 1
 
 
@@ -200,14 +222,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from node.embeddings.backfill import BackfillError, backfill
 
     try:
-        summary = backfill(_settings(args), study_uids=args.study or (), all_studies=args.all,
-                           preprocessing=args.preprocessing)
+        summary = backfill(
+            _settings(args), study_uids=args.study or (), all_studies=args.all, preprocessing=args.preprocessing
+        )
     except BackfillError as exc:
         print(f"triage-node embed: {exc}", file=sys.stderr)
         return 2
-    print(f"{summary.studies} studies: {summary.embedded} images embedded now, {summary.already} already kept, "
-          f"{summary.failed} could not be preprocessed, {summary.studies_without_eligible_image} studies without "
-          "an image any profile accepts")
+    print(
+        f"{summary.studies} studies: {summary.embedded} images embedded now, {summary.already} already kept, "
+        f"{summary.failed} could not be preprocessed, {summary.studies_without_eligible_image} studies without "
+        "an image any profile accepts"
+    )
     return 0
 
 
@@ -215,10 +240,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from node.evaluate.run import EvaluationError, EvaluationOptions, run_evaluation
 
     versions = [v.strip() for v in (args.preprocessing or "").split(",") if v.strip()]
-    opts = EvaluationOptions(labels=Path(args.labels), out_dir=Path(args.out), profile=args.profile,
-                             profile_file=Path(args.profile_file) if args.profile_file else None, by=args.by or (),
-                             bootstrap=args.bootstrap, seed=args.seed, target_sensitivity=args.target_sensitivity,
-                             no_embed=args.no_embed, preprocessing=versions)
+    opts = EvaluationOptions(
+        labels=Path(args.labels),
+        out_dir=Path(args.out),
+        profile=args.profile,
+        profile_file=Path(args.profile_file) if args.profile_file else None,
+        by=args.by or (),
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        target_sensitivity=args.target_sensitivity,
+        no_embed=args.no_embed,
+        preprocessing=versions,
+    )
     try:
         metrics = run_evaluation(_settings(args), opts)
     except EvaluationError as exc:
@@ -227,11 +260,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        print(f"{metrics['n_studies']} studies scored (profile {metrics['profile']}, "
-              f"preprocessing {metrics['preprocessing_version']}); report: {Path(args.out) / 'report.html'}")
+        print(
+            f"{metrics['n_studies']} studies scored (profile {metrics['profile']}, "
+            f"preprocessing {metrics['preprocessing_version']}); report: {Path(args.out) / 'report.html'}"
+        )
         for key, m in metrics["findings"].items():
             ci = m["auroc_ci"]
-            auroc = "n/a" if m["auroc"] is None else f"{m['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            auroc = (
+                "n/a" if m["auroc"] is None else f"{m['auroc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            )
             print(f"  {key:<28} n_pos {m['n_pos']:>5}  n_neg {m['n_neg']:>5}  AUROC {auroc}")
     return 0
 
@@ -240,14 +277,22 @@ def cmd_profile_tune(args: argparse.Namespace) -> int:
     from node.evaluate.tune import TuneError, tune_profile
 
     try:
-        result = tune_profile(_settings(args), Path(args.evaluation), args.profile, Path(args.out),
-                              source=Path(args.profile_file) if args.profile_file else None,
-                              preprocessing=args.preprocessing, min_positives=args.min_positives)
+        result = tune_profile(
+            _settings(args),
+            Path(args.evaluation),
+            args.profile,
+            Path(args.out),
+            source=Path(args.profile_file) if args.profile_file else None,
+            preprocessing=args.preprocessing,
+            min_positives=args.min_positives,
+        )
     except TuneError as exc:
         print(f"triage-node profile tune: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {result.path} (evaluation sha256 {result.evaluation_sha256}); tuned: "
-          f"{', '.join(result.tuned) or 'none'}")
+    print(
+        f"wrote {result.path} (evaluation sha256 {result.evaluation_sha256}); tuned: "
+        f"{', '.join(result.tuned) or 'none'}"
+    )
     for key, why in result.kept:
         print(f"  WARNING {key}: old threshold and band kept: {why}", file=sys.stderr)
     return 0
@@ -274,9 +319,17 @@ def cmd_search(args: argparse.Namespace) -> int:
                 return 2
         weights = model.identity.weights_sha256 if model is not None else current_weights_sha256(settings, db)
         indexes = SearchIndexes(db, Path(settings.node.data_dir), settings.search, persist=False)
-        results = run_search(indexes, weights=weights, preprocessings=profile_preprocessing_versions(settings),
-                             text=args.text, like=args.like, limit=args.limit, max_limit=settings.search.max_limit,
-                             modality=args.modality, model=model)
+        results = run_search(
+            indexes,
+            weights=weights,
+            preprocessings=profile_preprocessing_versions(settings),
+            text=args.text,
+            like=args.like,
+            limit=args.limit,
+            max_limit=settings.search.max_limit,
+            modality=args.modality,
+            model=model,
+        )
     except SearchError as exc:
         print(f"triage-node search: {exc}", file=sys.stderr)
         return 2
@@ -295,8 +348,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_probe_train(args: argparse.Namespace) -> int:
     from node.probes.train import ProbeTrainError, TrainOptions, train_probe
 
-    opts = TrainOptions(labels=Path(args.labels), finding=args.finding, out=Path(args.out) if args.out else None,
-                        profile=args.profile, c=args.C, folds=args.folds, bootstrap=args.bootstrap, seed=args.seed)
+    opts = TrainOptions(
+        labels=Path(args.labels),
+        finding=args.finding,
+        out=Path(args.out) if args.out else None,
+        profile=args.profile,
+        c=args.C,
+        folds=args.folds,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+    )
     try:
         settings = _settings(args)
         oplog.configure(settings.node.log_level)
@@ -308,12 +369,16 @@ def cmd_probe_train(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         lo, hi = summary["cv_auroc_ci"]
-        print(f"{summary['finding']}: {summary['n_pos']} positive, {summary['n_neg']} negative studies; "
-              f"{summary['folds']}-fold CV AUROC {summary['cv_auroc']:.3f} [{lo:.3f}, {hi:.3f}]; "
-              f"wrote {summary['path']} ({summary['probe_version']})")
+        print(
+            f"{summary['finding']}: {summary['n_pos']} positive, {summary['n_neg']} negative studies; "
+            f"{summary['folds']}-fold CV AUROC {summary['cv_auroc']:.3f} [{lo:.3f}, {hi:.3f}]; "
+            f"wrote {summary['path']} ({summary['probe_version']})"
+        )
     if summary["is_test_model"]:
-        print("triage-node probe train: WARNING the model is a random test model: this probe means nothing "
-              "clinically", file=sys.stderr)
+        print(
+            "triage-node probe train: WARNING the model is a random test model: this probe means nothing clinically",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -334,8 +399,12 @@ def cmd_drift(args: argparse.Namespace) -> int:
                 return 2
             frozen = freeze_references(settings, db, weights, versions, args.stream)
             if not frozen:
-                print(f"triage-node drift freeze: no stream {args.stream!r}" if args.stream else
-                      "triage-node drift freeze: no streams yet", file=sys.stderr)
+                print(
+                    f"triage-node drift freeze: no stream {args.stream!r}"
+                    if args.stream
+                    else "triage-node drift freeze: no streams yet",
+                    file=sys.stderr,
+                )
                 return 2
             for key, n in frozen:
                 print(f"froze the reference of {key}: its last {n} images")
@@ -358,8 +427,12 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="triage-node", description=(
-        "DICOM node that keeps studies, triages them with MedSigLIP (research use only) and answers in DICOM."))
+    parser = argparse.ArgumentParser(
+        prog="triage-node",
+        description=(
+            "DICOM node that keeps studies, triages them with MedSigLIP (research use only) and answers in DICOM."
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"triage-node {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -396,8 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = with_config(sub.add_parser("evaluate", help="how well the triage scores separate local labels"))
-    p.add_argument("--labels", required=True, metavar="CSV", help="one row per study: study_instance_uid "
-                   "(or accession_number) and a 1/0/empty column per finding key")
+    p.add_argument(
+        "--labels",
+        required=True,
+        metavar="CSV",
+        help="one row per study: study_instance_uid (or accession_number) and a 1/0/empty column per finding key",
+    )
     p.add_argument("--profile", help="profile name (default: the first of triage.profiles)")
     p.add_argument("--profile-file", metavar="PATH", help="evaluate a candidate profile file instead")
     p.add_argument("--out", default="evaluation", metavar="DIR", help="report.html, metrics.json, scores.csv")
@@ -406,8 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-sensitivity", type=float, default=0.95, help="for urgent findings (default 0.95)")
     p.add_argument("--preprocessing", metavar="A,B", help="preprocessing versions to compare")
-    p.add_argument("--no-embed", action="store_true", help="never run the vision model; name studies lacking "
-                   "embeddings instead")
+    p.add_argument(
+        "--no-embed", action="store_true", help="never run the vision model; name studies lacking embeddings instead"
+    )
     p.add_argument("--json", action="store_true", help="print metrics.json to stdout")
     p.set_defaults(func=cmd_evaluate)
 
@@ -419,18 +497,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-file", metavar="PATH", help="the profile file evaluated (default: from profiles_dir)")
     p.add_argument("--out", required=True, metavar="PATH", help="the new profile file (never the original)")
     p.add_argument("--preprocessing", metavar="VERSION", help="take the results of this preprocessing version")
-    p.add_argument("--min-positives", type=int, default=30,
-                   help="findings with fewer positives keep their old threshold (default 30)")
+    p.add_argument(
+        "--min-positives",
+        type=int,
+        default=30,
+        help="findings with fewer positives keep their old threshold (default 30)",
+    )
     p.set_defaults(func=cmd_profile_tune)
 
     p = with_config(sub.add_parser("search", help="images most like a text or a stored image"))
     query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--text", metavar="QUERY", help="e.g. \"large right pleural effusion\"")
+    query.add_argument("--text", metavar="QUERY", help='e.g. "large right pleural effusion"')
     query.add_argument("--like", metavar="SOP_UID", help="a stored image's SOP Instance UID")
     p.add_argument("--limit", type=int, default=20, help="how many images (default 20)")
     p.add_argument("--modality", metavar="CODE", help="only images of this modality, e.g. DX")
-    p.add_argument("--json", action="store_true", help="a JSON list of {sop_instance_uid, study_instance_uid, "
-                   "series_instance_uid, score}")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON list of {sop_instance_uid, study_instance_uid, series_instance_uid, score}",
+    )
     p.set_defaults(func=cmd_search)
 
     probe = sub.add_parser("probe", help="linear probes on the kept image embeddings")
@@ -448,8 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_probe_train)
 
     p = with_config(sub.add_parser("drift", help="drift per stream: embeddings, scores, no-assist rate, headers"))
-    p.add_argument("--json", action="store_true", help='{"streams": [{"key", "n_reference", "n_recent", '
-                   '"embedding_shift", "p_value", "score_shift", "alert", "reasons", ...}]}')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='{"streams": [{"key", "n_reference", "n_recent", '
+        '"embedding_shift", "p_value", "score_shift", "alert", "reasons", ...}]}',
+    )
     p.set_defaults(func=cmd_drift)
     drift_sub = p.add_subparsers(dest="drift_command")
     q = drift_sub.add_parser("freeze", help="make each stream's last [drift] reference_size images its reference")
@@ -458,20 +547,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("demo", help="the whole path on synthetic studies with a random test model")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the demo's temp folder and its node running for the operator console (Ctrl-C stops)")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's temp folder and its node running for the operator console (Ctrl-C stops)",
+    )
     p.set_defaults(func=cmd_demo)
 
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = with_config(audit_sub.add_parser(
-        "verify", help="check the audit hash chain of every audit file the database names"))
-    verify.add_argument("--this-process", action="store_true",
-                        help="check only this config's audit.path (not the other processes' files)")
+    verify = with_config(
+        audit_sub.add_parser("verify", help="check the audit hash chain of every audit file the database names")
+    )
+    verify.add_argument(
+        "--this-process",
+        action="store_true",
+        help="check only this config's audit.path (not the other processes' files)",
+    )
     verify.set_defaults(func=cmd_audit_verify)
 
-    for name, func, help_text in (("echo", cmd_echo, "C-ECHO a DICOM node"),
-                                  ("send", cmd_send, "C-STORE files or folders to a DICOM node")):
+    for name, func, help_text in (
+        ("echo", cmd_echo, "C-ECHO a DICOM node"),
+        ("send", cmd_send, "C-STORE files or folders to a DICOM node"),
+    ):
         p = sub.add_parser(name, help=help_text)
         if name == "send":
             p.add_argument("paths", nargs="+")

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "TRIAGE_NODE__"
 
 
-
 # the triage profiles that ship with the package (config/profiles in a checkout links here)
 DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent / "triage" / "default_profiles"
+
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the operator (names the key, no traceback)."""
@@ -90,7 +90,7 @@ class TlsSection(_Section):
     handshake_timeout_seconds: float = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
-    def _files(self) -> "TlsSection":
+    def _files(self) -> TlsSection:
         if self.enabled:
             if self.cert_file is None or self.key_file is None:
                 raise ValueError("cert_file and key_file are required when enabled = true")
@@ -213,7 +213,7 @@ class TriageSection(_Section):
         return Path(self.profiles_dir) if self.profiles_dir is not None else DEFAULT_PROFILES_DIR
 
     @model_validator(mode="after")
-    def _lease(self) -> "TriageSection":
+    def _lease(self) -> TriageSection:
         if self.heartbeat_seconds >= self.stale_job_seconds:
             raise ValueError("heartbeat_seconds must be shorter than stale_job_seconds (the lease)")
         return self
@@ -388,7 +388,7 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, str]:
     for name, raw in environ.items():
         if not name.upper().startswith(ENV_PREFIX):
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if not parts:
             continue
         target = data
@@ -409,8 +409,9 @@ def _describe(error: ValidationError, from_env: dict[str, str] | None = None) ->
         msg = item["msg"]
         if item["type"] == "extra_forbidden":
             msg = "unknown key"
-        variable = next((name for dotted, name in (from_env or {}).items()
-                         if key == dotted or key.startswith(dotted + ".")), None)
+        variable = next(
+            (name for dotted, name in (from_env or {}).items() if key == dotted or key.startswith(dotted + ".")), None
+        )
         lines.append(f"  {key}: {msg}" + (f" (set by environment variable {variable})" if variable else ""))
     return "\n".join(lines)
 

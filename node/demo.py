@@ -12,8 +12,8 @@ import secrets
 import shutil
 import signal
 import socket
-import threading
 import tempfile
+import threading
 import time
 from datetime import date
 from pathlib import Path
@@ -46,9 +46,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def synthetic_image(path: Path, *, modality: str, sop_class: str, view: str, body_part: str, age: int,
-                    study_uid: str, patient_id: str, rows: int = 256, cols: int = 256, number: int = 1,
-                    series_uid: str | None = None, photometric: str = "MONOCHROME2") -> Path:
+def synthetic_image(
+    path: Path,
+    *,
+    modality: str,
+    sop_class: str,
+    view: str,
+    body_part: str,
+    age: int,
+    study_uid: str,
+    patient_id: str,
+    rows: int = 256,
+    cols: int = 256,
+    number: int = 1,
+    series_uid: str | None = None,
+    photometric: str = "MONOCHROME2",
+) -> Path:
     """A small but well-formed image with a smooth phantom and noise (seeded by the patient)."""
     rng = np.random.default_rng(abs(hash(patient_id + str(number))) % 2**32)
     yy, xx = np.mgrid[0:rows, 0:cols]
@@ -114,8 +127,14 @@ def demo_studies(folder: Path) -> dict[str, Path]:
         study_uid, series_uid = generate_uid(), generate_uid()
         count = 3 if spec["modality"] == "CT" else 1
         for i in range(count):
-            synthetic_image(d / f"img{i}.dcm", study_uid=study_uid, patient_id=f"DEMO{n}", number=i + 1,
-                            series_uid=series_uid, **spec)
+            synthetic_image(
+                d / f"img{i}.dcm",
+                study_uid=study_uid,
+                patient_id=f"DEMO{n}",
+                number=i + 1,
+                series_uid=series_uid,
+                **spec,
+            )
         out[label] = d
     return out
 
@@ -173,13 +192,16 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
     node = Node(settings)
     node.start()
     try:
-        print(f"[2/4] node TRIAGE_NODE listening on 127.0.0.1:{port}"
-              + (f", data in {root / 'data'}" if keep else ""), flush=True)
+        print(
+            f"[2/4] node TRIAGE_NODE listening on 127.0.0.1:{port}" + (f", data in {root / 'data'}" if keep else ""),
+            flush=True,
+        )
         studies = demo_studies(root / "studies")
         print("[3/4] sending four studies by C-STORE:", flush=True)
         for label, folder in studies.items():
-            results = send(expand_paths([str(folder)]), Destination("TRIAGE_NODE", "127.0.0.1", port),
-                           calling_ae="DEMO_MODALITY")
+            results = send(
+                expand_paths([str(folder)]), Destination("TRIAGE_NODE", "127.0.0.1", port), calling_ae="DEMO_MODALITY"
+            )
             ok = sum(r.status == 0 for r in results)
             print(f"      {label:<24} {ok}/{len(results)} instances acknowledged", flush=True)
         db = Database(settings.database.url)
@@ -200,10 +222,14 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
             path = node.files.path(stored.path)
             result = read_triage_sr(node.files.read(stored.path))
             alg = result.algorithm
-            print(f"- {labels.get(item['study_instance_uid'], '?')}: priority {result.priority}, "
-                  + ("assist" if result.assist else f"NO AI ASSESSMENT ({result.no_assist_text})"))
-            print(f"    model {alg.model_id} (TEST MODEL: {alg.is_test_model}), weights sha256 {alg.weights_sha256[:16]}..., "
-                  f"profile {alg.profile_name} {alg.profile_version}, preprocessing {alg.preprocessing_version}")
+            print(
+                f"- {labels.get(item['study_instance_uid'], '?')}: priority {result.priority}, "
+                + ("assist" if result.assist else f"NO AI ASSESSMENT ({result.no_assist_text})")
+            )
+            print(
+                f"    model {alg.model_id} (TEST MODEL: {alg.is_test_model}), weights sha256 {alg.weights_sha256[:16]}..., "
+                f"profile {alg.profile_name} {alg.profile_version}, preprocessing {alg.preprocessing_version}"
+            )
             for f in result.findings:
                 print(f"    {f.finding.meaning:<28} {f.state.value:<14} score {f.score:.3f} (random model)")
             if keep:
@@ -217,7 +243,9 @@ def run_demo(keep: bool = False, timeout: float = 300.0) -> int:
         node.stop()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-            print("The demo's data (index, SR files, audit log) was deleted; run `triage-node demo --keep` to keep "
-                  "it and look at the files.")
+            print(
+                "The demo's data (index, SR files, audit log) was deleted; run `triage-node demo --keep` to keep "
+                "it and look at the files."
+            )
         else:
             print(f"kept {root} (index.db, storage/ with the SR files, audit.jsonl)")

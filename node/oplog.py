@@ -50,7 +50,7 @@ class _RedactForeign(logging.Filter):
             return True
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken library format string must not kill logging
+        except Exception:
             message = str(record.msg)
         record.msg, record.args = redact(message)[:2000], None
         if record.exc_info and record.exc_info[1] is not None:
@@ -77,24 +77,27 @@ def _handler(level: int) -> logging.Handler:
     handler = _StderrHandler()
     handler.setLevel(level)
     handler.addFilter(_RedactForeign())
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[
-            structlog.stdlib.add_log_level,
-            structlog.stdlib.add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-        ],
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-    ))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
     return handler
 
 
 def _log_uncaught(kind: str, exc_type: type[BaseException], exc: BaseException | None, where: str = "") -> None:
     structlog.get_logger("node.uncaught").error(
-        f"uncaught_exception_in_{kind}", error=exc_type.__name__, detail=redact(str(exc))[:300], where=where)
+        f"uncaught_exception_in_{kind}", error=exc_type.__name__, detail=redact(str(exc))[:300], where=where
+    )
 
 
 def configure(level: str = "info") -> None:
@@ -114,7 +117,8 @@ def configure(level: str = "info") -> None:
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.captureWarnings(True)  # pydicom/highdicom warnings: JSON and redacted, not raw stderr lines
     threading.excepthook = lambda args: _log_uncaught(
-        "thread", args.exc_type, args.exc_value, getattr(args.thread, "name", ""))
+        "thread", args.exc_type, args.exc_value, getattr(args.thread, "name", "")
+    )
     sys.excepthook = lambda exc_type, exc, _tb: _log_uncaught("main", exc_type, exc)
     structlog.configure(
         processors=[

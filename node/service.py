@@ -21,18 +21,18 @@ from typing import IO, TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
 from node.audit.events import APPLICATION_START, APPLICATION_STOP, SOFTWARE_CONFIGURATION
 from node.audit.log import AuditLogBusy
 from node.audit.refusals import RefusalLedger
 from node.config import ConfigError, Settings
 from node.db.engine import Database
-from node import metrics
 from node.oplog import get_logger, study_ref
 from node.stability.tick import queue_stable_studies
 from node.store.files import FileStore
-from node.store.ingest import Ingestor, reindex_file
 from node.store.index import instance_exists
+from node.store.ingest import Ingestor, reindex_file
 
 if TYPE_CHECKING:
     from node.dicomweb.app import HttpServer
@@ -59,8 +59,11 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
-        raise ConfigError(f"node.data_dir: {data_dir} is in use by another triage-node"
-                          + (f" (pid {holder})" if holder else "") + "; nothing was written") from None
+        raise ConfigError(
+            f"node.data_dir: {data_dir} is in use by another triage-node"
+            + (f" (pid {holder})" if holder else "")
+            + "; nothing was written"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
@@ -76,30 +79,41 @@ class Node:
         self.data_dir = Path(settings.node.data_dir)
         self._lock = lock_data_dir(self.data_dir)
         try:
-            self.db = Database(settings.database.url, settings.database.echo,
-                               sqlite_synchronous=settings.database.sqlite_synchronous)
-            self.audit = AuditLog(settings.audit.path, self.db, source_id=settings.audit.source_id,
-                                  fsync=settings.audit.fsync)
+            self.db = Database(
+                settings.database.url, settings.database.echo, sqlite_synchronous=settings.database.sqlite_synchronous
+            )
+            self.audit = AuditLog(
+                settings.audit.path, self.db, source_id=settings.audit.source_id, fsync=settings.audit.fsync
+            )
         except AuditLogBusy as exc:
             self._lock.close()
             raise ConfigError(str(exc)) from None
         except BaseException:
             self._lock.close()
             raise
-        self.refusals = RefusalLedger(self.audit, node_ae=settings.dicom.ae_title,
-                                      window_seconds=REFUSAL_WINDOW_SECONDS)
+        self.refusals = RefusalLedger(
+            self.audit, node_ae=settings.dicom.ae_title, window_seconds=REFUSAL_WINDOW_SECONDS
+        )
         self.roles = settings.node.roles
         self.process_id = settings.node.process_id()
         self.files = FileStore(settings.storage.path, fsync=settings.storage.fsync, owner=self.process_id)
-        self.ingestor = Ingestor(self.db, self.files, max_dataset_bytes=settings.storage.max_dataset_bytes,
-                                 min_free_bytes=settings.storage.min_free_bytes)
+        self.ingestor = Ingestor(
+            self.db,
+            self.files,
+            max_dataset_bytes=settings.storage.max_dataset_bytes,
+            min_free_bytes=settings.storage.min_free_bytes,
+        )
         self.listener: DicomListener | None = None
         if "receive" in self.roles:
             from node.dimse.server import DicomListener  # pynetdicom only where DICOM is served
 
-            self.listener = DicomListener(settings.dicom, self.ingestor, self.audit,
-                                          move_destinations=(*settings.move_destinations, *settings.forward),
-                                          refusals=self.refusals)
+            self.listener = DicomListener(
+                settings.dicom,
+                self.ingestor,
+                self.audit,
+                move_destinations=(*settings.move_destinations, *settings.forward),
+                refusals=self.refusals,
+            )
         self.worker = None
         if settings.triage.enabled and "triage" in self.roles:
             from node.triage.worker import TriageWorker  # torch is imported only when triage is on
@@ -123,9 +137,12 @@ class Node:
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
-        self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=SOFTWARE_CONFIGURATION,
-                          outcome_desc=f"configuration loaded from {self.settings.source}",
-                          participants=[self._me])
+        self.audit.record(
+            EventCode.APPLICATION_ACTIVITY,
+            event_type=SOFTWARE_CONFIGURATION,
+            outcome_desc=f"configuration loaded from {self.settings.source}",
+            participants=[self._me],
+        )
         self.warn_below_floor()
         self.recover()
         if self.listener is not None:
@@ -140,17 +157,41 @@ class Node:
             self.http = HttpServer(self)
             self.http.start()
         if "receive" in self.roles:
-            self.scheduler.add_job(self.refusals.flush, "interval", seconds=REFUSAL_WINDOW_SECONDS,
-                                   id="refusal-summaries", max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                self.refusals.flush,
+                "interval",
+                seconds=REFUSAL_WINDOW_SECONDS,
+                id="refusal-summaries",
+                max_instances=1,
+                coalesce=True,
+            )
         if "http" in self.roles:  # the search index serves GET /search
-            self.scheduler.add_job(self.refresh_search, "interval", seconds=self.settings.search.refresh_seconds,
-                                   id="search", max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                self.refresh_search,
+                "interval",
+                seconds=self.settings.search.refresh_seconds,
+                id="search",
+                max_instances=1,
+                coalesce=True,
+            )
         if "stability" in self.roles:
-            self.scheduler.add_job(self.tick, "interval", seconds=self.settings.stability.tick_seconds,
-                                   id="stability", max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                self.tick,
+                "interval",
+                seconds=self.settings.stability.tick_seconds,
+                id="stability",
+                max_instances=1,
+                coalesce=True,
+            )
             if self.settings.drift.enabled:  # one drift watcher per deployment: the stability role's
-                self.scheduler.add_job(self.drift.run, "interval", seconds=self.settings.drift.interval_seconds,
-                                       id="drift", max_instances=1, coalesce=True)
+                self.scheduler.add_job(
+                    self.drift.run,
+                    "interval",
+                    seconds=self.settings.drift.interval_seconds,
+                    id="drift",
+                    max_instances=1,
+                    coalesce=True,
+                )
             self.tick()  # studies whose quiet period ended while we were down
         self.scheduler.start()
         if self.worker is not None:
@@ -159,8 +200,12 @@ class Node:
         if self.forwarder is not None:
             self.forwarder.start()
         self._write_running_marker()
-        self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_START,
-                          outcome_desc="triage-node started", participants=[self._me])
+        self.audit.record(
+            EventCode.APPLICATION_ACTIVITY,
+            event_type=APPLICATION_START,
+            outcome_desc="triage-node started",
+            participants=[self._me],
+        )
 
     def _write_running_marker(self) -> None:
         """Durably (fsync file and folder): after a power loss its presence is what makes the next
@@ -197,8 +242,12 @@ class Node:
         metrics.STORAGE_FREE_BYTES.set(free)
         metrics.STORAGE_FLOOR_BYTES.set(floor)
         if free < floor:
-            log.warning("storage_below_floor", free_bytes=free, min_free_bytes=floor,
-                        detail="every C-STORE will be refused with 0xA700 until space is freed")
+            log.warning(
+                "storage_below_floor",
+                free_bytes=free,
+                min_free_bytes=floor,
+                detail="every C-STORE will be refused with 0xA700 until space is freed",
+            )
 
     def release(self) -> None:
         """Close the audit log, the database and the data-dir lock (idempotent)."""
@@ -236,18 +285,25 @@ class Node:
             weights, versions = self.embedding_space()
             if weights:
                 self.search.refresh([(weights, v) for v in versions])
-        except Exception as exc:  # noqa: BLE001 - the schedule must survive a database hiccup
+        except Exception as exc:
             log.error("search_refresh_failed", error=type(exc).__name__, detail=str(exc)[:200])
 
     def tick(self) -> None:
         try:
             for job in queue_stable_studies(self.db, self.settings.stability.quiet_seconds):
                 metrics.STUDIES_STABLE.inc()
-                self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome_desc="triage job queued",
-                                  participants=[self._me],
-                                  objects=[AuditObject(type="study", id=job.study_instance_uid,
-                                                       details={"job_id": job.job_id,
-                                                                "instances": job.instance_count})])
+                self.audit.record(
+                    EventCode.APPLICATION_ACTIVITY,
+                    outcome_desc="triage job queued",
+                    participants=[self._me],
+                    objects=[
+                        AuditObject(
+                            type="study",
+                            id=job.study_instance_uid,
+                            details={"job_id": job.job_id, "instances": job.instance_count},
+                        )
+                    ],
+                )
                 log.info("job_queued", job_id=job.job_id, study_ref=study_ref(job.study_instance_uid))
         except Exception as exc:  # the timer must survive a database hiccup
             log.error("stability_tick_failed", error=type(exc).__name__, detail=str(exc)[:200])
@@ -268,8 +324,12 @@ class Node:
         if self.forwarder is not None:
             self.forwarder.stop()
         self.refusals.flush()
-        self.audit.record(EventCode.APPLICATION_ACTIVITY, event_type=APPLICATION_STOP,
-                          outcome_desc="triage-node stopped", participants=[self._me])
+        self.audit.record(
+            EventCode.APPLICATION_ACTIVITY,
+            event_type=APPLICATION_STOP,
+            outcome_desc="triage-node stopped",
+            participants=[self._me],
+        )
         (self.data_dir / RUNNING_MARKER).unlink(missing_ok=True)
         self.release()
 
@@ -278,11 +338,18 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         self.start()
-        head = (f"triage-node listening as {self.settings.dicom.ae_title} on "
-                f"{self.settings.dicom.host}:{self.listener.port}" if self.listener is not None
-                else "triage-node running without a DICOM port")
-        print(head + (f", HTTP on {self.settings.http.host}:{self.http_port}" if self.http else "")
-              + f"; process {self.process_id}, roles: {', '.join(self.roles)}; Ctrl-C to stop", flush=True)
+        head = (
+            f"triage-node listening as {self.settings.dicom.ae_title} on "
+            f"{self.settings.dicom.host}:{self.listener.port}"
+            if self.listener is not None
+            else "triage-node running without a DICOM port"
+        )
+        print(
+            head
+            + (f", HTTP on {self.settings.http.host}:{self.http_port}" if self.http else "")
+            + f"; process {self.process_id}, roles: {', '.join(self.roles)}; Ctrl-C to stop",
+            flush=True,
+        )
         if self.http is not None:
             from node.console import console_url
 

@@ -11,12 +11,12 @@ from node.db.models import Instance, Series, Study, TriageJob
 from node.db.states import JobState, StabilityState
 
 
-
 def node_status(db: Database) -> dict[str, Any]:
     with db.session() as session:
         jobs = dict(session.execute(select(TriageJob.state, func.count()).group_by(TriageJob.state)).all())
-        studies_by_state = dict(session.execute(
-            select(Study.stability_state, func.count()).group_by(Study.stability_state)).all())
+        studies_by_state = dict(
+            session.execute(select(Study.stability_state, func.count()).group_by(Study.stability_state)).all()
+        )
         return {
             "studies": session.scalar(select(func.count()).select_from(Study)) or 0,
             "series": session.scalar(select(func.count()).select_from(Series)) or 0,

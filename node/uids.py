@@ -15,11 +15,7 @@ def is_valid_uid(value: object) -> bool:
     We accept leading zeros in components (``^[0-9]+(\\.[0-9]+)*$``), which PS3.5 forbids but
     real modalities emit; anything else (slashes, dots only, spaces, ``..``) is refused.
     """
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_UID_LENGTH
-        and _LENIENT_UID_RE.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and 0 < len(value) <= MAX_UID_LENGTH and _LENIENT_UID_RE.fullmatch(value) is not None
 
 
 def is_conformant_uid(value: str) -> bool:

@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Node, association, check_store, ct_instance, dataset_bytes  # noqa: E402
-from pydicom.uid import generate_uid  # noqa: E402
+from common import Node, association, check_store, ct_instance, dataset_bytes
+from pydicom.uid import generate_uid
 
 
 def mount_tmpfs(where: Path, size_mb: int) -> None:
@@ -62,16 +62,27 @@ def run_once(workdir: Path, size_mb: int, floor: int) -> dict:  # type: ignore[t
         retry = [int(assoc.send_c_store(ct_instance(study, series, 100_000 + i, size=64)).Status) for i in range(5)]
         assoc.release()
         node.stop()
-        return {"floor_bytes": floor, "sent": number, "statuses": statuses,
-                "acknowledged_before_full": full_report["acknowledged"],
-                "missing_or_different": len(full_report["missing"]) + len(full_report["different"]),
-                "orphan_rows": len(full_report["orphan_rows"]), "orphan_files": len(full_report["orphan_files"]),
-                "temp_files_left": len(full_report["temp_files"]), "freed_bytes": freed,
-                "after_freeing": retry,
-                "ok": (statuses.get("0xA700", 0) >= 20 and not full_report["missing"]
-                       and not full_report["different"] and not full_report["orphan_files"]
-                       and not full_report["orphan_rows"] and not full_report["temp_files"]
-                       and retry == [0] * 5)}
+        return {
+            "floor_bytes": floor,
+            "sent": number,
+            "statuses": statuses,
+            "acknowledged_before_full": full_report["acknowledged"],
+            "missing_or_different": len(full_report["missing"]) + len(full_report["different"]),
+            "orphan_rows": len(full_report["orphan_rows"]),
+            "orphan_files": len(full_report["orphan_files"]),
+            "temp_files_left": len(full_report["temp_files"]),
+            "freed_bytes": freed,
+            "after_freeing": retry,
+            "ok": (
+                statuses.get("0xA700", 0) >= 20
+                and not full_report["missing"]
+                and not full_report["different"]
+                and not full_report["orphan_files"]
+                and not full_report["orphan_rows"]
+                and not full_report["temp_files"]
+                and retry == [0] * 5
+            ),
+        }
     finally:
         subprocess.run(["umount", "-l", str(volume)], check=False)
 
@@ -84,17 +95,21 @@ def main() -> int:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="triage-diskfull-"))
     start = time.monotonic()
-    results = [run_once(workdir / "enospc", args.size_mb, 0),
-               run_once(workdir / "floor", args.size_mb, 2 * 1024 * 1024)]
+    results = [
+        run_once(workdir / "enospc", args.size_mb, 0),
+        run_once(workdir / "floor", args.size_mb, 2 * 1024 * 1024),
+    ]
     seconds = round(time.monotonic() - start, 1)
     if args.json:
         print(json.dumps({"runs": results, "seconds": seconds}, indent=2))
     else:
         for r in results:
-            print(f"floor {r['floor_bytes']:>8} B: sent {r['sent']}, statuses {r['statuses']}, "
-                  f"missing/different {r['missing_or_different']}, orphans {r['orphan_rows']}/{r['orphan_files']}, "
-                  f"temp files {r['temp_files_left']}, after freeing {r['after_freeing']}: "
-                  f"{'ok' if r['ok'] else 'FAILED'}")
+            print(
+                f"floor {r['floor_bytes']:>8} B: sent {r['sent']}, statuses {r['statuses']}, "
+                f"missing/different {r['missing_or_different']}, orphans {r['orphan_rows']}/{r['orphan_files']}, "
+                f"temp files {r['temp_files_left']}, after freeing {r['after_freeing']}: "
+                f"{'ok' if r['ok'] else 'FAILED'}"
+            )
         print(f"seconds {seconds}")
     return 0 if all(r["ok"] for r in results) else 1
 

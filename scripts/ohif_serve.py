@@ -76,8 +76,19 @@ APP_CONFIG = """window.config = {
 """
 mimetypes.add_type("application/wasm", ".wasm")
 mimetypes.add_type("text/javascript", ".js")
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-              "proxy-authenticate", "content-length", "server", "date"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "content-length",
+    "server",
+    "date",
+}
 
 
 def make_handler(dist: Path, node_url: str, token: str | None) -> type[BaseHTTPRequestHandler]:
@@ -156,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.dist / "index.html").is_file():
         print(f"ohif_serve: {args.dist} has no index.html (run scripts/ohif.sh)", file=sys.stderr)
         return 2
-    server = ThreadingHTTPServer((args.host, args.port),
-                                 make_handler(args.dist, args.node.rstrip("/"), os.environ.get(args.token_env)))
+    server = ThreadingHTTPServer(
+        (args.host, args.port), make_handler(args.dist, args.node.rstrip("/"), os.environ.get(args.token_env))
+    )
     print(f"OHIF on http://{args.host}:{server.server_address[1]}/ -> {args.node}", flush=True)
     try:
         server.serve_forever()

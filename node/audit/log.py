@@ -29,7 +29,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +94,9 @@ def _byte_at(f: Any, offset: int) -> bytes:
 class AuditLog:
     """Thread-safe appender. Reopens the existing chain at start (continues seq and hash)."""
 
-    def __init__(self, path: Path, database: Database, *, source_id: str, fsync: bool = True,
-                 exclusive: bool = True) -> None:
+    def __init__(
+        self, path: Path, database: Database, *, source_id: str, fsync: bool = True, exclusive: bool = True
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.database = database
@@ -121,10 +122,13 @@ class AuditLog:
             self._size = os.fstat(self._file.fileno()).st_size
         if torn is not None:
             aside, size = torn
-            self.record(EventCode.APPLICATION_ACTIVITY, outcome=4,
-                        outcome_desc=f"torn last audit line ({size} bytes, a crash mid-write) moved aside "
-                        f"to {aside.name}; the chain continues from seq {self._seq}",
-                        participants=[Participant(user_id=source_id, role="application")])
+            self.record(
+                EventCode.APPLICATION_ACTIVITY,
+                outcome=4,
+                outcome_desc=f"torn last audit line ({size} bytes, a crash mid-write) moved aside "
+                f"to {aside.name}; the chain continues from seq {self._seq}",
+                participants=[Participant(user_id=source_id, role="application")],
+            )
         if anchored:
             self._log.info("audit_line_anchored", seq=self._seq)
 
@@ -149,7 +153,7 @@ class AuditLog:
             complete = size == end + 1  # ends with its newline
         if complete and _parses(last):
             return None
-        aside = self.path.with_name(f"{self.path.name}.torn-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}")
+        aside = self.path.with_name(f"{self.path.name}.torn-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
         with open(aside, "wb") as out:
             out.write(last)
             out.flush()
@@ -177,7 +181,8 @@ class AuditLog:
         """Anchor the file's last line when it is exactly one after the head and links to it."""
         with self.database.session() as session:
             head = session.get(AuditHead, head_key(self.host, self.path)) or session.get(
-                AuditHead, str(self.path.resolve()))
+                AuditHead, str(self.path.resolve())
+            )
             if head is None or head.seq + 1 != self._seq:
                 return False
         with open(self.path, "rb") as f:
@@ -207,7 +212,7 @@ class AuditLog:
                 self._seq, self._prev, self._last_ts = self._read_tail()
             entry: dict[str, Any] = {
                 "seq": self._seq + 1,
-                "ts": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
                 "event_id": {"code": event.code, "system": "DCM", "meaning": event.meaning},
                 "event_type": (
                     {"code": event_type[0], "system": "DCM", "meaning": event_type[1]} if event_type else None
@@ -246,13 +251,22 @@ class AuditLog:
         self._upsert_head(pending_hash=None)
 
     def _upsert_head(self, *, pending_hash: str | None) -> None:
-        values = {"log_path": head_key(self.host, self.path), "seq": self._seq, "hash": self._prev,
-                  "last_ts": self._last_ts, "pending_hash": pending_hash}
+        values = {
+            "log_path": head_key(self.host, self.path),
+            "seq": self._seq,
+            "hash": self._prev,
+            "last_ts": self._last_ts,
+            "pending_hash": pending_hash,
+        }
         with self.database.write() as session:
             insert = sqlite_insert if self.database.is_sqlite else pg_insert
-            session.execute(insert(AuditHead).values(values).on_conflict_do_update(
-                index_elements=["log_path"],
-                set_={k: v for k, v in values.items() if k != "log_path"}))
+            session.execute(
+                insert(AuditHead)
+                .values(values)
+                .on_conflict_do_update(
+                    index_elements=["log_path"], set_={k: v for k, v in values.items() if k != "log_path"}
+                )
+            )
 
     def close(self) -> None:
         with self._lock:

@@ -32,8 +32,7 @@ class _Tally:
 class RefusalLedger:
     """Thread-safe; ``note`` is cheap (a dict update) except for the first of a window."""
 
-    def __init__(self, audit: AuditLog, *, node_ae: str, window_seconds: float = 60.0,
-                 max_clients: int = 1024) -> None:
+    def __init__(self, audit: AuditLog, *, node_ae: str, window_seconds: float = 60.0, max_clients: int = 1024) -> None:
         self.audit = audit
         self.node_ae = node_ae
         self.window_seconds = window_seconds
@@ -49,10 +48,7 @@ class RefusalLedger:
         """
         first = False
         with self._lock:
-            if time.monotonic() - self._window_start >= self.window_seconds:
-                pending = self._take()
-            else:
-                pending = []
+            pending = self._take() if time.monotonic() - self._window_start >= self.window_seconds else []
             key = (kind, client)
             if key not in self._tallies and len(self._tallies) >= self.max_clients:
                 key = (kind, OTHER_CLIENTS)
@@ -88,15 +84,20 @@ class RefusalLedger:
         details = sorted(tally.details) or [tally.first_detail]
         self._write(kind, client, "; ".join(details), tally.count, summary=True)
 
-    def _write(self, kind: str, client: str, detail: str, count: int, *, user: str = "",
-               summary: bool) -> None:
-        desc = (f"{kind}: {count} more refusal(s) from this client in the last window" if summary
-                else f"{kind}: {detail}")
+    def _write(self, kind: str, client: str, detail: str, count: int, *, user: str = "", summary: bool) -> None:
+        desc = (
+            f"{kind}: {count} more refusal(s) from this client in the last window" if summary else f"{kind}: {detail}"
+        )
         self.audit.record(
-            EventCode.SECURITY_ALERT, event_type=ACCESS_CONTROL_DECISION, outcome=MINOR_FAILURE,
+            EventCode.SECURITY_ALERT,
+            event_type=ACCESS_CONTROL_DECISION,
+            outcome=MINOR_FAILURE,
             outcome_desc=desc[:500],
-            participants=[Participant(user_id=user or "unknown", role="source", is_requestor=True,
-                                      network_address=client),
-                          Participant(user_id=self.node_ae, role="destination")],
-            objects=[AuditObject(type="node", id=client, details={"kind": kind, "count": count,
-                                                                  "detail": detail[:500]})])
+            participants=[
+                Participant(user_id=user or "unknown", role="source", is_requestor=True, network_address=client),
+                Participant(user_id=self.node_ae, role="destination"),
+            ],
+            objects=[
+                AuditObject(type="node", id=client, details={"kind": kind, "count": count, "detail": detail[:500]})
+            ],
+        )

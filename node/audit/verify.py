@@ -15,7 +15,6 @@ from pathlib import Path
 from sqlalchemy import select
 
 from node.audit.chain import GENESIS_HASH, entry_hash
-
 from node.db.engine import Database
 from node.db.models import AuditHead
 
@@ -37,7 +36,7 @@ def verify_log(path: Path, database: Database | None, *, key: str | None = None)
     head: AuditHead | None = None
     if database is not None:
         with database.session() as session:
-            for candidate in ([key] if key else [head_key(socket.gethostname(), path), str(path.resolve())]):
+            for candidate in [key] if key else [head_key(socket.gethostname(), path), str(path.resolve())]:
                 head = session.get(AuditHead, candidate)
                 if head is not None:
                     break
@@ -59,43 +58,69 @@ def verify_log(path: Path, database: Database | None, *, key: str | None = None)
                 return VerifyResult(False, count, f"line {number}: not an audit entry", number)
             if entry.get("prev_hash") != prev:
                 return VerifyResult(
-                    False, count, f"line {number} (seq {entry['seq']}): previous-hash link broken "
-                    "(a line before it was removed, reordered or edited)", number)
+                    False,
+                    count,
+                    f"line {number} (seq {entry['seq']}): previous-hash link broken "
+                    "(a line before it was removed, reordered or edited)",
+                    number,
+                )
             if entry_hash(entry) != entry["hash"]:
-                return VerifyResult(False, count, f"line {number} (seq {entry['seq']}): content does not match "
-                                    "its hash (edited)", number)
+                return VerifyResult(
+                    False,
+                    count,
+                    f"line {number} (seq {entry['seq']}): content does not match its hash (edited)",
+                    number,
+                )
             if entry["seq"] != seq + 1:
                 return VerifyResult(False, count, f"line {number}: sequence {entry['seq']} follows {seq}", number)
             prev, seq, count = entry["hash"], entry["seq"], count + 1
             ts_last = str(entry.get("ts", ""))
             if head is not None and seq == head.seq:
                 hash_at_head = prev
-            if head is not None and seq == head.seq + 1 and prev == head.pending_hash \
-                    and hash_at_head == head.hash:
+            if head is not None and seq == head.seq + 1 and prev == head.pending_hash and hash_at_head == head.hash:
                 pending_line = number  # the node's own line, its head commit cut off by a crash
                 continue
             if head is not None and seq > head.seq:
                 return VerifyResult(
-                    False, count - 1, f"line {number} (seq {seq}): after the database head (seq {head.seq}): "
-                    "a line not anchored by the node (appended outside it)", number)
+                    False,
+                    count - 1,
+                    f"line {number} (seq {seq}): after the database head (seq {head.seq}): "
+                    "a line not anchored by the node (appended outside it)",
+                    number,
+                )
     if head is not None:
         if head.seq > seq:
             if head.last_ts and ts_last and ts_last >= head.last_ts:
                 # The log still ends with the head's event: lines were taken out before it.
                 return VerifyResult(
-                    False, count, f"log holds {seq} lines but the database head is seq {head.seq}, and its "
+                    False,
+                    count,
+                    f"log holds {seq} lines but the database head is seq {head.seq}, and its "
                     f"last line is the head's event: {head.seq - seq} line(s) were deleted before it "
-                    "and the rest re-chained", None)
+                    "and the rest re-chained",
+                    None,
+                )
             return VerifyResult(
-                False, count, f"log ends at seq {seq} (line {count}) but the database head is seq "
-                f"{head.seq}: the tail was truncated", count + 1)
+                False,
+                count,
+                f"log ends at seq {seq} (line {count}) but the database head is seq {head.seq}: the tail was truncated",
+                count + 1,
+            )
         if hash_at_head != head.hash:
-            return VerifyResult(False, count, f"line with seq {head.seq} differs from the database head "
-                                "(the log was rewritten)", head.seq)
+            return VerifyResult(
+                False,
+                count,
+                f"line with seq {head.seq} differs from the database head (the log was rewritten)",
+                head.seq,
+            )
     if pending_line is not None:
-        return VerifyResult(True, count, f"audit chain intact: {count} lines, head seq {seq} (line "
-                            f"{pending_line} written by the node just before it stopped, not yet anchored: "
-                            "its hash is the one the node committed before writing it)")
+        return VerifyResult(
+            True,
+            count,
+            f"audit chain intact: {count} lines, head seq {seq} (line "
+            f"{pending_line} written by the node just before it stopped, not yet anchored: "
+            "its hash is the one the node committed before writing it)",
+        )
     return VerifyResult(True, count, f"audit chain intact: {count} lines, head seq {seq}")
 
 
@@ -122,8 +147,9 @@ def _file_host(path: Path) -> str | None:
         return None
 
 
-def verify_all(database: Database, own: Path, extra: tuple[Path, ...] = (),
-               this_host: str | None = None) -> list[tuple[str, VerifyResult]]:
+def verify_all(
+    database: Database, own: Path, extra: tuple[Path, ...] = (), this_host: str | None = None
+) -> list[tuple[str, VerifyResult]]:
     """Verify every audit file of the deployment, each against its own head row.
 
     The rows of the audit_head table name every file any process has written. A file of this
@@ -158,9 +184,17 @@ def verify_all(database: Database, own: Path, extra: tuple[Path, ...] = (),
         elif attempts:
             results.append((f"{host}:{path} (as {attempts[0][0]})", attempts[0][1]))
         else:
-            results.append((f"{host}:{path}", VerifyResult(
-                False, 0, f"written on host {host}, not visible here: run `audit verify` on that host, "
-                "or mount the file here and list it in audit.verify_paths")))
+            results.append(
+                (
+                    f"{host}:{path}",
+                    VerifyResult(
+                        False,
+                        0,
+                        f"written on host {host}, not visible here: run `audit verify` on that host, "
+                        "or mount the file here and list it in audit.verify_paths",
+                    ),
+                )
+            )
     for listed in extra:  # listed files that no head row names: their chain alone
         if str(Path(listed).resolve()) not in checked:
             results.append((str(listed), verify_log(Path(listed), None)))

@@ -58,9 +58,7 @@ def _matches(entry: dict[str, Any], code: str, outcome: str) -> bool:
         return False
     if outcome == "success" and entry.get("outcome") != 0:
         return False
-    if outcome == "failure" and entry.get("outcome") == 0:
-        return False
-    return True
+    return not (outcome == "failure" and entry.get("outcome") == 0)
 
 
 def tail(path: Path, *, limit: int = 200, code: str = "", outcome: str = "") -> list[dict[str, Any]]:
@@ -106,15 +104,19 @@ def skipped_images(events: list[dict[str, Any]], sr_uid: str) -> list[tuple[str,
             continue
         for o in objects:
             if o.get("type") == "study":
-                return [(str(s[0]), str(s[1])) for s in (o.get("details") or {}).get("skipped", [])
-                        if isinstance(s, (list, tuple)) and len(s) == 2]
+                return [
+                    (str(s[0]), str(s[1]))
+                    for s in (o.get("details") or {}).get("skipped", [])
+                    if isinstance(s, (list, tuple)) and len(s) == 2
+                ]
     return []
 
 
 def redact(entry: dict[str, Any]) -> dict[str, Any]:
     """The entry as a viewer who has not logged in may see it: patient and query objects hidden."""
-    objects = [dict(o, id=HIDDEN, details={}) if o.get("type") in IDENTIFYING_OBJECTS else o
-               for o in entry.get("objects", [])]
+    objects = [
+        dict(o, id=HIDDEN, details={}) if o.get("type") in IDENTIFYING_OBJECTS else o for o in entry.get("objects", [])
+    ]
     return dict(entry, objects=objects)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from node.console.samples import Point
 
@@ -39,9 +39,10 @@ def _nice(value: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
-def bar_chart(title: str, unit: str, points: Sequence[Point], value: Callable[[Point], float | None],
-              now: datetime | None = None) -> Chart:
-    now = now or datetime.now(timezone.utc)
+def bar_chart(
+    title: str, unit: str, points: Sequence[Point], value: Callable[[Point], float | None], now: datetime | None = None
+) -> Chart:
+    now = now or datetime.now(UTC)
     values = [(p, value(p)) for p in points]
     peak = max((v for _, v in values if v is not None), default=0.0)
     scale = (HEIGHT - 2) / peak if peak > 0 else 0.0
@@ -54,7 +55,14 @@ def bar_chart(title: str, unit: str, points: Sequence[Point], value: Callable[[P
         h = max(0.5 if v > 0 else 0.0, v * scale)
         if right <= 0:
             continue
-        bars.append(Bar(x=round(max(0.0, right - w), 2), y=round(HEIGHT - h, 2), w=round(w, 2), h=round(h, 2),
-                        title=f"{p.end:%H:%M:%S} UTC: {_nice(v)} {unit}"))
+        bars.append(
+            Bar(
+                x=round(max(0.0, right - w), 2),
+                y=round(HEIGHT - h, 2),
+                w=round(w, 2),
+                h=round(h, 2),
+                title=f"{p.end:%H:%M:%S} UTC: {_nice(v)} {unit}",
+            )
+        )
     latest = next((v for _, v in reversed(values) if v is not None), None)
     return Chart(title=title, unit=unit, bars=bars, peak=peak, latest=latest)

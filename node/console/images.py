@@ -117,10 +117,14 @@ class RenderCache:
 
     def model_input(self, path: Path, size: int, defaults=None) -> Rendered:
         st = path.stat()
-        return self.get(("model", str(path), st.st_mtime_ns, st.st_size, size, defaults),
-                        lambda: render_model_input(path, size, defaults))
+        return self.get(
+            ("model", str(path), st.st_mtime_ns, st.st_size, size, defaults),
+            lambda: render_model_input(path, size, defaults),
+        )
 
     def original(self, path: Path, multiframe: str = "middle") -> Rendered:
         st = path.stat()
-        return self.get(("original", str(path), st.st_mtime_ns, st.st_size, multiframe),
-                        lambda: render_original(path, multiframe=multiframe))
+        return self.get(
+            ("original", str(path), st.st_mtime_ns, st.st_size, multiframe),
+            lambda: render_original(path, multiframe=multiframe),
+        )

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,15 @@ from fastapi.responses import HTMLResponse
 from node import __version__
 
 TEMPLATES = Path(__file__).parent / "templates"
-CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-       "frame-ancestors 'none'; base-uri 'none'")
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-                    "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY"}
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
 
 
 def waited(since: datetime | None, now: datetime | None = None) -> str:
@@ -33,8 +38,8 @@ def waited(since: datetime | None, now: datetime | None = None) -> str:
     if since is None:
         return ""
     if since.tzinfo is None:
-        since = since.replace(tzinfo=timezone.utc)
-    seconds = max(0, int(((now or datetime.now(timezone.utc)) - since).total_seconds()))
+        since = since.replace(tzinfo=UTC)
+    seconds = max(0, int(((now or datetime.now(UTC)) - since).total_seconds()))
     if seconds < 60:
         return f"{seconds} s"
     minutes = seconds // 60
@@ -56,8 +61,8 @@ def when(value: Any) -> str:
         except ValueError:
             return value
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def score(value: Any) -> str:
@@ -87,10 +92,16 @@ def reason_text(code: str) -> str:
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(waited=waited, when=when, score=score, dicom_date=dicom_date, person_name=person_name,
-                       reason_text=reason_text)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        waited=waited, when=when, score=score, dicom_date=dicom_date, person_name=person_name, reason_text=reason_text
+    )
     env.globals.update(version=__version__)
     return env
 
@@ -98,8 +109,15 @@ def _environment() -> jinja2.Environment:
 ENV = _environment()
 
 
-def render(request: Request, template: str, context: dict[str, Any], *, started: float | None = None,
-           status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    *,
+    started: float | None = None,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
     html = ENV.get_template(template).render(request=request, **context)
     out = dict(SECURITY_HEADERS, **(headers or {}))
     out["Cache-Control"] = "no-store"

@@ -9,11 +9,12 @@ sampler.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from node.metrics import REGISTRY
 
@@ -45,22 +46,31 @@ def read_registry(now: float | None = None) -> Reading:
     def value(name: str, labels: dict[str, str] | None = None) -> float:
         return float(REGISTRY.get_sample_value(name, labels or {}) or 0.0)
 
-    return Reading(at=time.monotonic() if now is None else now, wall=datetime.now(timezone.utc),
-                   stored=value("triage_node_instances_received_total", {"outcome": "stored"}),
-                   triaged=value("triage_node_triage_latency_seconds_count"),
-                   latency_sum=value("triage_node_triage_latency_seconds_sum"))
+    return Reading(
+        at=time.monotonic() if now is None else now,
+        wall=datetime.now(UTC),
+        stored=value("triage_node_instances_received_total", {"outcome": "stored"}),
+        triaged=value("triage_node_triage_latency_seconds_count"),
+        latency_sum=value("triage_node_triage_latency_seconds_sum"),
+    )
 
 
 def points(readings: list[Reading]) -> list[Point]:
     out = []
-    for a, b in zip(readings, readings[1:]):
+    for a, b in itertools.pairwise(readings):
         dt = b.at - a.at
         if dt <= 0:
             continue
         jobs = b.triaged - a.triaged
-        out.append(Point(end=b.wall, seconds=dt, ingest_per_min=max(0.0, b.stored - a.stored) * 60 / dt,
-                         triage_per_min=max(0.0, jobs) * 60 / dt,
-                         latency_s=(b.latency_sum - a.latency_sum) / jobs if jobs > 0 else None))
+        out.append(
+            Point(
+                end=b.wall,
+                seconds=dt,
+                ingest_per_min=max(0.0, b.stored - a.stored) * 60 / dt,
+                triage_per_min=max(0.0, jobs) * 60 / dt,
+                latency_s=(b.latency_sum - a.latency_sum) / jobs if jobs > 0 else None,
+            )
+        )
     return out
 
 

@@ -88,6 +88,9 @@ class SessionStore:
                 self._by_key.pop(self._key(secret), None)
 
     def _expire_locked(self, now: float) -> None:
-        for key in [k for k, s in self._by_key.items()
-                    if now - s.last_seen > self.idle_seconds or now - s.created > self.max_age_seconds]:
+        for key in [
+            k
+            for k, s in self._by_key.items()
+            if now - s.last_seen > self.idle_seconds or now - s.created > self.max_age_seconds
+        ]:
             del self._by_key[key]

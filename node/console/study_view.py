@@ -45,7 +45,7 @@ def _profiles_from(directory: str) -> dict[str, Any]:
 
     try:
         return load_profiles(Path(directory))
-    except Exception:  # noqa: BLE001 - thumbnails then use the pipeline's defaults
+    except Exception:
         return {}
 
 
@@ -79,17 +79,25 @@ def _read_sr(path: Path) -> tuple[Any | None, str | None, str]:
         return None, None, f"{type(exc).__name__}: {exc}"
 
 
-def _images(c: WebContext, facts: StudyFacts, result: Any, renders: RenderCache,
-            paths: dict[str, str]) -> list[dict[str, Any]]:
+def _images(
+    c: WebContext, facts: StudyFacts, result: Any, renders: RenderCache, paths: dict[str, str]
+) -> list[dict[str, Any]]:
     profile = profile_named(c, result.algorithm.profile_name)
     defaults = profile.preprocessing if profile is not None else None
     out = []
     for n, assessment in enumerate(result.images):
         sop = assessment.image.sop_instance_uid
-        entry: dict[str, Any] = dict(sop_instance_uid=sop, series_instance_uid=assessment.image.series_instance_uid,
-                                     evaluated=assessment.evaluated, domain_score=assessment.domain_score,
-                                     preprocessing=assessment.preprocessing, thumbnail=False, error="",
-                                     matches_sr=None, size=None)
+        entry: dict[str, Any] = dict(
+            sop_instance_uid=sop,
+            series_instance_uid=assessment.image.series_instance_uid,
+            evaluated=assessment.evaluated,
+            domain_score=assessment.domain_score,
+            preprocessing=assessment.preprocessing,
+            thumbnail=False,
+            error="",
+            matches_sr=None,
+            size=None,
+        )
         rel = paths.get(sop)
         if rel is None:
             entry["error"] = "the instance is not in the index any more"
@@ -97,15 +105,21 @@ def _images(c: WebContext, facts: StudyFacts, result: Any, renders: RenderCache,
             size = size_from_description(assessment.preprocessing) or model_size(c)
             try:
                 rendered = renders.model_input(c.files.path(rel), size, defaults)
-            except Exception as exc:  # noqa: BLE001 - a page, not a crash
+            except Exception as exc:
                 entry["error"] = f"cannot recompute the model input: {type(exc).__name__}: {exc}"[:300]
             else:
-                entry.update(thumbnail=True, size=size, matches_sr=rendered.description == assessment.preprocessing,
-                             model_input_url=image_url(facts.study_instance_uid, sop, "model-input", size=size,
-                                                       profile=profile.name if profile else ""),
-                             original_url=image_url(facts.study_instance_uid, sop, "original",
-                                                    profile=profile.name if profile else ""),
-                             recomputed=rendered.description)
+                entry.update(
+                    thumbnail=True,
+                    size=size,
+                    matches_sr=rendered.description == assessment.preprocessing,
+                    model_input_url=image_url(
+                        facts.study_instance_uid, sop, "model-input", size=size, profile=profile.name if profile else ""
+                    ),
+                    original_url=image_url(
+                        facts.study_instance_uid, sop, "original", profile=profile.name if profile else ""
+                    ),
+                    recomputed=rendered.description,
+                )
         out.append(entry)
     return out
 
@@ -120,8 +134,11 @@ def _recompute_skips(c: WebContext, study_uid: str, profile_name: str) -> list[d
     # an unreadable file is simply not listed
     headers = study_headers(c.db, c.files, study_uid, stop_before_pixels=True, limit=MAX_RECOMPUTED_SKIPS)
     selection = select_images(headers, profile, require_pixel_data=False)
-    return [dict(sop_instance_uid=s.sop_instance_uid, reason=s.reason, words=SKIP_REASONS.get(s.reason, ""))
-            for s in selection.skipped if s.reason != "own-sr"]
+    return [
+        dict(sop_instance_uid=s.sop_instance_uid, reason=s.reason, words=SKIP_REASONS.get(s.reason, ""))
+        for s in selection.skipped
+        if s.reason != "own-sr"
+    ]
 
 
 def study_view(c: WebContext, study_uid: str, renders: RenderCache, *, show_identifiers: bool) -> dict[str, Any] | None:
@@ -130,7 +147,8 @@ def study_view(c: WebContext, study_uid: str, renders: RenderCache, *, show_iden
         return None
     events = audit_read.study_events(Path(c.settings.audit.path), study_uid)
     current_sop = (facts.worklist or {}).get("sr_sop_instance_uid") or (
-        facts.reports[0]["sop_instance_uid"] if facts.reports else "")
+        facts.reports[0]["sop_instance_uid"] if facts.reports else ""
+    )
     paths = {r["sop_instance_uid"]: r["path"] for r in facts.reports}
     result, predecessor, sr_error = (None, None, "")
     images: list[dict[str, Any]] = []
@@ -139,18 +157,40 @@ def study_view(c: WebContext, study_uid: str, renders: RenderCache, *, show_iden
     elif current_sop:
         sr_error = "the current SR is not in the index"
     if result is not None:
-        paths.update({i.sop_instance_uid: i.path for i in instances_of_study(
-            c.db, study_uid, sop_uids=[a.image.sop_instance_uid for a in result.images])})
+        paths.update(
+            {
+                i.sop_instance_uid: i.path
+                for i in instances_of_study(c.db, study_uid, sop_uids=[a.image.sop_instance_uid for a in result.images])
+            }
+        )
         images = _images(c, facts, result, renders, paths)
-    skipped = [dict(sop_instance_uid=sop, reason=why, words=SKIP_REASONS.get(why.split(":")[0], ""))
-               for sop, why in (audit_read.skipped_images(events, current_sop) if current_sop else [])]
+    skipped = [
+        dict(sop_instance_uid=sop, reason=why, words=SKIP_REASONS.get(why.split(":")[0], ""))
+        for sop, why in (audit_read.skipped_images(events, current_sop) if current_sop else [])
+    ]
     skipped_source = "recorded by the triage that wrote the current SR" if skipped else ""
     if not skipped and result is not None and facts.instance_count <= MAX_RECOMPUTED_SKIPS:
         skipped = _recompute_skips(c, study_uid, result.algorithm.profile_name)
-        skipped_source = (f"worked out again now with profile {result.algorithm.profile_name} (the triage "
-                          "recorded no list: no image of the study was accepted)") if skipped else ""
+        skipped_source = (
+            (
+                f"worked out again now with profile {result.algorithm.profile_name} (the triage "
+                "recorded no list: no image of the study was accepted)"
+            )
+            if skipped
+            else ""
+        )
     if not show_identifiers:
         events = [audit_read.redact(e) for e in events]
-    return dict(facts=facts, result=result, predecessor=predecessor, sr_error=sr_error, current_sop=current_sop,
-                images=images, skipped=skipped, skipped_source=skipped_source, events=events, forwarding=study_forwarding(c.db, study_uid),
-                calibration=getattr(getattr(result, "algorithm", None), "calibration", None) if result else None)
+    return dict(
+        facts=facts,
+        result=result,
+        predecessor=predecessor,
+        sr_error=sr_error,
+        current_sop=current_sop,
+        images=images,
+        skipped=skipped,
+        skipped_source=skipped_source,
+        events=events,
+        forwarding=study_forwarding(c.db, study_uid),
+        calibration=getattr(getattr(result, "algorithm", None), "calibration", None) if result else None,
+    )

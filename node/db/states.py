@@ -28,4 +28,4 @@ class StabilityState(StrEnum):
     STABLE = "stable"
 
 
-__all__ = ["JobState", "OPEN_JOB_STATES", "StabilityState"]
+__all__ = ["OPEN_JOB_STATES", "JobState", "StabilityState"]

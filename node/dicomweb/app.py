@@ -17,8 +17,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from node import __version__
-from node import console
+from node import __version__, console
 from node.dicomweb import frames, ops, problems, qido, stow, ups_rs, wado
 from node.dicomweb.auth import require_token
 from node.dicomweb.context import WebContext
@@ -30,8 +29,14 @@ BASE = "/dicomweb"
 
 def create_app(node_or_parts: Any) -> FastAPI:
     context = WebContext.of(node_or_parts)
-    app = FastAPI(title="triage-node", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
-                  description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS, UPS-RS) and operations endpoints.")
+    app = FastAPI(
+        title="triage-node",
+        version=__version__,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        description="DICOMweb (STOW-RS, QIDO-RS, WADO-RS, UPS-RS) and operations endpoints.",
+    )
     app.state.ctx = context
     problems.install(app)
     auth = [Depends(require_token)]
@@ -40,8 +45,13 @@ def create_app(node_or_parts: Any) -> FastAPI:
     from node.search.http import router as search_router  # GET /search (issue 9)
 
     app.include_router(search_router, dependencies=auth, tags=["search"])
-    for module, tag in ((stow, "STOW-RS"), (qido, "QIDO-RS"), (frames, "WADO-RS"), (wado, "WADO-RS"),
-                        (ups_rs, "UPS-RS")):
+    for module, tag in (
+        (stow, "STOW-RS"),
+        (qido, "QIDO-RS"),
+        (frames, "WADO-RS"),
+        (wado, "WADO-RS"),
+        (ups_rs, "UPS-RS"),
+    ):
         app.include_router(module.router, prefix=BASE, dependencies=auth, tags=[tag])
 
     console.mount(app)  # the operator console under /ui/ (its own access rules: node/console/access.py)
@@ -49,8 +59,9 @@ def create_app(node_or_parts: Any) -> FastAPI:
     @app.get("/openapi.json", dependencies=auth, include_in_schema=False)
     def openapi() -> JSONResponse:
         if app.openapi_schema is None:
-            app.openapi_schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                             routes=app.routes)
+            app.openapi_schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
         return JSONResponse(app.openapi_schema)
 
     if context.settings.http.cors_origins:
@@ -59,10 +70,15 @@ def create_app(node_or_parts: Any) -> FastAPI:
         from fastapi.middleware.cors import CORSMiddleware
 
         origins = list(context.settings.http.cors_origins)
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials="*" not in origins,
-                           allow_methods=["GET", "POST", "PUT", "OPTIONS"],
-                           allow_headers=["Authorization", "Accept", "Content-Type"],
-                           expose_headers=["Content-Type", "Content-Length", "Warning"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials="*" not in origins,
+            allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+            allow_headers=["Authorization", "Accept", "Content-Type"],
+            expose_headers=["Content-Type", "Content-Length", "Warning"],
+            max_age=600,
+        )
     if not context.settings.http.token:
         log.warning("http_without_token", detail="[http] token is not set: every endpoint is open")
     return app
@@ -82,14 +98,15 @@ class HttpServer:
         self.sock.bind((cfg.host, cfg.port))
         self.port: int = self.sock.getsockname()[1]
         # log_config=None: uvicorn keeps its hands off logging, its records reach our JSON handler
-        self.server = uvicorn.Server(uvicorn.Config(create_app(context), log_level="warning", access_log=False,
-                                                    log_config=None,
-                                                    lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(context), log_level="warning", access_log=False, log_config=None, lifespan="off")
+        )
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0) -> None:
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                        name="http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="http", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:

@@ -22,6 +22,12 @@ def require_token(request: Request) -> None:
         refusals = ctx(request).refusals
         if refusals is not None:  # audited, aggregated per client (a token-guessing loop cannot flood the log)
             client = request.client.host if request.client else ""
-            refusals.note("http_401", client, f"{request.method} {request.url.path}: "
-                          + ("no bearer token" if not header else "wrong bearer token"), user="dicomweb-client")
-        raise Problem(401, "a valid bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="triage-node"'})
+            refusals.note(
+                "http_401",
+                client,
+                f"{request.method} {request.url.path}: " + ("no bearer token" if not header else "wrong bearer token"),
+                user="dicomweb-client",
+            )
+        raise Problem(
+            401, "a valid bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="triage-node"'}
+        )

@@ -27,16 +27,23 @@ class WebContext:
     search: Any = None  # node.search.service.SearchIndexes of the node, or None (made on first use)
 
     @classmethod
-    def of(cls, node_or_parts: Any) -> "WebContext":
+    def of(cls, node_or_parts: Any) -> WebContext:
         if isinstance(node_or_parts, WebContext):
             return node_or_parts
         if isinstance(node_or_parts, dict):
             return cls(**node_or_parts)
         n = node_or_parts
-        return cls(settings=n.settings, db=n.db, files=n.files, ingestor=n.ingestor,
-                   audit=getattr(n, "audit", None), worker=getattr(n, "worker", None),
-                   listener=getattr(n, "listener", None), refusals=getattr(n, "refusals", None),
-                   search=getattr(n, "search", None))
+        return cls(
+            settings=n.settings,
+            db=n.db,
+            files=n.files,
+            ingestor=n.ingestor,
+            audit=getattr(n, "audit", None),
+            worker=getattr(n, "worker", None),
+            listener=getattr(n, "listener", None),
+            refusals=getattr(n, "refusals", None),
+            search=getattr(n, "search", None),
+        )
 
 
 def ctx(request: Request) -> WebContext:
@@ -48,8 +55,15 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/") + "/dicomweb"
 
 
-def audit(request: Request, event: Any, *, outcome: int = 0, desc: str = "", objects: list[Any] | None = None,
-          source: bool = True) -> None:
+def audit(
+    request: Request,
+    event: Any,
+    *,
+    outcome: int = 0,
+    desc: str = "",
+    objects: list[Any] | None = None,
+    source: bool = True,
+) -> None:
     """One audit event per request: the HTTP client is the requestor (source of STOW, or of the query)."""
     from node.audit import Participant
 
@@ -58,8 +72,15 @@ def audit(request: Request, event: Any, *, outcome: int = 0, desc: str = "", obj
         return
     client = request.client.host if request.client else ""
     me = ctx(request).settings.dicom.ae_title
-    who = Participant(user_id="dicomweb-client", role="source" if source else "destination", is_requestor=True,
-                      network_address=client)
+    who = Participant(
+        user_id="dicomweb-client", role="source" if source else "destination", is_requestor=True, network_address=client
+    )
     node = Participant(user_id=me, role="destination" if source else "source")
-    log.record(event, outcome=outcome, outcome_desc=desc, participants=[who, node], objects=objects or [],
-               detail=f"{request.method} {request.url.path}")
+    log.record(
+        event,
+        outcome=outcome,
+        outcome_desc=desc,
+        participants=[who, node],
+        objects=objects or [],
+        detail=f"{request.method} {request.url.path}",
+    )

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from node.audit import AuditObject, EventCode
 from node.dicomweb.context import audit
@@ -42,13 +42,20 @@ THUMBNAIL = 256
 
 #: media type of a frame of an encapsulated transfer syntax (PS3.18 Table 8.7.3-2)
 MEDIA_TYPE_OF_TS = {
-    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
-    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
-    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
-    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
-    "1.2.840.10008.1.2.4.92": "image/jpx", "1.2.840.10008.1.2.4.93": "image/jpx",
-    "1.2.840.10008.1.2.5": "image/dicom-rle", "1.2.840.10008.1.2.4.201": "image/jphc",
-    "1.2.840.10008.1.2.4.202": "image/jphc", "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
 }
 
 
@@ -91,7 +98,7 @@ def _native_frames(ds: Dataset, numbers: list[int]) -> list[bytes]:
     if not ts.is_compressed and ts.is_little_endian and bits % 8 == 0 and "PixelData" in ds:
         size = rows * cols * spp * bits // 8
         data = ds.PixelData
-        return [bytes(data[(n - 1) * size:n * size]) for n in numbers]
+        return [bytes(data[(n - 1) * size : n * size]) for n in numbers]
     out = []
     for n in numbers:
         arr = pydicom.pixels.pixel_array(ds, index=n - 1, raw=True)
@@ -103,13 +110,13 @@ def _native_frames(ds: Dataset, numbers: list[int]) -> list[bytes]:
 
 def _multipart(parts: list[tuple[str, bytes]], root_type: str) -> Response:
     boundary = new_boundary()
-    body = b"".join(build_multipart(((({"Content-Type": ct, "Content-Length": str(len(b))}), b)
-                                     for ct, b in parts), boundary))
+    body = b"".join(
+        build_multipart(((({"Content-Type": ct, "Content-Length": str(len(b))}), b) for ct, b in parts), boundary)
+    )
     return Response(body, media_type=related_content_type(root_type, boundary))
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
-            summary="WADO-RS: retrieve frames")
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", summary="WADO-RS: retrieve frames")
 def retrieve_frames(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
     ds = read_instance(request, study, series, instance)
     if "PixelData" not in ds:
@@ -123,13 +130,14 @@ def retrieve_frames(request: Request, study: str, series: str, instance: str, fr
         media = MEDIA_TYPE_OF_TS.get(str(ts), OCTET)
         for m, params in accepted:
             wanted_ts = params.get("transfer-syntax", "")
-            if m in (media, "*/*", OCTET) and wanted_ts in ("*", str(ts)):
-                as_stored = True
-            elif m == media and not wanted_ts:
+            if (m in (media, "*/*", OCTET) and wanted_ts in ("*", str(ts))) or (m == media and not wanted_ts):
                 as_stored = True
     if not as_stored and not any(m in (OCTET, "*/*") for m, _ in accepted):
-        raise Problem(406, "frames are offered as application/octet-stream (native) or as stored "
-                           f"({MEDIA_TYPE_OF_TS.get(str(ts), OCTET)}; transfer-syntax={ts})")
+        raise Problem(
+            406,
+            "frames are offered as application/octet-stream (native) or as stored "
+            f"({MEDIA_TYPE_OF_TS.get(str(ts), OCTET)}; transfer-syntax={ts})",
+        )
     if as_stored:
         all_frames = list(generate_frames(ds.PixelData, number_of_frames=count))
         parts = [(f"{media}; transfer-syntax={ts}", all_frames[n - 1]) for n in numbers]
@@ -138,11 +146,17 @@ def retrieve_frames(request: Request, study: str, series: str, instance: str, fr
         try:
             parts = [(f"{OCTET}; transfer-syntax={ExplicitVRLittleEndian}", b) for b in _native_frames(ds, numbers)]
         except Exception as exc:
-            raise Problem(406, f"the frames cannot be decoded here ({type(exc).__name__}); "
-                               f"ask for transfer-syntax={ts}") from None
+            raise Problem(
+                406, f"the frames cannot be decoded here ({type(exc).__name__}); ask for transfer-syntax={ts}"
+            ) from None
         root = OCTET
-    audit(request, EventCode.INSTANCES_TRANSFERRED, desc=f"WADO-RS frames: {len(numbers)}", source=False,
-          objects=[AuditObject(type="study", id=study)])
+    audit(
+        request,
+        EventCode.INSTANCES_TRANSFERRED,
+        desc=f"WADO-RS frames: {len(numbers)}",
+        source=False,
+        objects=[AuditObject(type="study", id=study)],
+    )
     return _multipart(parts, root)
 
 
@@ -167,13 +181,20 @@ def _element_at(ds: Dataset, tag_path: str) -> bytes:
     raise Problem(404, f"no bulk data at {tag_path}")
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}",
-            summary="WADO-RS: retrieve bulk data (the BulkDataURI of the metadata)")
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}",
+    summary="WADO-RS: retrieve bulk data (the BulkDataURI of the metadata)",
+)
 def retrieve_bulkdata(request: Request, study: str, series: str, instance: str, tag_path: str) -> Response:
     ds = read_instance(request, study, series, instance)
     value = _element_at(ds, tag_path)
-    audit(request, EventCode.INSTANCES_TRANSFERRED, desc="WADO-RS bulk data", source=False,
-          objects=[AuditObject(type="study", id=study)])
+    audit(
+        request,
+        EventCode.INSTANCES_TRANSFERRED,
+        desc="WADO-RS bulk data",
+        source=False,
+        objects=[AuditObject(type="study", id=study)],
+    )
     accept = request.headers.get("accept", "*/*").lower()
     single = [m for m, _ in _accepted(request)]
     if "multipart" not in accept and single and single[0] not in ("*/*",):
@@ -185,7 +206,9 @@ def _png_or_jpeg(request: Request, pixels: np.ndarray) -> Response:
     from PIL import Image
 
     accepted = [m for m, _ in _accepted(request)]
-    fmt, media = ("JPEG", "image/jpeg") if "image/jpeg" in accepted and "image/png" not in accepted else ("PNG", "image/png")
+    fmt, media = (
+        ("JPEG", "image/jpeg") if "image/jpeg" in accepted and "image/png" not in accepted else ("PNG", "image/png")
+    )
     if not any(m in ("image/png", "image/jpeg", "image/*", "*/*") for m in accepted):
         raise Problem(406, "rendered images are offered as image/png or image/jpeg")
     buf = io.BytesIO()
@@ -206,8 +229,13 @@ def render_image(ds: Dataset, size: int) -> np.ndarray:
 
 def _rendered(request: Request, study: str, series: str, instance: str, max_size: int) -> Response:
     ds = read_instance(request, study, series, instance)
-    audit(request, EventCode.INSTANCES_TRANSFERRED, desc="WADO-RS rendered", source=False,
-          objects=[AuditObject(type="study", id=study)])
+    audit(
+        request,
+        EventCode.INSTANCES_TRANSFERRED,
+        desc="WADO-RS rendered",
+        source=False,
+        objects=[AuditObject(type="study", id=study)],
+    )
     if "EncapsulatedDocument" in ds and str(ds.get("MIMETypeOfEncapsulatedDocument", "")) == "application/pdf":
         return Response(bytes(ds.EncapsulatedDocument), media_type="application/pdf")
     if "PixelData" not in ds:
@@ -221,8 +249,10 @@ def rendered_instance(request: Request, study: str, series: str, instance: str) 
     return _rendered(request, study, series, instance, RENDER_MAX)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
-            summary="WADO-RS: rendered frame (single-frame images)")
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+    summary="WADO-RS: rendered frame (single-frame images)",
+)
 def rendered_frame(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
     ds = read_instance(request, study, series, instance, stop_before_pixels=True)
     count = int(ds.get("NumberOfFrames", 1) or 1)

@@ -56,7 +56,7 @@ def parse_multipart(body: bytes, boundary: str) -> list[Part]:
     parts: list[Part] = []
     while True:
         pos += len(dash)
-        if raw[pos:pos + 2] == b"--":  # close delimiter
+        if raw[pos : pos + 2] == b"--":  # close delimiter
             return parts
         eol = raw.find(b"\r\n", pos)
         if eol < 0 or raw[pos:eol].strip(b" \t"):
@@ -68,7 +68,7 @@ def parse_multipart(body: bytes, boundary: str) -> list[Part]:
         elif head_end < 0:
             raise MultipartError("part headers are not terminated")
         else:
-            headers_blob = raw[eol + 2:head_end]
+            headers_blob = raw[eol + 2 : head_end]
             start = head_end + 4
         end = raw.find(delimiter, start)
         if end < 0:

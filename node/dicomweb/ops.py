@@ -40,8 +40,14 @@ def update_gauges(c: Any) -> dict[str, Any]:
     for name in ("loaded", "not_loaded", "disabled"):
         metrics.MODEL_STATE.labels(name).set(1 if name == state else 0)
     active = c.listener.active_associations() if c.listener is not None else 0
-    return {"free": free, "floor": floor, "model": state, "model_detail": detail, "active": active,
-            "max_associations": c.settings.dicom.max_associations}
+    return {
+        "free": free,
+        "floor": floor,
+        "model": state,
+        "model_detail": detail,
+        "active": active,
+        "max_associations": c.settings.dicom.max_associations,
+    }
 
 
 @public.get("/healthz", summary="Liveness and readiness: database, storage, free space, DICOM slots, model")
@@ -57,7 +63,7 @@ def healthz(request: Request) -> Response:
         with c.db.session() as session:
             session.execute(text("SELECT 1"))
         checks["database"] = "ok"
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
         unhealthy.append("database unreachable")
     probe = c.files.incoming / f"healthz-{uuid.uuid4().hex}.tmp"
@@ -88,22 +94,24 @@ def healthz(request: Request) -> Response:
 
         model = getattr(worker, "model", None)
         weights = model.identity.weights_sha256 if model is not None else None
-        checks["calibration"] = {name: {"calibrated": state.calibrated, "statement": state.text}
-                                 for name, state in calibration_states(worker.profiles, weights).items()}
+        checks["calibration"] = {
+            name: {"calibrated": state.calibrated, "statement": state.text}
+            for name, state in calibration_states(worker.profiles, weights).items()
+        }
     status = "unhealthy" if unhealthy else "degraded" if degraded else "ok"
-    return JSONResponse({"status": status, "reasons": unhealthy + degraded, "checks": checks},
-                        status_code=503 if unhealthy else 200)
+    return JSONResponse(
+        {"status": status, "reasons": unhealthy + degraded, "checks": checks}, status_code=503 if unhealthy else 200
+    )
 
 
 @router.get("/metrics", summary="Prometheus metrics")
 def prometheus(request: Request) -> Response:
     try:
         with ctx(request).db.session() as session:
-            depth = session.execute(select(func.count()).where(
-                TriageJob.state.in_(OPEN_JOB_STATES))).scalar_one()
+            depth = session.execute(select(func.count()).where(TriageJob.state.in_(OPEN_JOB_STATES))).scalar_one()
         metrics.QUEUE_DEPTH.set(depth)
         update_gauges(ctx(request))
-    except Exception:  # noqa: BLE001 - the scrape must still answer
+    except Exception:
         pass
     return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

@@ -22,8 +22,12 @@ def problem_response(status: int, detail: str, headers: dict[str, str] | None = 
         title = HTTPStatus(status).phrase
     except ValueError:
         title = "Error"
-    return JSONResponse({"type": "about:blank", "title": title, "status": status, "detail": detail},
-                        status_code=status, media_type=PROBLEM, headers=headers)
+    return JSONResponse(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type=PROBLEM,
+        headers=headers,
+    )
 
 
 def install(app: FastAPI) -> None:

@@ -115,8 +115,12 @@ def search(request: Request, level: str, study: str | None = None, series: str |
                 results.append(_json(values))
     except InvalidQuery as exc:
         raise Problem(400, str(exc)) from None
-    audit(request, EventCode.QUERY, desc=f"QIDO-RS {level}: {len(results)} results",
-          objects=[AuditObject(type="query", id=level, details={"query": str(request.query_params)})])
+    audit(
+        request,
+        EventCode.QUERY,
+        desc=f"QIDO-RS {level}: {len(results)} results",
+        objects=[AuditObject(type="query", id=level, details={"query": str(request.query_params)})],
+    )
     headers = {}
     if ignored:
         headers["Warning"] = f'299 triage-node: "The following match keys were ignored: {", ".join(ignored)}"'

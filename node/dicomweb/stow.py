@@ -47,12 +47,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _failure(sop_class: str, sop_uid: str, reason: int) -> dict[str, Any]:
-    return {"00081150": {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"},
-            "00081155": {"vr": "UI", "Value": [sop_uid]} if sop_uid else {"vr": "UI"},
-            "00081197": {"vr": "US", "Value": [reason]}}
+    return {
+        "00081150": {"vr": "UI", "Value": [sop_class]} if sop_class else {"vr": "UI"},
+        "00081155": {"vr": "UI", "Value": [sop_uid]} if sop_uid else {"vr": "UI"},
+        "00081197": {"vr": "US", "Value": [reason]},
+    }
 
 
-def _store_part(request: Request, body: bytes | memoryview, content_type: str, study: str | None) -> tuple[bool, dict[str, Any], str]:
+def _store_part(
+    request: Request, body: bytes | memoryview, content_type: str, study: str | None
+) -> tuple[bool, dict[str, Any], str]:
     """(stored, response item, study uid) for one part."""
     media, _params = parse_media_type(content_type)
     if media != "application/dicom":  # a non-DICOM part: nothing we can understand
@@ -62,14 +66,14 @@ def _store_part(request: Request, body: bytes | memoryview, content_type: str, s
     try:
         read_preamble(fp, False)
         meta = _read_file_meta_info(fp)
-    except Exception:  # noqa: BLE001 - whatever does not parse is "cannot understand"
+    except Exception:
         return False, _failure("", "", CANNOT_UNDERSTAND), ""
     sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
     sop_uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
     ts = str(meta.get("TransferSyntaxUID", ""))
     if not ts:
         return False, _failure(sop_class, sop_uid, TS_NOT_SUPPORTED), ""
-    dataset_bytes = memoryview(data)[fp.tell():]
+    dataset_bytes = memoryview(data)[fp.tell() :]
     if study is not None:
         try:
             ds = parse_header(dataset_bytes, ts, max_inflated_bytes=ctx(request).ingestor.max_dataset_bytes)
@@ -77,27 +81,35 @@ def _store_part(request: Request, body: bytes | memoryview, content_type: str, s
             return False, _failure(sop_class, sop_uid, CANNOT_UNDERSTAND), ""
         if str(ds.get("StudyInstanceUID", "")) != study:
             return False, _failure(sop_class, sop_uid, IDENTIFIER_MISMATCH), ""
-    outcome = ctx(request).ingestor.store(meta, dataset_bytes, calling_ae=CALLING_AE,
-                                          expected_sop_instance_uid=sop_uid or None,
-                                          expected_sop_class_uid=sop_class or None)
+    outcome = ctx(request).ingestor.store(
+        meta,
+        dataset_bytes,
+        calling_ae=CALLING_AE,
+        expected_sop_instance_uid=sop_uid or None,
+        expected_sop_class_uid=sop_class or None,
+    )
     if not outcome.ok or outcome.header is None:
         return False, _failure(sop_class, sop_uid, outcome.status or PROCESSING_FAILURE), ""
     h = outcome.header
-    url = (f"{base_url(request)}/studies/{h.study_instance_uid}/series/{h.series_instance_uid}"
-           f"/instances/{h.sop_instance_uid}")
-    item: dict[str, Any] = {"00081150": {"vr": "UI", "Value": [h.sop_class_uid]},
-                            "00081155": {"vr": "UI", "Value": [h.sop_instance_uid]},
-                            "00081190": {"vr": "UR", "Value": [url]}}
+    url = (
+        f"{base_url(request)}/studies/{h.study_instance_uid}/series/{h.series_instance_uid}"
+        f"/instances/{h.sop_instance_uid}"
+    )
+    item: dict[str, Any] = {
+        "00081150": {"vr": "UI", "Value": [h.sop_class_uid]},
+        "00081155": {"vr": "UI", "Value": [h.sop_instance_uid]},
+        "00081190": {"vr": "UR", "Value": [url]},
+    }
     return True, item, h.study_instance_uid
 
 
 def _stow(request: Request, body: bytes, content_type: str, study: str | None) -> tuple[int, dict[str, Any], list[str]]:
     media, params = parse_media_type(content_type)
     if media != "multipart/related":
-        raise Problem(415, f"expected multipart/related; type=\"application/dicom\", got {media or 'nothing'}")
+        raise Problem(415, f'expected multipart/related; type="application/dicom", got {media or "nothing"}')
     root = params.get("type", "application/dicom").lower()
     if root != "application/dicom":
-        raise Problem(415, f"only type=\"application/dicom\" parts are accepted (got {root})")
+        raise Problem(415, f'only type="application/dicom" parts are accepted (got {root})')
     try:
         parts = parse_multipart(body, params.get("boundary", ""))
     except MultipartError as exc:
@@ -128,13 +140,19 @@ def _stow(request: Request, body: bytes, content_type: str, study: str | None) -
 async def store_instances(request: Request, study: str | None = None) -> JSONResponse:
     body = await read_body(request, ctx(request).settings.http.max_body_bytes)
     status, result, studies = await run_in_threadpool(
-        _stow, request, body, request.headers.get("content-type", ""), study)
+        _stow, request, body, request.headers.get("content-type", ""), study
+    )
     stored = len(result.get("00081199", {}).get("Value", []))
     failed = len(result.get("00081198", {}).get("Value", []))
-    await run_in_threadpool(audit, request, EventCode.INSTANCES_TRANSFERRED, outcome=0 if not failed else 4,
-                            desc=f"STOW-RS: {stored} stored, {failed} failed",
-                            objects=[AuditObject(type="study", id=s) for s in studies])
+    await run_in_threadpool(
+        audit,
+        request,
+        EventCode.INSTANCES_TRANSFERRED,
+        outcome=0 if not failed else 4,
+        desc=f"STOW-RS: {stored} stored, {failed} failed",
+        objects=[AuditObject(type="study", id=s) for s in studies],
+    )
     return JSONResponse(result, status_code=status, media_type=DICOM_JSON)
 
 
-__all__ = ["router", "read_body"]
+__all__ = ["read_body", "router"]

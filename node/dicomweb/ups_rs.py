@@ -17,20 +17,27 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from starlette.concurrency import run_in_threadpool
 
-from node.worklist import ups
 from node.audit import AuditObject, EventCode
 from node.dicomweb.context import audit, ctx
 from node.dicomweb.problems import Problem
 from node.dicomweb.stow import read_body
+from node.worklist import ups
 
 router = APIRouter()
 DICOM_JSON = "application/dicom+json"
 MAX_LIMIT = 1000
 HTTP_STATUS = {
-    ups.SUCCESS: 200, ups.ALREADY_CANCELED: 200, ups.ALREADY_COMPLETED: 200,
-    ups.INVALID_ARGUMENT: 400, ups.MISSING_ATTRIBUTE: 400, ups.ONLY_VIA_CREATE: 400,
+    ups.SUCCESS: 200,
+    ups.ALREADY_CANCELED: 200,
+    ups.ALREADY_COMPLETED: 200,
+    ups.INVALID_ARGUMENT: 400,
+    ups.MISSING_ATTRIBUTE: 400,
+    ups.ONLY_VIA_CREATE: 400,
     ups.NO_SUCH_INSTANCE: 404,
-    ups.NOT_UPDATABLE: 409, ups.WRONG_TRANSACTION: 409, ups.ALREADY_IN_PROGRESS: 409, ups.NOT_IN_PROGRESS: 409,
+    ups.NOT_UPDATABLE: 409,
+    ups.WRONG_TRANSACTION: 409,
+    ups.ALREADY_IN_PROGRESS: 409,
+    ups.NOT_IN_PROGRESS: 409,
 }
 
 
@@ -74,16 +81,21 @@ def _search(request: Request) -> list[dict[str, Any]]:
                 criteria[kw] = [v.strip() for v in value.split(",")]
             else:
                 criteria[kw] = value
-    items = ups.find_workitems(ctx(request).db, criteria, limit=offset + limit,
-                               retrieve_ae=ctx(request).settings.dicom.ae_title)[offset:]
+    items = ups.find_workitems(
+        ctx(request).db, criteria, limit=offset + limit, retrieve_ae=ctx(request).settings.dicom.ae_title
+    )[offset:]
     return [ds.to_json_dict() for ds in items]
 
 
 @router.get("/workitems", summary="UPS-RS: search for workitems (HIGH before MEDIUM, oldest first)")
 def search_workitems(request: Request) -> Response:
     items = _search(request)
-    audit(request, EventCode.QUERY, desc=f"UPS-RS search: {len(items)} workitems",
-          objects=[AuditObject(type="query", id="workitems", details={"query": str(request.query_params)})])
+    audit(
+        request,
+        EventCode.QUERY,
+        desc=f"UPS-RS search: {len(items)} workitems",
+        objects=[AuditObject(type="query", id="workitems", details={"query": str(request.query_params)})],
+    )
     return JSONResponse(items, media_type=DICOM_JSON)
 
 
@@ -123,8 +135,9 @@ async def put_state(request: Request, uid: str) -> Response:
     change = await run_in_threadpool(ups.change_state, ctx(request).db, uid, new_state, transaction_uid, by)
     status = HTTP_STATUS.get(change.status, 409)
     desc, objects = ups.audit_description(change, via="UPS-RS", requested=new_state, ups_uid=uid, by=by)
-    await run_in_threadpool(audit, request, EventCode.APPLICATION_ACTIVITY, outcome=0 if change.ok else 4,
-                            desc=desc, objects=objects)
+    await run_in_threadpool(
+        audit, request, EventCode.APPLICATION_ACTIVITY, outcome=0 if change.ok else 4, desc=desc, objects=objects
+    )
     if status != 200:
         raise Problem(status, change.message)
     headers = {}

@@ -24,11 +24,11 @@ BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 BULK_THRESHOLD = 1024
 
 
-def _instances(request: Request, study: str, series: str | None = None,
-               instance: str | None = None) -> list[StoredInstance]:
+def _instances(
+    request: Request, study: str, series: str | None = None, instance: str | None = None
+) -> list[StoredInstance]:
     """What the URL names, in reading order; 404 when nothing."""
-    rows = instances_of_study(ctx(request).db, study, series_uid=series,
-                              sop_uids=[instance] if instance else None)
+    rows = instances_of_study(ctx(request).db, study, series_uid=series, sop_uids=[instance] if instance else None)
     if not rows:
         raise Problem(404, "no such study, series or instance")
     return rows
@@ -37,14 +37,19 @@ def _instances(request: Request, study: str, series: str | None = None,
 def _check_accept(request: Request) -> None:
     accept = request.headers.get("accept", "*/*").lower()
     if not any(t in accept for t in ("*/*", "multipart/related", "application/dicom", "multipart/*")):
-        raise Problem(406, "only multipart/related; type=\"application/dicom\" (as stored) is offered")
+        raise Problem(406, 'only multipart/related; type="application/dicom" (as stored) is offered')
 
 
 def _retrieve(request: Request, study: str, series: str | None, instance: str | None) -> Response:
     _check_accept(request)
     rows = _instances(request, study, series, instance)
-    audit(request, EventCode.INSTANCES_TRANSFERRED, desc=f"WADO-RS: {len(rows)} instances", source=False,
-          objects=[AuditObject(type="study", id=study)])
+    audit(
+        request,
+        EventCode.INSTANCES_TRANSFERRED,
+        desc=f"WADO-RS: {len(rows)} instances",
+        source=False,
+        objects=[AuditObject(type="study", id=study)],
+    )
     boundary = new_boundary()
 
     files = ctx(request).files
@@ -53,22 +58,29 @@ def _retrieve(request: Request, study: str, series: str | None, instance: str | 
         for row in rows:
             with files.open(row.path) as f:
                 body = f.read()
-            yield {"Content-Type": f"application/dicom; transfer-syntax={row.transfer_syntax_uid}",
-                   "Content-Length": str(len(body))}, body
+            yield (
+                {
+                    "Content-Type": f"application/dicom; transfer-syntax={row.transfer_syntax_uid}",
+                    "Content-Length": str(len(body)),
+                },
+                body,
+            )
 
-    return StreamingResponse(build_multipart(parts(), boundary),
-                             media_type=related_content_type("application/dicom", boundary))
+    return StreamingResponse(
+        build_multipart(parts(), boundary), media_type=related_content_type("application/dicom", boundary)
+    )
 
 
-def read_instance(request: Request, study: str, series: str, instance: str, *,
-                  stop_before_pixels: bool = False) -> Dataset:
+def read_instance(
+    request: Request, study: str, series: str, instance: str, *, stop_before_pixels: bool = False
+) -> Dataset:
     """One stored instance (header only with ``stop_before_pixels``); 404 when the index does not
     hold it, 500 as a problem when its file no longer parses (no traceback)."""
     rel = _instances(request, study, series, instance)[0].path
     files = ctx(request).files
     try:
         return files.read_header(rel, stop_before_pixels=True) if stop_before_pixels else files.read(rel)
-    except Exception as exc:  # noqa: BLE001 - a damaged file is the server's problem, said as one
+    except Exception as exc:
         raise Problem(500, f"stored instance cannot be read: {type(exc).__name__}") from None
 
 
@@ -79,10 +91,18 @@ def _metadata(request: Request, study: str, series: str | None, instance: str | 
     files = ctx(request).files
     for row in rows:
         ds = files.read_header(row.path, stop_before_pixels=True)
-        out.append(_json_with_bulk_uris(ds, f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                                            f"/instances/{ds.SOPInstanceUID}"))
-    audit(request, EventCode.INSTANCES_TRANSFERRED, desc=f"WADO-RS metadata: {len(rows)} instances",
-          source=False, objects=[AuditObject(type="study", id=study)])
+        out.append(
+            _json_with_bulk_uris(
+                ds, f"{root}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+            )
+        )
+    audit(
+        request,
+        EventCode.INSTANCES_TRANSFERRED,
+        desc=f"WADO-RS metadata: {len(rows)} instances",
+        source=False,
+        objects=[AuditObject(type="study", id=study)],
+    )
     return JSONResponse(out, media_type=DICOM_JSON)
 
 
@@ -95,7 +115,9 @@ def _json_with_bulk_uris(ds: pydicom.Dataset, instance_url: str, prefix: str = "
     for elem in ds:
         tag = f"{elem.tag:08X}"
         if elem.VR == "SQ":
-            items = [_json_with_bulk_uris(item, instance_url, f"{prefix}{tag}/{i}/") for i, item in enumerate(elem.value)]
+            items = [
+                _json_with_bulk_uris(item, instance_url, f"{prefix}{tag}/{i}/") for i, item in enumerate(elem.value)
+            ]
             out[tag] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         elif elem.VR in BULK_VRS and elem.value is not None and len(elem.value) > BULK_THRESHOLD:
             out[tag] = {"vr": elem.VR, "BulkDataURI": f"{instance_url}/bulkdata/{prefix}{tag}"}

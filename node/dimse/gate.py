@@ -38,7 +38,7 @@ from typing import Any
 
 from pynetdicom.transport import AddressInformation, RequestHandler, ThreadedAssociationServer
 
-from node.dimse.pdu_guard import GuardedSocket, GuardLimits, PDU_HEADER
+from node.dimse.pdu_guard import PDU_HEADER, GuardedSocket, GuardLimits
 
 A_ASSOCIATE_RQ = 0x01
 # A real A-ASSOCIATE-RQ is a few KiB (128 presentation contexts with a handful of transfer
@@ -76,9 +76,9 @@ class GuardedRequestHandler(RequestHandler):
     """pynetdicom's handler, with our GuardedSocket in place of its AssociationSocket."""
 
     def _create_association(self):  # pynetdicom's own method, re-done; untyped as the original
-        from pynetdicom.association import Association
-        from pynetdicom._globals import MODE_ACCEPTOR
         from pynetdicom import evt
+        from pynetdicom._globals import MODE_ACCEPTOR
+        from pynetdicom.association import Association
 
         server = self.server  # a NodeAssociationServer: this handler serves no other
         raw_socket, prefix = self.request
@@ -86,8 +86,13 @@ class GuardedRequestHandler(RequestHandler):
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
         host = str(self.client_address[0])
-        sock = GuardedSocket(assoc, raw_socket, prefix=bytes(prefix), limits=server.limits.guard,
-                             on_refusal=lambda reason: server.refused("pdu_refused", host, reason))
+        sock = GuardedSocket(
+            assoc,
+            raw_socket,
+            prefix=bytes(prefix),
+            limits=server.limits.guard,
+            on_refusal=lambda reason: server.refused("pdu_refused", host, reason),
+        )
         assoc.set_socket(sock)
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
@@ -117,8 +122,9 @@ class NodeAssociationServer(ThreadedAssociationServer):
     limits: GateLimits
     on_refusal: RefusalCallback | None = None
 
-    def __init__(self, *args: Any, limits: GateLimits, on_refusal: RefusalCallback | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limits: GateLimits, on_refusal: RefusalCallback | None = None, **kwargs: Any
+    ) -> None:
         self.limits = limits
         self.on_refusal = on_refusal
         self._stop = threading.Event()
@@ -142,8 +148,11 @@ class NodeAssociationServer(ThreadedAssociationServer):
         One that was released, aborted or rejected frees its slot at once, while its thread
         winds down (a peer that releases and re-associates at once is not refused)."""
         with self._assoc_lock:
-            return sum(1 for a in list(self._associations)
-                       if a.is_alive() and not (a.is_released or a.is_aborted or a.is_rejected))
+            return sum(
+                1
+                for a in list(self._associations)
+                if a.is_alive() and not (a.is_released or a.is_aborted or a.is_rejected)
+            )
 
     def pending_count(self) -> int:
         return len(self._pending)
@@ -152,11 +161,11 @@ class NodeAssociationServer(ThreadedAssociationServer):
         if self.on_refusal is not None:
             try:
                 self.on_refusal(kind, host, detail)
-            except Exception:  # noqa: BLE001 - the gate must keep running
+            except Exception:
                 pass
 
     # ------------------------------------------------------------------ the loop
-    def serve_forever(self, poll_interval: float = 0.5) -> None:  # noqa: ARG002
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
         self._stopped.clear()
         listener = self.socket
         if listener is None:  # server_close() ran before the loop started
@@ -222,7 +231,7 @@ class NodeAssociationServer(ThreadedAssociationServer):
             if tls:
                 self._on_readable(sel, pending, selectors.EVENT_READ)
 
-    def _on_readable(self, sel: selectors.BaseSelector, pending: _Pending, mask: int) -> None:  # noqa: ARG002
+    def _on_readable(self, sel: selectors.BaseSelector, pending: _Pending, mask: int) -> None:
         sock = pending.sock
         try:
             if pending.tls_pending:
@@ -249,8 +258,11 @@ class NodeAssociationServer(ThreadedAssociationServer):
                     return
                 pending.buffer += chunk
         except (OSError, ssl.SSLError) as exc:
-            self.refused("association_aborted", str(pending.address[0]),
-                         f"connection failed before association: {type(exc).__name__}")
+            self.refused(
+                "association_aborted",
+                str(pending.address[0]),
+                f"connection failed before association: {type(exc).__name__}",
+            )
             self._drop(sel, pending)
             return
         except _Refused as exc:
@@ -299,8 +311,11 @@ class NodeAssociationServer(ThreadedAssociationServer):
             pending = next(iter(self._pending.values()))
             if pending.deadline > now:
                 return
-            self.refused("association_timeout", str(pending.address[0]),
-                         f"no complete A-ASSOCIATE-RQ within {self.limits.handshake_seconds:g} s")
+            self.refused(
+                "association_timeout",
+                str(pending.address[0]),
+                f"no complete A-ASSOCIATE-RQ within {self.limits.handshake_seconds:g} s",
+            )
             self._drop(sel, pending)
 
     def _evict_oldest(self, sel: selectors.BaseSelector, why: str) -> None:

@@ -61,8 +61,15 @@ class GuardedSocket(AssociationSocket):
     limit (for the audit ledger).
     """
 
-    def __init__(self, assoc: "Association", client_socket: socket.socket, *, prefix: bytes,
-                 limits: GuardLimits, on_refusal: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        assoc: Association,
+        client_socket: socket.socket,
+        *,
+        prefix: bytes,
+        limits: GuardLimits,
+        on_refusal: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__(assoc, client_socket=client_socket)
         self.limits = limits
         self._on_refusal = on_refusal
@@ -122,14 +129,14 @@ class GuardedSocket(AssociationSocket):
         while len(self._buffer) < size:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise PduRefused(f"PDU not complete within {self.limits.pdu_deadline_seconds:g} s "
-                                 "of its first byte")
+                raise PduRefused(f"PDU not complete within {self.limits.pdu_deadline_seconds:g} s of its first byte")
             sock.settimeout(remaining)
             try:
                 chunk = sock.recv(min(RECV_CHUNK, size - len(self._buffer)))
             except TimeoutError:
-                raise PduRefused(f"PDU not complete within {self.limits.pdu_deadline_seconds:g} s "
-                                 "of its first byte") from None
+                raise PduRefused(
+                    f"PDU not complete within {self.limits.pdu_deadline_seconds:g} s of its first byte"
+                ) from None
             finally:
                 if self.socket is not None:
                     # Sends stay bounded too: a peer that stops reading cannot park our thread.
@@ -150,7 +157,7 @@ class GuardedSocket(AssociationSocket):
         pos, end = PDU_HEADER, len(pdu)
         rewritten = False
         while pos + 6 <= end:
-            item_length = struct.unpack(">L", pdu[pos:pos + 4])[0]
+            item_length = struct.unpack(">L", pdu[pos : pos + 4])[0]
             if item_length < 2 or pos + 4 + item_length > end:
                 return pdu  # malformed: pynetdicom's decoder refuses it (Evt19, abort)
             control = pdu[pos + 5]
@@ -172,9 +179,9 @@ class GuardedSocket(AssociationSocket):
                         self.oversized_datasets.append(self._dataset_bytes)
                     self._dataset_bytes, self._dropping = 0, False
             if keep:
-                out += pdu[pos:pos + 4 + item_length]
+                out += pdu[pos : pos + 4 + item_length]
             else:
-                out += struct.pack(">L", 2) + pdu[pos + 4:pos + 6]
+                out += struct.pack(">L", 2) + pdu[pos + 4 : pos + 6]
                 rewritten = True
             pos += 4 + item_length
         if not rewritten:
@@ -194,5 +201,5 @@ class GuardedSocket(AssociationSocket):
         if self._on_refusal is not None:
             try:
                 self._on_refusal(reason)
-            except Exception:  # noqa: BLE001 - an audit hiccup must not keep the connection open
+            except Exception:
                 pass

@@ -30,15 +30,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UnifiedProcedureStepWatch,
 )
 
-from node.worklist import ups
 from node.audit import AuditLog, AuditObject, EventCode, Participant
-from node.audit.events import MINOR_FAILURE, SUCCESS as AUDIT_SUCCESS
+from node.audit.events import MINOR_FAILURE
+from node.audit.events import SUCCESS as AUDIT_SUCCESS
 from node.config import RemoteNode
 from node.db.engine import Database
 from node.dimse import status as st
 from node.dimse.tls import client_tls_args
 from node.oplog import get_logger
-from node.store.read import StoredFiles
 from node.query.match import (
     PATIENT_ROOT,
     STUDY_ROOT,
@@ -47,20 +46,27 @@ from node.query.match import (
     identifier_criteria,
     instances_for_retrieve,
 )
+from node.store.read import StoredFiles
+from node.worklist import ups
 
 log = get_logger("qr")
 FIND_LIMIT = 10_000
 RETRIEVE_LIMIT = 65_535
 
-FIND_MODELS = {str(StudyRootQueryRetrieveInformationModelFind): STUDY_ROOT,
-               str(PatientRootQueryRetrieveInformationModelFind): PATIENT_ROOT}
-GET_MODELS = {str(StudyRootQueryRetrieveInformationModelGet): STUDY_ROOT,
-              str(PatientRootQueryRetrieveInformationModelGet): PATIENT_ROOT}
-MOVE_MODELS = {str(StudyRootQueryRetrieveInformationModelMove): STUDY_ROOT,
-               str(PatientRootQueryRetrieveInformationModelMove): PATIENT_ROOT}
+FIND_MODELS = {
+    str(StudyRootQueryRetrieveInformationModelFind): STUDY_ROOT,
+    str(PatientRootQueryRetrieveInformationModelFind): PATIENT_ROOT,
+}
+GET_MODELS = {
+    str(StudyRootQueryRetrieveInformationModelGet): STUDY_ROOT,
+    str(PatientRootQueryRetrieveInformationModelGet): PATIENT_ROOT,
+}
+MOVE_MODELS = {
+    str(StudyRootQueryRetrieveInformationModelMove): STUDY_ROOT,
+    str(PatientRootQueryRetrieveInformationModelMove): PATIENT_ROOT,
+}
 UPS_FIND = {str(UnifiedProcedureStepPull), str(UnifiedProcedureStepWatch), str(UnifiedProcedureStepQuery)}
-UPS_CLASSES = (UnifiedProcedureStepPush, UnifiedProcedureStepPull, UnifiedProcedureStepWatch,
-               UnifiedProcedureStepQuery)
+UPS_CLASSES = (UnifiedProcedureStepPush, UnifiedProcedureStepPull, UnifiedProcedureStepWatch, UnifiedProcedureStepQuery)
 
 
 def _criteria_for_audit(identifier: Dataset | None) -> dict[str, Any]:
@@ -69,8 +75,9 @@ def _criteria_for_audit(identifier: Dataset | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for elem in identifier:
         if elem.keyword and elem.VR != "SQ":
-            out[elem.keyword] = "" if elem.value is None else (
-                [str(v) for v in elem.value] if elem.VM > 1 else str(elem.value))
+            out[elem.keyword] = (
+                "" if elem.value is None else ([str(v) for v in elem.value] if elem.VM > 1 else str(elem.value))
+            )
         elif elem.keyword:
             out[elem.keyword] = "<sequence>"
     return out
@@ -79,8 +86,14 @@ def _criteria_for_audit(identifier: Dataset | None) -> dict[str, Any]:
 class QueryRetrieveSCP:
     """The Q/R and UPS halves of the listener: contexts to add to the AE, handlers to bind."""
 
-    def __init__(self, ae_title: str, db: Database, files: StoredFiles, audit: AuditLog,
-                 move_destinations: tuple[RemoteNode, ...] | list[RemoteNode] = ()) -> None:
+    def __init__(
+        self,
+        ae_title: str,
+        db: Database,
+        files: StoredFiles,
+        audit: AuditLog,
+        move_destinations: tuple[RemoteNode, ...] | list[RemoteNode] = (),
+    ) -> None:
         self.ae_title = ae_title
         self.db = db
         self.files = files
@@ -107,23 +120,35 @@ class QueryRetrieveSCP:
 
     # ---------------------------------------------------------------- audit helpers
     def _peer(self, event: evt.Event, role: str = "source") -> Participant:
-        return Participant(user_id=event.assoc.requestor.ae_title, role=role, is_requestor=True,
-                           network_address=str(event.assoc.requestor.address))
+        return Participant(
+            user_id=event.assoc.requestor.ae_title,
+            role=role,
+            is_requestor=True,
+            network_address=str(event.assoc.requestor.address),
+        )
 
     def _us(self, role: str) -> Participant:
         return Participant(user_id=self.ae_title, role=role)
 
-    def _audit_query(self, event: evt.Event, sop_class: str, identifier: Dataset | None, matches: int,
-                     status: int) -> None:
+    def _audit_query(
+        self, event: evt.Event, sop_class: str, identifier: Dataset | None, matches: int, status: int
+    ) -> None:
         self.audit.record(
-            EventCode.QUERY, action="E", outcome=AUDIT_SUCCESS if status in st.FIND_COMPLETED else MINOR_FAILURE,
+            EventCode.QUERY,
+            action="E",
+            outcome=AUDIT_SUCCESS if status in st.FIND_COMPLETED else MINOR_FAILURE,
             outcome_desc=f"C-FIND status 0x{status:04X}, {matches} matches",
             participants=[self._peer(event), self._us("destination")],
-            objects=[AuditObject(type="query", id=sop_class,
-                                 details={"query": _criteria_for_audit(identifier), "matches": matches})])
+            objects=[
+                AuditObject(
+                    type="query", id=sop_class, details={"query": _criteria_for_audit(identifier), "matches": matches}
+                )
+            ],
+        )
 
-    def _audit_retrieve(self, event: evt.Event, operation: str, destination: str, matches: list[Any],
-                        status_desc: str, ok: bool) -> None:
+    def _audit_retrieve(
+        self, event: evt.Event, operation: str, destination: str, matches: list[Any], status_desc: str, ok: bool
+    ) -> None:
         by_study: dict[str, dict[str, Any]] = defaultdict(lambda: {"instances": 0, "patient_id": ""})
         for m in matches:
             entry = by_study[m.values.get("StudyInstanceUID", "")]
@@ -132,17 +157,28 @@ class QueryRetrieveSCP:
         objects = []
         for study_uid, entry in by_study.items():
             objects.append(AuditObject(type="patient", id=entry["patient_id"]))
-            objects.append(AuditObject(type="study", id=study_uid, details={"instances": entry["instances"],
-                                                                             "operation": operation}))
-        dest = Participant(user_id=destination, role="destination", is_requestor=destination ==
-                           event.assoc.requestor.ae_title,
-                           network_address=str(event.assoc.requestor.address) if operation == "C-GET" else "")
+            objects.append(
+                AuditObject(
+                    type="study", id=study_uid, details={"instances": entry["instances"], "operation": operation}
+                )
+            )
+        dest = Participant(
+            user_id=destination,
+            role="destination",
+            is_requestor=destination == event.assoc.requestor.ae_title,
+            network_address=str(event.assoc.requestor.address) if operation == "C-GET" else "",
+        )
         participants = [self._us("source"), dest]
         if operation == "C-MOVE":
             participants.append(self._peer(event, role="requestor"))
-        self.audit.record(EventCode.INSTANCES_TRANSFERRED, action="R",
-                          outcome=AUDIT_SUCCESS if ok else MINOR_FAILURE,
-                          outcome_desc=f"{operation}: {status_desc}", participants=participants, objects=objects)
+        self.audit.record(
+            EventCode.INSTANCES_TRANSFERRED,
+            action="R",
+            outcome=AUDIT_SUCCESS if ok else MINOR_FAILURE,
+            outcome_desc=f"{operation}: {status_desc}",
+            participants=participants,
+            objects=objects,
+        )
 
     # ---------------------------------------------------------------- C-FIND
     def on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
@@ -166,8 +202,9 @@ class QueryRetrieveSCP:
                 return
             with self.db.session() as session:
                 try:
-                    responses = find_identifier(session, identifier, root=root, limit=FIND_LIMIT,
-                                                retrieve_ae=self.ae_title)
+                    responses = find_identifier(
+                        session, identifier, root=root, limit=FIND_LIMIT, retrieve_ae=self.ae_title
+                    )
                     for response in responses:
                         if event.is_cancelled:
                             status = st.CANCELED
@@ -229,8 +266,9 @@ class QueryRetrieveSCP:
         assert rel is not None
         return self.files.read(rel)
 
-    def _send(self, event: evt.Event, matches: list[Any], operation: str,
-              destination: str) -> Iterator[tuple[int, Dataset | None]]:
+    def _send(
+        self, event: evt.Event, matches: list[Any], operation: str, destination: str
+    ) -> Iterator[tuple[int, Dataset | None]]:
         sent, status_desc, ok = 0, "completed", True
         try:
             for m in matches:
@@ -249,8 +287,9 @@ class QueryRetrieveSCP:
                 yield st.PENDING, ds
             status_desc = f"{sent} instances offered"
         finally:
-            self._audit_retrieve(event, operation, destination, matches[:sent] if sent else matches[:0],
-                                 status_desc, ok)
+            self._audit_retrieve(
+                event, operation, destination, matches[:sent] if sent else matches[:0], status_desc, ok
+            )
 
     def on_get(self, event: evt.Event) -> Iterator[Any]:
         try:
@@ -267,8 +306,11 @@ class QueryRetrieveSCP:
         yield from self._send(event, matches, "C-GET", event.assoc.requestor.ae_title)
 
     def on_move(self, event: evt.Event) -> Iterator[Any]:
-        dest_ae = (event.move_destination or b"").decode("ascii", "replace").strip() \
-            if isinstance(event.move_destination, bytes) else str(event.move_destination or "").strip()
+        dest_ae = (
+            (event.move_destination or b"").decode("ascii", "replace").strip()
+            if isinstance(event.move_destination, bytes)
+            else str(event.move_destination or "").strip()
+        )
         node = self.destinations.get(dest_ae)
         if node is None:
             log.warning("c_move_unknown_destination", destination=dest_ae)
@@ -336,16 +378,31 @@ class QueryRetrieveSCP:
         except Exception:
             return st.INVALID_ARGUMENT_VALUE, None
         calling = str(event.assoc.requestor.ae_title).strip()
-        result = ups.change_state(self.db, uid, str(info.get("ProcedureStepState", "") or ""),
-                                  str(info.get("TransactionUID", "") or ""), f"AE {calling}")
-        log.info("ups_change_state", status=f"0x{result.status:04X}", state=result.state, message=result.message,
-                 calling_ae=calling)
+        result = ups.change_state(
+            self.db,
+            uid,
+            str(info.get("ProcedureStepState", "") or ""),
+            str(info.get("TransactionUID", "") or ""),
+            f"AE {calling}",
+        )
+        log.info(
+            "ups_change_state",
+            status=f"0x{result.status:04X}",
+            state=result.state,
+            message=result.message,
+            calling_ae=calling,
+        )
         if result.ok:  # a state change is a person's act on the worklist: audited, like UPS-RS
-            desc, objects = ups.audit_description(result, via="UPS N-ACTION", requested=str(result.state),
-                                                  ups_uid=uid, by=f"AE {calling}")
-            self.audit.record(EventCode.APPLICATION_ACTIVITY, outcome=AUDIT_SUCCESS, outcome_desc=desc,
-                              participants=[self._peer(event), self._us("destination")],
-                              objects=objects)
+            desc, objects = ups.audit_description(
+                result, via="UPS N-ACTION", requested=str(result.state), ups_uid=uid, by=f"AE {calling}"
+            )
+            self.audit.record(
+                EventCode.APPLICATION_ACTIVITY,
+                outcome=AUDIT_SUCCESS,
+                outcome_desc=desc,
+                participants=[self._peer(event), self._us("destination")],
+                objects=objects,
+            )
         if result.status != st.SUCCESS:
             return result.status, None
         reply = Dataset()

@@ -23,7 +23,7 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
+    def parse(cls, text: str) -> Destination:
         m = _DEST_RE.match(text)
         if not m:
             raise ValueError(f"destination {text!r} is not AET@HOST:PORT")
@@ -56,16 +56,22 @@ def refusal(assoc: object, dest: Destination, calling_ae: str) -> str:
         return f"no association with {where}: no answer (is the node listening there?)"
     source, diagnostic = getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None)
     if source == 1 and diagnostic == 3:
-        return (f"{where} refused the calling AE title {calling_ae!r}: it is not in that node's "
-                f"dicom.allowed_peers. Pass --aet with an allowed title (the shipped config allows MODALITY1), "
-                f"or add {calling_ae!r} to allowed_peers there.")
+        return (
+            f"{where} refused the calling AE title {calling_ae!r}: it is not in that node's "
+            f"dicom.allowed_peers. Pass --aet with an allowed title (the shipped config allows MODALITY1), "
+            f"or add {calling_ae!r} to allowed_peers there."
+        )
     if source == 1 and diagnostic == 7:
-        return (f"{where} refused the called AE title {dest.ae_title!r}: that node has another AE title "
-                "(dicom.ae_title); fix the AET part of --to.")
+        return (
+            f"{where} refused the called AE title {dest.ae_title!r}: that node has another AE title "
+            "(dicom.ae_title); fix the AET part of --to."
+        )
     if source == 3 and diagnostic == 2:
         return f"{where} refused the association: too many associations at once there (local limit exceeded)."
-    return (f"{where} rejected the association (result {getattr(primitive, 'result', None)}, "
-            f"source {source}, reason {diagnostic}).")
+    return (
+        f"{where} rejected the association (result {getattr(primitive, 'result', None)}, "
+        f"source {source}, reason {diagnostic})."
+    )
 
 
 def echo(dest: Destination, calling_ae: str = "TRIAGE_SCU", timeout: float = 30) -> int | None:
@@ -73,7 +79,8 @@ def echo(dest: Destination, calling_ae: str = "TRIAGE_SCU", timeout: float = 30)
     ae = _ae(calling_ae, timeout)
     ae.add_requested_context(Verification)
     assoc = keep_responses_for_caller(
-        ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER]))
+        ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
+    )
     if not assoc.is_established:
         raise ConnectionError(refusal(assoc, dest, calling_ae))
     try:
@@ -104,7 +111,8 @@ def send(paths: list[Path], dest: Destination, calling_ae: str = "TRIAGE_SCU", t
     if len(ae.requested_contexts) > 128:
         raise ValueError("more than 128 SOP class/transfer syntax combinations in one send")
     assoc = keep_responses_for_caller(
-        ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER]))
+        ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER])
+    )
     if not assoc.is_established:
         raise ConnectionError(refusal(assoc, dest, calling_ae))
     results = []

@@ -19,18 +19,19 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, register_uid, uid_to_service_class  # type: ignore[attr-defined]
 
+from node import metrics
 from node.audit import AuditLog, AuditObject, EventCode, Participant
-from node.audit.events import ACCESS_CONTROL_DECISION, MINOR_FAILURE, SUCCESS as AUDIT_SUCCESS
+from node.audit.events import ACCESS_CONTROL_DECISION, MINOR_FAILURE
+from node.audit.events import SUCCESS as AUDIT_SUCCESS
 from node.audit.refusals import RefusalLedger
 from node.config import ConfigError, DicomSection, RemoteNode
+from node.dimse import status as dimse_status
 from node.dimse.gate import GateLimits, NodeAssociationServer
 from node.dimse.pdu_guard import PDU_HEADER, GuardLimits
-from node.dimse import status as dimse_status
 from node.dimse.qr import QueryRetrieveSCP
 from node.dimse.tls import server_context
-from node import metrics
 from node.oplog import get_logger, study_ref
-from node.store.ingest import CANNOT_UNDERSTAND, DATASET_TOO_LARGE, IngestOutcome, Ingestor
+from node.store.ingest import CANNOT_UNDERSTAND, DATASET_TOO_LARGE, Ingestor, IngestOutcome
 
 log = get_logger("dimse")
 # pynetdicom reads an empty require_calling_aet list as "anyone". For allowed_peers = [] we put
@@ -70,9 +71,14 @@ class _StudyTally:
 
 
 class DicomListener:
-    def __init__(self, config: DicomSection, ingestor: Ingestor, audit: AuditLog,
-                 move_destinations: tuple[RemoteNode, ...] | list[RemoteNode] = (),
-                 refusals: RefusalLedger | None = None) -> None:
+    def __init__(
+        self,
+        config: DicomSection,
+        ingestor: Ingestor,
+        audit: AuditLog,
+        move_destinations: tuple[RemoteNode, ...] | list[RemoteNode] = (),
+        refusals: RefusalLedger | None = None,
+    ) -> None:
         self.config = config
         self.ingestor = ingestor
         self.audit = audit
@@ -133,11 +139,17 @@ class DicomListener:
         max_dataset = self.ingestor.max_dataset_bytes
         # 0 = "unlimited" PDUs: still no PDU larger than one data set plus its headers.
         max_pdu = cfg.max_pdu_bytes if cfg.max_pdu_bytes else max_dataset + 64 * 1024
-        return GateLimits(max_associations=cfg.max_associations, max_pending=cfg.max_pending_connections,
-                          handshake_seconds=handshake, tcp_nodelay=cfg.tcp_nodelay,
-                          guard=GuardLimits(max_pdu_length=max_pdu + PDU_HEADER,
-                                            pdu_deadline_seconds=cfg.network_timeout_seconds,
-                                            max_dataset_bytes=max_dataset))
+        return GateLimits(
+            max_associations=cfg.max_associations,
+            max_pending=cfg.max_pending_connections,
+            handshake_seconds=handshake,
+            tcp_nodelay=cfg.tcp_nodelay,
+            guard=GuardLimits(
+                max_pdu_length=max_pdu + PDU_HEADER,
+                pdu_deadline_seconds=cfg.network_timeout_seconds,
+                max_dataset_bytes=max_dataset,
+            ),
+        )
 
     def active_associations(self) -> int:
         return self._server.active_count() if self._server is not None else 0
@@ -150,12 +162,19 @@ class DicomListener:
         cfg = self.config
         ssl_ctx = server_context(cfg.tls) if cfg.tls.enabled else None
         try:
-            server = self.ae.make_server((cfg.host, cfg.port), ae_title=cfg.ae_title, ssl_context=ssl_ctx,
-                                         evt_handlers=self.handlers(), server_class=NodeAssociationServer,
-                                         limits=self.limits(), on_refusal=self._on_gate_refusal)
+            server = self.ae.make_server(
+                (cfg.host, cfg.port),
+                ae_title=cfg.ae_title,
+                ssl_context=ssl_ctx,
+                evt_handlers=self.handlers(),
+                server_class=NodeAssociationServer,
+                limits=self.limits(),
+                on_refusal=self._on_gate_refusal,
+            )
         except OSError as exc:  # port in use, address not ours: named for the operator, no traceback
-            raise ConfigError(f"dicom.host/dicom.port: cannot listen on {cfg.host}:{cfg.port} "
-                              f"({exc.strerror or exc})") from None
+            raise ConfigError(
+                f"dicom.host/dicom.port: cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc})"
+            ) from None
         self._server = server  # type: ignore[assignment]
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True)
         self._thread.start()
@@ -197,9 +216,12 @@ class DicomListener:
                 self.ingestor.count(outcome)
             else:
                 outcome = self.ingestor.store(
-                    event.file_meta, request.DataSet, calling_ae=calling,
+                    event.file_meta,
+                    request.DataSet,
+                    calling_ae=calling,
                     expected_sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                    expected_sop_class_uid=str(request.AffectedSOPClassUID))
+                    expected_sop_class_uid=str(request.AffectedSOPClassUID),
+                )
             key = id(event.assoc)
             with self._tally_lock:
                 study = outcome.header.study_instance_uid if outcome.header is not None else UNPARSED
@@ -215,8 +237,9 @@ class DicomListener:
                     code = f"0x{outcome.status:04X}"
                     tally.statuses[code] = tally.statuses.get(code, 0) + 1
             if not outcome.ok:
-                log.warning("c_store_refused", status=f"0x{outcome.status:04X}", reason=outcome.reason,
-                            calling_ae=calling)
+                log.warning(
+                    "c_store_refused", status=f"0x{outcome.status:04X}", reason=outcome.reason, calling_ae=calling
+                )
             return outcome.status
         finally:
             with self._inflight_cv:
@@ -224,19 +247,28 @@ class DicomListener:
                 self._inflight_cv.notify_all()
 
     def _peer(self, event: evt.Event) -> Participant:
-        return Participant(user_id=event.assoc.requestor.ae_title, role="source", is_requestor=True,
-                           network_address=str(event.assoc.requestor.address))
+        return Participant(
+            user_id=event.assoc.requestor.ae_title,
+            role="source",
+            is_requestor=True,
+            network_address=str(event.assoc.requestor.address),
+        )
 
     def _us(self) -> Participant:
         return Participant(user_id=self.config.ae_title, role="destination")
 
     def _on_accepted(self, event: evt.Event) -> None:
         metrics.ASSOCIATIONS.labels("accepted").inc()
-        self.audit.record(EventCode.SECURITY_ALERT, event_type=ACCESS_CONTROL_DECISION, outcome=AUDIT_SUCCESS,
-                          outcome_desc="association accepted",
-                          participants=[self._peer(event), self._us()])
-        log.info("association_accepted", calling_ae=event.assoc.requestor.ae_title,
-                 peer=str(event.assoc.requestor.address))
+        self.audit.record(
+            EventCode.SECURITY_ALERT,
+            event_type=ACCESS_CONTROL_DECISION,
+            outcome=AUDIT_SUCCESS,
+            outcome_desc="association accepted",
+            participants=[self._peer(event), self._us()],
+        )
+        log.info(
+            "association_accepted", calling_ae=event.assoc.requestor.ae_title, peer=str(event.assoc.requestor.address)
+        )
 
     def _on_rejected(self, event: evt.Event) -> None:
         """AE title refused (or pynetdicom's own limit): audited through the ledger, so a peer
@@ -259,11 +291,15 @@ class DicomListener:
         cfg = self.config
         reasons = []
         if "*" not in cfg.allowed_peers and calling.strip() not in cfg.allowed_peers:
-            reasons.append(f"calling AE title {calling.strip()!r} is not in dicom.allowed_peers"
-                           if cfg.allowed_peers else "dicom.allowed_peers is empty: no calling AE title is allowed")
+            reasons.append(
+                f"calling AE title {calling.strip()!r} is not in dicom.allowed_peers"
+                if cfg.allowed_peers
+                else "dicom.allowed_peers is empty: no calling AE title is allowed"
+            )
         if cfg.check_called_ae and called.strip() != cfg.ae_title:
-            reasons.append(f"called AE title {called.strip()!r} is not this node's "
-                           f"({cfg.ae_title!r}; dicom.check_called_ae)")
+            reasons.append(
+                f"called AE title {called.strip()!r} is not this node's ({cfg.ae_title!r}; dicom.check_called_ae)"
+            )
         return "; ".join(reasons) or "association limit reached (local limit exceeded)"
 
     def _on_gate_refusal(self, kind: str, host: str, detail: str) -> None:
@@ -274,31 +310,51 @@ class DicomListener:
     def _on_aborted(self, event: evt.Event) -> None:
         reason = getattr(event.assoc.dul.socket, "refusal", None)
         if reason is None:  # a guard refusal was already noted by the gate's callback
-            self.refusals.note("association_aborted", str(event.assoc.requestor.address),
-                               "association aborted", user=event.assoc.requestor.ae_title)
+            self.refusals.note(
+                "association_aborted",
+                str(event.assoc.requestor.address),
+                "association aborted",
+                user=event.assoc.requestor.ae_title,
+            )
         self._on_finished(event)
 
     def _on_finished(self, event: evt.Event) -> None:
         with self._tally_lock:
             tallies = self._tallies.pop(id(event.assoc), {})
         for study_uid, tally in tallies.items():
-            details = {"instances": tally.instances, "duplicates": tally.duplicates,
-                       "failures": tally.failures, "sop_classes": sorted(tally.sop_classes)}
+            details = {
+                "instances": tally.instances,
+                "duplicates": tally.duplicates,
+                "failures": tally.failures,
+                "sop_classes": sorted(tally.sop_classes),
+            }
             if tally.statuses:
                 details["failure_statuses"] = dict(sorted(tally.statuses.items()))
             objects = [AuditObject(type="study", id=study_uid or "unreadable data set", details=details)]
             if study_uid:
                 objects.insert(0, AuditObject(type="patient", id=tally.patient_id))
             self.audit.record(
-                EventCode.INSTANCES_TRANSFERRED, action="C",
+                EventCode.INSTANCES_TRANSFERRED,
+                action="C",
                 outcome=AUDIT_SUCCESS if tally.failures == 0 else MINOR_FAILURE,
-                outcome_desc=(f"{tally.instances} stored ({tally.duplicates} duplicates kept as first copy), "
-                              f"{tally.failures} refused"
-                              + (f" ({', '.join(f'{k} x{v}' for k, v in sorted(tally.statuses.items()))})"
-                                 if tally.statuses else "")),
+                outcome_desc=(
+                    f"{tally.instances} stored ({tally.duplicates} duplicates kept as first copy), "
+                    f"{tally.failures} refused"
+                    + (
+                        f" ({', '.join(f'{k} x{v}' for k, v in sorted(tally.statuses.items()))})"
+                        if tally.statuses
+                        else ""
+                    )
+                ),
                 participants=[self._peer(event), self._us()],
-                objects=objects)
+                objects=objects,
+            )
             if not study_uid:
                 continue
-            log.info("instances_received", study_ref=study_ref(study_uid), instances=tally.instances,
-                     duplicates=tally.duplicates, failures=tally.failures)
+            log.info(
+                "instances_received",
+                study_ref=study_ref(study_uid),
+                instances=tally.instances,
+                duplicates=tally.duplicates,
+                failures=tally.failures,
+            )

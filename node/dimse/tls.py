@@ -35,8 +35,7 @@ def server_context(tls: TlsSection) -> ssl.SSLContext:
 
 def client_context(tls: RemoteTls) -> ssl.SSLContext:
     """The TLS context of an association the node opens towards a peer."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                     cafile=str(tls.ca_file) if tls.ca_file else None)
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.cert_file is not None:
         ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MmdResult", "mmd_permutation_test", "ks_shift", "rate_change"]
+__all__ = ["MmdResult", "ks_shift", "mmd_permutation_test", "rate_change"]
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,9 @@ def _mmd2(k: np.ndarray, first: np.ndarray, n_ref: int) -> float:
     return float(a.mean() + b.mean() - 2 * ab.mean())
 
 
-def mmd_permutation_test(reference: np.ndarray, recent: np.ndarray, *, components: int = 10,
-                         permutations: int = 500, seed: int = 0) -> MmdResult:
+def mmd_permutation_test(
+    reference: np.ndarray, recent: np.ndarray, *, components: int = 10, permutations: int = 500, seed: int = 0
+) -> MmdResult:
     """Is ``recent`` (m, D) drawn from the distribution of ``reference`` (n, D)?"""
     from sklearn.decomposition import PCA
 
@@ -44,7 +45,7 @@ def mmd_permutation_test(reference: np.ndarray, recent: np.ndarray, *, component
     n_comp = int(max(1, min(components, ref.shape[0] - 1, ref.shape[1])))
     pca = PCA(n_components=n_comp, random_state=seed).fit(ref)
     pooled = np.concatenate([pca.transform(ref), pca.transform(rec)])
-    sq = np.sum(pooled ** 2, axis=1)
+    sq = np.sum(pooled**2, axis=1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * pooled @ pooled.T, 0.0)
     upper = d2[np.triu_indices_from(d2, k=1)]
     bandwidth2 = float(np.median(upper)) if upper.size and np.median(upper) > 0 else 1.0

@@ -15,19 +15,30 @@ from node.db.models import DriftStream
 
 def stream_row(session: Session, key: str, weights: str, version: str, now: datetime) -> tuple[DriftStream, bool]:
     """The stream's row (inside the caller's transaction), created when first seen; (row, created)."""
-    row = session.execute(select(DriftStream).where(
-        DriftStream.stream_key == key, DriftStream.weights_sha256 == weights,
-        DriftStream.preprocessing_version == version)).scalar_one_or_none()
+    row = session.execute(
+        select(DriftStream).where(
+            DriftStream.stream_key == key,
+            DriftStream.weights_sha256 == weights,
+            DriftStream.preprocessing_version == version,
+        )
+    ).scalar_one_or_none()
     if row is not None:
         return row, False
-    row = DriftStream(stream_key=key, weights_sha256=weights, preprocessing_version=version, first_seen_at=now,
-                      alert=False, reasons="")
+    row = DriftStream(
+        stream_key=key,
+        weights_sha256=weights,
+        preprocessing_version=version,
+        first_seen_at=now,
+        alert=False,
+        reasons="",
+    )
     session.add(row)
     return row, True
 
 
-def freeze_reference(session: Session, key: str, weights: str, version: str, *, first_id: int, last_id: int,
-                     now: datetime) -> None:
+def freeze_reference(
+    session: Session, key: str, weights: str, version: str, *, first_id: int, last_id: int, now: datetime
+) -> None:
     """Embedding rows ``first_id..last_id`` become the stream's reference window."""
     row, _ = stream_row(session, key, weights, version, now)
     row.reference_first_id, row.reference_last_id = first_id, last_id
@@ -40,8 +51,9 @@ class AlertChange:
     changed: bool  # the alert was raised or cleared just now
 
 
-def record_alert(session: Session, key: str, weights: str, version: str, *, alert: bool, reasons: str,
-                 now: datetime) -> AlertChange:
+def record_alert(
+    session: Session, key: str, weights: str, version: str, *, alert: bool, reasons: str, now: datetime
+) -> AlertChange:
     """Keep the stream's alert state and reasons; says what changed, for the caller to announce once."""
     row, created = stream_row(session, key, weights, version, now)
     changed = bool(row.alert) != alert

@@ -15,10 +15,10 @@ from node.embeddings.store import (
 
 __all__ = [
     "HeaderFacts",
-    "header_facts",
     "StoredEmbedding",
     "existing_sop_uids",
     "get_embeddings",
+    "header_facts",
     "keep_batch_embeddings",
     "put_embeddings",
 ]

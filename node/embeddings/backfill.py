@@ -38,15 +38,23 @@ class BackfillSummary:
     failed: int = 0
 
 
-def backfill(settings: Settings, *, study_uids: Sequence[str] = (), all_studies: bool = False,
-             preprocessing: str | None = None, progress: bool = True,
-             model_loader: Callable[..., LoadedModel] = load_model) -> BackfillSummary:
+def backfill(
+    settings: Settings,
+    *,
+    study_uids: Sequence[str] = (),
+    all_studies: bool = False,
+    preprocessing: str | None = None,
+    progress: bool = True,
+    model_loader: Callable[..., LoadedModel] = load_model,
+) -> BackfillSummary:
     from tqdm import tqdm
 
     if not study_uids and not all_studies:
         raise BackfillError("name studies with --study UID, or pass --all")
     if preprocessing is not None and preprocessing not in PREPROCESSING_METHODS:
-        raise BackfillError(f"--preprocessing: unknown version {preprocessing} (have: {', '.join(PREPROCESSING_METHODS)})")
+        raise BackfillError(
+            f"--preprocessing: unknown version {preprocessing} (have: {', '.join(PREPROCESSING_METHODS)})"
+        )
     try:
         available = load_profiles(settings.triage.profiles_path)
     except ProfileError as exc:
@@ -64,8 +72,7 @@ def backfill(settings: Settings, *, study_uids: Sequence[str] = (), all_studies:
         summary = BackfillSummary(studies=len(uids))
         by_profile: dict[str, list] = {p.name: [] for p in profiles}
         files = StoredFiles(settings.storage.path)
-        for uid in tqdm(uids, desc="reading headers", unit="study", file=sys.stderr, disable=not progress,
-                        leave=False):
+        for uid in tqdm(uids, desc="reading headers", unit="study", file=sys.stderr, disable=not progress, leave=False):
             headers = study_headers(db, files, uid)
             for profile in profiles:
                 accepted = select_images(headers, profile).accepted
@@ -78,8 +85,15 @@ def backfill(settings: Settings, *, study_uids: Sequence[str] = (), all_studies:
             images = by_profile[profile.name]
             if not images:
                 continue
-            outcome: EmbedOutcome = embed_missing(db, model, profile, images, batch_size=model.batch_size,
-                                                  progress=progress, desc=f"embedding for {profile.name}")
+            outcome: EmbedOutcome = embed_missing(
+                db,
+                model,
+                profile,
+                images,
+                batch_size=model.batch_size,
+                progress=progress,
+                desc=f"embedding for {profile.name}",
+            )
             summary.embedded += outcome.embedded
             summary.already += outcome.already
             summary.failed += len(outcome.failed)

@@ -24,7 +24,7 @@ from node.embeddings.store import existing_sop_uids, put_embeddings
 from node.triage.preprocess import PreprocessError, to_model_input
 from node.triage.profiles import TriageProfile
 
-__all__ = ["all_study_uids", "with_preprocessing", "embed_missing", "EmbedOutcome"]
+__all__ = ["EmbedOutcome", "all_study_uids", "embed_missing", "with_preprocessing"]
 
 
 def all_study_uids(db: Database) -> list[str]:
@@ -44,16 +44,25 @@ class EmbedOutcome:
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # sop uid -> preprocessing error
 
 
-def embed_missing(db: Database, model, profile: TriageProfile, images: Sequence[Dataset], *,
-                  batch_size: int = 32, progress: bool = True, desc: str = "embedding") -> EmbedOutcome:
+def embed_missing(
+    db: Database,
+    model,
+    profile: TriageProfile,
+    images: Sequence[Dataset],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "embedding",
+) -> EmbedOutcome:
     """Embed the ``images`` (accepted by ``profile``) that have no kept embedding yet for the model's
     weights and the profile's preprocessing version; commit after every batch."""
     from tqdm import tqdm
 
     version = profile.preprocessing.method
     weights = model.identity.weights_sha256
-    have = existing_sop_uids(db, (str(ds.SOPInstanceUID) for ds in images), weights_sha256=weights,
-                             preprocessing_version=version)
+    have = existing_sop_uids(
+        db, (str(ds.SOPInstanceUID) for ds in images), weights_sha256=weights, preprocessing_version=version
+    )
     todo, seen = [], set()
     for ds in images:
         uid = str(ds.SOPInstanceUID)
@@ -61,12 +70,18 @@ def embed_missing(db: Database, model, profile: TriageProfile, images: Sequence[
             seen.add(uid)
             todo.append(ds)
     outcome = EmbedOutcome(already=len(have))
-    bar = tqdm(total=len(todo), desc=f"{desc} ({version})", unit="image", file=sys.stderr,
-               disable=not progress or not todo, leave=False)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"{desc} ({version})",
+        unit="image",
+        file=sys.stderr,
+        disable=not progress or not todo,
+        leave=False,
+    )
     try:
         for start in range(0, len(todo), batch_size):
             batch, pixels = [], []
-            for ds in todo[start:start + batch_size]:
+            for ds in todo[start : start + batch_size]:
                 try:
                     px, _ = to_model_input(ds, size=model.image_size, defaults=profile.preprocessing)
                 except PreprocessError as exc:

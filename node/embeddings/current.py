@@ -42,8 +42,9 @@ def current_weights_sha256(settings: Settings, db: Database) -> str | None:
     if sha:
         return sha
     with db.session() as session:
-        return session.execute(select(ImageEmbedding.weights_sha256).order_by(ImageEmbedding.id.desc())
-                               .limit(1)).scalar_one_or_none()
+        return session.execute(
+            select(ImageEmbedding.weights_sha256).order_by(ImageEmbedding.id.desc()).limit(1)
+        ).scalar_one_or_none()
 
 
 def profile_preprocessing_versions(settings: Settings) -> list[str]:

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 
 from node.triage.select import patient_age_years
 
-__all__ = ["HeaderFacts", "header_facts", "age_band"]
+__all__ = ["HeaderFacts", "age_band", "header_facts"]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -27,8 +27,14 @@ from node.db.models import ImageEmbedding
 from node.embeddings.facts import HeaderFacts, header_facts
 from node.oplog import get_logger
 
-__all__ = ["StoredEmbedding", "put_embeddings", "get_embeddings", "existing_sop_uids", "keep_batch_embeddings",
-           "study_embeddings"]
+__all__ = [
+    "StoredEmbedding",
+    "existing_sop_uids",
+    "get_embeddings",
+    "keep_batch_embeddings",
+    "put_embeddings",
+    "study_embeddings",
+]
 
 log = get_logger("embeddings")
 _CHUNK = 500  # UIDs per IN (...) query: well below SQLite's variable limit
@@ -44,8 +50,9 @@ class StoredEmbedding:
     facts: HeaderFacts
 
 
-def _row(ds: Dataset, vector: np.ndarray, weights_sha256: str, preprocessing_version: str,
-         now: datetime) -> dict[str, Any]:
+def _row(
+    ds: Dataset, vector: np.ndarray, weights_sha256: str, preprocessing_version: str, now: datetime
+) -> dict[str, Any]:
     facts = header_facts(ds)
     v = np.ascontiguousarray(np.asarray(vector, dtype=np.float32).reshape(-1), dtype=_DTYPE)
     return {
@@ -69,19 +76,26 @@ def _row(ds: Dataset, vector: np.ndarray, weights_sha256: str, preprocessing_ver
     }
 
 
-def put_embeddings(db: Database, images: Sequence[Dataset], vectors: np.ndarray | Any, *, weights_sha256: str,
-                   preprocessing_version: str) -> None:
+def put_embeddings(
+    db: Database,
+    images: Sequence[Dataset],
+    vectors: np.ndarray | Any,
+    *,
+    weights_sha256: str,
+    preprocessing_version: str,
+) -> None:
     """Keep one vector per image (row i of ``vectors`` belongs to ``images[i]``); existing keys are left as they are."""
     arr = vectors.detach().float().cpu().numpy() if hasattr(vectors, "detach") else np.asarray(vectors, np.float32)
     if arr.ndim != 2 or arr.shape[0] != len(images):
         raise ValueError(f"{len(images)} images but vectors of shape {arr.shape}")
     if not images:
         return
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [_row(ds, arr[i], weights_sha256, preprocessing_version, now) for i, ds in enumerate(images)]
     insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(ImageEmbedding).on_conflict_do_nothing(
-        index_elements=["sop_instance_uid", "weights_sha256", "preprocessing_version"])
+        index_elements=["sop_instance_uid", "weights_sha256", "preprocessing_version"]
+    )
     with db.write() as session:
         session.execute(stmt, rows)
 
@@ -92,59 +106,81 @@ def _decode(row: ImageEmbedding) -> StoredEmbedding:
         study_instance_uid=row.study_instance_uid,
         series_instance_uid=row.series_instance_uid,
         vector=np.frombuffer(row.vector, dtype=_DTYPE, count=row.dim).astype(np.float32),
-        facts=HeaderFacts(sex=row.patient_sex, age_years=row.patient_age_years, manufacturer=row.manufacturer,
-                          manufacturer_model=row.manufacturer_model, station_name=row.station_name,
-                          institution_name=row.institution_name, modality=row.modality,
-                          view_position=row.view_position, body_part=row.body_part))
+        facts=HeaderFacts(
+            sex=row.patient_sex,
+            age_years=row.patient_age_years,
+            manufacturer=row.manufacturer,
+            manufacturer_model=row.manufacturer_model,
+            station_name=row.station_name,
+            institution_name=row.institution_name,
+            modality=row.modality,
+            view_position=row.view_position,
+            body_part=row.body_part,
+        ),
+    )
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
-        yield items[start:start + _CHUNK]
+        yield items[start : start + _CHUNK]
 
 
-def get_embeddings(db: Database, sop_uids: Iterable[str], *, weights_sha256: str,
-                   preprocessing_version: str) -> dict[str, StoredEmbedding]:
+def get_embeddings(
+    db: Database, sop_uids: Iterable[str], *, weights_sha256: str, preprocessing_version: str
+) -> dict[str, StoredEmbedding]:
     """The kept embeddings of these images for these weights and preprocessing (absent ones are left out)."""
     uids = sorted(set(sop_uids))
     out: dict[str, StoredEmbedding] = {}
     with db.session() as session:
         for chunk in _chunks(uids):
-            rows = session.execute(select(ImageEmbedding).where(
-                ImageEmbedding.weights_sha256 == weights_sha256,
-                ImageEmbedding.preprocessing_version == preprocessing_version,
-                ImageEmbedding.sop_instance_uid.in_(chunk))).scalars()
+            rows = session.execute(
+                select(ImageEmbedding).where(
+                    ImageEmbedding.weights_sha256 == weights_sha256,
+                    ImageEmbedding.preprocessing_version == preprocessing_version,
+                    ImageEmbedding.sop_instance_uid.in_(chunk),
+                )
+            ).scalars()
             for row in rows:
                 out[row.sop_instance_uid] = _decode(row)
     return out
 
 
-def study_embeddings(db: Database, *, weights_sha256: str, preprocessing_version: str,
-                     study_uids: Iterable[str] | None = None) -> list[StoredEmbedding]:
+def study_embeddings(
+    db: Database, *, weights_sha256: str, preprocessing_version: str, study_uids: Iterable[str] | None = None
+) -> list[StoredEmbedding]:
     """Every kept embedding for these weights and preprocessing (optionally of some studies only)."""
     with db.session() as session:
-        base = select(ImageEmbedding).where(ImageEmbedding.weights_sha256 == weights_sha256,
-                                            ImageEmbedding.preprocessing_version == preprocessing_version)
+        base = select(ImageEmbedding).where(
+            ImageEmbedding.weights_sha256 == weights_sha256,
+            ImageEmbedding.preprocessing_version == preprocessing_version,
+        )
         if study_uids is None:
             return [_decode(r) for r in session.execute(base.order_by(ImageEmbedding.id)).scalars()]
         out: list[StoredEmbedding] = []
         for chunk in _chunks(sorted(set(study_uids))):
-            out += [_decode(r) for r in session.execute(
-                base.where(ImageEmbedding.study_instance_uid.in_(chunk))).scalars()]
+            out += [
+                _decode(r) for r in session.execute(base.where(ImageEmbedding.study_instance_uid.in_(chunk))).scalars()
+            ]
         return out
 
 
-def existing_sop_uids(db: Database, sop_uids: Iterable[str], *, weights_sha256: str,
-                      preprocessing_version: str) -> set[str]:
+def existing_sop_uids(
+    db: Database, sop_uids: Iterable[str], *, weights_sha256: str, preprocessing_version: str
+) -> set[str]:
     """Which of these images already have an embedding for these weights and preprocessing."""
     uids = sorted(set(sop_uids))
     found: set[str] = set()
     with db.session() as session:
         for chunk in _chunks(uids):
-            found.update(session.execute(select(ImageEmbedding.sop_instance_uid).where(
-                ImageEmbedding.weights_sha256 == weights_sha256,
-                ImageEmbedding.preprocessing_version == preprocessing_version,
-                ImageEmbedding.sop_instance_uid.in_(chunk))).scalars())
+            found.update(
+                session.execute(
+                    select(ImageEmbedding.sop_instance_uid).where(
+                        ImageEmbedding.weights_sha256 == weights_sha256,
+                        ImageEmbedding.preprocessing_version == preprocessing_version,
+                        ImageEmbedding.sop_instance_uid.in_(chunk),
+                    )
+                ).scalars()
+            )
     return found
 
 
@@ -162,8 +198,13 @@ def keep_batch_embeddings(db: Database, works: Sequence[Any], embeddings: Any, w
         for work in works:
             n = len(work.images)
             if n:
-                put_embeddings(db, work.images, embeddings[start:start + n], weights_sha256=weights_sha256,
-                               preprocessing_version=preprocess_version(work.profile.preprocessing))
+                put_embeddings(
+                    db,
+                    work.images,
+                    embeddings[start : start + n],
+                    weights_sha256=weights_sha256,
+                    preprocessing_version=preprocess_version(work.profile.preprocessing),
+                )
             start += n
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.warning("embeddings_not_kept", error=type(exc).__name__, detail=str(exc)[:300])

@@ -44,7 +44,7 @@ from node.evaluate.metrics import (
     youden_threshold,
 )
 
-__all__ = ["FindingInput", "FindingAnalysis", "analyse_finding", "MIN_POSITIVES", "FPR_GRID"]
+__all__ = ["FPR_GRID", "MIN_POSITIVES", "FindingAnalysis", "FindingInput", "analyse_finding"]
 
 MIN_POSITIVES = 30
 FPR_GRID = np.linspace(0.0, 1.0, 51)
@@ -95,8 +95,9 @@ class _Boot:
     subgroup_aurocs: list[np.ndarray]
 
 
-def _bootstrap(s: np.ndarray, y: np.ndarray, b: int, seed: int, key: str, target: float,
-               subsets: list[np.ndarray]) -> _Boot:
+def _bootstrap(
+    s: np.ndarray, y: np.ndarray, b: int, seed: int, key: str, target: float, subsets: list[np.ndarray]
+) -> _Boot:
     """One pass of ``b`` stratified resamples of the cohort: its AUROCs, the thresholds reaching
     ``target``, ROC bands, and for each subgroup (a boolean mask over the studies) the AUROC of
     its slice of every cohort resample (the subgroup bootstrap: same draws, so subgroups and
@@ -123,12 +124,17 @@ def _bootstrap(s: np.ndarray, y: np.ndarray, b: int, seed: int, key: str, target
             kept += take
         for out, (mp, mn) in zip(subs, masks):
             out.append(bootstrap_auroc(Resamples(pos[mp], neg[mn], block.cpos[:, mp], block.cneg[:, mn])))
-    return _Boot(np.concatenate(aurocs), np.concatenate(thresholds), np.concatenate(bands) if bands else None,
-                 [np.concatenate(x) for x in subs])
+    return _Boot(
+        np.concatenate(aurocs),
+        np.concatenate(thresholds),
+        np.concatenate(bands) if bands else None,
+        [np.concatenate(x) for x in subs],
+    )
 
 
-def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensitivity: float,
-                    tick: Callable[[], object] = lambda: None) -> FindingAnalysis:
+def analyse_finding(
+    f: FindingInput, *, bootstrap: int, seed: int, target_sensitivity: float, tick: Callable[[], object] = lambda: None
+) -> FindingAnalysis:
     known = np.isfinite(f.labels)
     s, y = f.scores[known].astype(np.float64), f.labels[known].astype(np.int64)
     n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
@@ -162,11 +168,17 @@ def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensit
         low, high = max(0.0, low), min(1.0, high)
         c = confusion_at(s, y, t_star, (low, high))
         suggested = {
-            "method": method, "threshold": t_star, "indeterminate_band": [low, high],
+            "method": method,
+            "threshold": t_star,
+            "indeterminate_band": [low, high],
             "target_sensitivity": target if f.urgent else None,
-            "sensitivity": c["sensitivity"], "sensitivity_ci": c["sensitivity_ci"],
-            "specificity": c["specificity"], "specificity_ci": c["specificity_ci"],
-            "ppv": c["ppv"], "npv": c["npv"], "indeterminate_fraction": c["indeterminate_fraction"],
+            "sensitivity": c["sensitivity"],
+            "sensitivity_ci": c["sensitivity_ci"],
+            "specificity": c["specificity"],
+            "specificity_ci": c["specificity_ci"],
+            "ppv": c["ppv"],
+            "npv": c["npv"],
+            "indeterminate_fraction": c["indeterminate_fraction"],
             "present_sensitivity": c["present_sensitivity"],
         }
         if n_pos < MIN_POSITIVES:
@@ -181,8 +193,15 @@ def analyse_finding(f: FindingInput, *, bootstrap: int, seed: int, target_sensit
     for (column, value, sel), sub_aurocs in zip(subsets, boot.subgroup_aurocs):
         ss, yy = s[sel], y[sel]
         sp, sn = int((yy == 1).sum()), int((yy == 0).sum())
-        row: dict[str, object] = {"by": column, "value": value, "n": int(sel.sum()), "n_pos": sp,
-                                  "n_neg": sn, "auroc": None, "auroc_ci": None}
+        row: dict[str, object] = {
+            "by": column,
+            "value": value,
+            "n": int(sel.sum()),
+            "n_pos": sp,
+            "n_neg": sn,
+            "auroc": None,
+            "auroc_ci": None,
+        }
         auroc_ci = None
         if sp and sn:
             row["auroc"] = float(roc_auc_score(yy, ss))

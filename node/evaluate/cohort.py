@@ -22,7 +22,7 @@ from node.embeddings.store import StoredEmbedding
 from node.triage.policy import NoAssistReason, PromptEmbeddings, StudyDecision, decide
 from node.triage.profiles import TriageProfile
 
-__all__ = ["CohortStudy", "ScoredStudy", "ScoredCohort", "score_cohort"]
+__all__ = ["CohortStudy", "ScoredCohort", "ScoredStudy", "score_cohort"]
 
 
 @dataclass
@@ -50,8 +50,9 @@ class ScoredCohort:
     not_eligible: Counter
 
 
-def score_cohort(cohort: Sequence[CohortStudy], profile: TriageProfile, prompts: PromptEmbeddings,
-                 logit_scale: float) -> ScoredCohort:
+def score_cohort(
+    cohort: Sequence[CohortStudy], profile: TriageProfile, prompts: PromptEmbeddings, logit_scale: float
+) -> ScoredCohort:
     scored: list[ScoredStudy] = []
     not_eligible: Counter = Counter()
     for study in cohort:
@@ -66,8 +67,14 @@ def score_cohort(cohort: Sequence[CohortStudy], profile: TriageProfile, prompts:
         if not decision.findings:
             not_eligible[str(decision.reason)] += 1
             continue
-        scored.append(ScoredStudy(
-            study_uid=study.study_uid, labels=study.labels, extra=study.extra,
-            scores={f.key: f.score for f in decision.findings},
-            facts=study.embeddings[decision.evaluated[0]].facts, decision=decision))
+        scored.append(
+            ScoredStudy(
+                study_uid=study.study_uid,
+                labels=study.labels,
+                extra=study.extra,
+                scores={f.key: f.score for f in decision.findings},
+                facts=study.embeddings[decision.evaluated[0]].facts,
+                decision=decision,
+            )
+        )
     return ScoredCohort(scored, not_eligible)

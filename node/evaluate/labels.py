@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LabelError", "LabelRow", "LabelTable", "read_labels", "ID_COLUMNS"]
+__all__ = ["ID_COLUMNS", "LabelError", "LabelRow", "LabelTable", "read_labels"]
 
 ID_COLUMNS = ("study_instance_uid", "accession_number")
 _TRUE, _FALSE = {"1", "1.0"}, {"0", "0.0"}
@@ -47,12 +47,15 @@ def read_labels(path: Path, finding_keys: Sequence[str], by: Sequence[str] = ())
         reader.fieldnames = header
         id_column = next((c for c in ID_COLUMNS if c in header), None)
         if id_column is None:
-            raise LabelError(f"{path}: needs a column named study_instance_uid or accession_number "
-                             f"(has: {', '.join(header) or 'no header'})")
+            raise LabelError(
+                f"{path}: needs a column named study_instance_uid or accession_number "
+                f"(has: {', '.join(header) or 'no header'})"
+            )
         findings = tuple(k for k in finding_keys if k in header)
         if not findings:
-            raise LabelError(f"{path}: no column for any finding of the profile "
-                             f"(expected one or more of: {', '.join(finding_keys)})")
+            raise LabelError(
+                f"{path}: no column for any finding of the profile (expected one or more of: {', '.join(finding_keys)})"
+            )
         for column in by:
             if column not in header:
                 raise LabelError(f"{path}: --by {column}: no such column (has: {', '.join(header)})")

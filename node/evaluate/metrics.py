@@ -28,9 +28,21 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
-__all__ = ["Resamples", "resamples", "bootstrap_auroc", "wilson", "expected_calibration_error",
-           "reliability_bins", "confusion_at", "threshold_for_sensitivity", "bootstrap_thresholds",
-           "youden_threshold", "roc_band", "point_metrics", "rng_for"]
+__all__ = [
+    "Resamples",
+    "bootstrap_auroc",
+    "bootstrap_thresholds",
+    "confusion_at",
+    "expected_calibration_error",
+    "point_metrics",
+    "reliability_bins",
+    "resamples",
+    "rng_for",
+    "roc_band",
+    "threshold_for_sensitivity",
+    "wilson",
+    "youden_threshold",
+]
 
 _BLOCK = 128  # resamples generated at a time: bounds memory at 128 x n counts
 
@@ -138,8 +150,13 @@ def reliability_bins(scores: np.ndarray, labels: np.ndarray, n_bins: int = 10) -
     out = []
     for idx in np.array_split(order, min(n_bins, max(1, scores.size))):
         if idx.size:
-            out.append({"mean_score": float(scores[idx].mean()), "fraction_positive": float(labels[idx].mean()),
-                        "n": int(idx.size)})
+            out.append(
+                {
+                    "mean_score": float(scores[idx].mean()),
+                    "fraction_positive": float(labels[idx].mean()),
+                    "n": int(idx.size),
+                }
+            )
     return out
 
 
@@ -172,8 +189,9 @@ class Confusion(TypedDict):
     present_sensitivity: NotRequired[float | None]
 
 
-def confusion_at(scores: np.ndarray, labels: np.ndarray, threshold: float,
-                 band: tuple[float, float] | None = None) -> Confusion:
+def confusion_at(
+    scores: np.ndarray, labels: np.ndarray, threshold: float, band: tuple[float, float] | None = None
+) -> Confusion:
     """Sensitivity, specificity, PPV, NPV (Wilson 95 % CIs) for "score >= threshold", plus the
     fraction inside the indeterminate band and the sensitivity of "present" (score above the band)."""
     pred = scores >= threshold
@@ -185,11 +203,19 @@ def confusion_at(scores: np.ndarray, labels: np.ndarray, threshold: float,
         return k / n if n else None
 
     out: Confusion = {
-        "threshold": float(threshold), "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "sensitivity": ratio(tp, tp + fn), "sensitivity_ci": wilson(tp, tp + fn),
-        "specificity": ratio(tn, tn + fp), "specificity_ci": wilson(tn, tn + fp),
-        "ppv": ratio(tp, tp + fp), "ppv_ci": wilson(tp, tp + fp),
-        "npv": ratio(tn, tn + fn), "npv_ci": wilson(tn, tn + fn),
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "sensitivity": ratio(tp, tp + fn),
+        "sensitivity_ci": wilson(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "specificity_ci": wilson(tn, tn + fp),
+        "ppv": ratio(tp, tp + fp),
+        "ppv_ci": wilson(tp, tp + fp),
+        "npv": ratio(tn, tn + fn),
+        "npv_ci": wilson(tn, tn + fn),
     }
     if band is not None:
         low, high = band

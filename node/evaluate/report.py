@@ -71,8 +71,13 @@ def _finding_figure(key: str, a: FindingAnalysis, threshold: float | None) -> st
     if rel:
         ax.plot([b["mean_score"] for b in rel], [b["fraction_positive"] for b in rel], "o-", color="tab:orange")
     ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(title=f"reliability (ECE {_fmt(a.metrics.get('ece'))})", xlabel="mean score (10 equal-count bins)",
-           ylabel="fraction positive", xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        title=f"reliability (ECE {_fmt(a.metrics.get('ece'))})",
+        xlabel="mean score (10 equal-count bins)",
+        ylabel="fraction positive",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax = axes[2]
     scores, labels = np.asarray(p["scores"]), np.asarray(p["labels"])
     bins = np.linspace(0, 1, 41)
@@ -107,8 +112,10 @@ def _forest(key: str, subgroups: list[dict[str, Any]], cohort_auroc: float | Non
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = ()) -> str:
-    head = "".join(f'<th class="l">{html.escape(h)}</th>' if i == 0 else f"<th>{html.escape(h)}</th>"
-                   for i, h in enumerate(headers))
+    head = "".join(
+        f'<th class="l">{html.escape(h)}</th>' if i == 0 else f"<th>{html.escape(h)}</th>"
+        for i, h in enumerate(headers)
+    )
     body = []
     for i, r in enumerate(rows):
         cls = f' class="{classes[i]}"' if i < len(classes) and classes[i] else ""
@@ -120,17 +127,58 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], classes: Seque
 def _version_section(version: str, block: dict[str, Any], analyses: dict[str, FindingAnalysis]) -> str:
     parts = [f"<h2>Preprocessing {html.escape(version)}: {block['n_studies']} studies scored</h2>"]
     if block["not_eligible"]:
-        parts.append("<p>Not scored (reason: studies): " + ", ".join(
-            f"{html.escape(k)}: {v}" for k, v in block["not_eligible"].items()) + "</p>")
+        parts.append(
+            "<p>Not scored (reason: studies): "
+            + ", ".join(f"{html.escape(k)}: {v}" for k, v in block["not_eligible"].items())
+            + "</p>"
+        )
     rows = []
     for key, m in block["findings"].items():
         at = m["at_threshold"]
-        rows.append([key, m["n_pos"], m["n_neg"], m["auroc"], m["auroc_ci"], m["average_precision"], m["ece"],
-                     m["brier"], at["threshold"], at["sensitivity"], at["sensitivity_ci"], at["specificity"],
-                     at["specificity_ci"], at["ppv"], at["npv"], at.get("indeterminate_fraction")])
+        rows.append(
+            [
+                key,
+                m["n_pos"],
+                m["n_neg"],
+                m["auroc"],
+                m["auroc_ci"],
+                m["average_precision"],
+                m["ece"],
+                m["brier"],
+                at["threshold"],
+                at["sensitivity"],
+                at["sensitivity_ci"],
+                at["specificity"],
+                at["specificity_ci"],
+                at["ppv"],
+                at["npv"],
+                at.get("indeterminate_fraction"),
+            ]
+        )
     parts.append("<h3>At the profile's current operating point</h3>")
-    parts.append(_table(["finding", "n pos", "n neg", "AUROC", "95 % CI", "AP", "ECE", "Brier", "threshold",
-                         "sensitivity", "CI", "specificity", "CI", "PPV", "NPV", "indeterminate"], rows))
+    parts.append(
+        _table(
+            [
+                "finding",
+                "n pos",
+                "n neg",
+                "AUROC",
+                "95 % CI",
+                "AP",
+                "ECE",
+                "Brier",
+                "threshold",
+                "sensitivity",
+                "CI",
+                "specificity",
+                "CI",
+                "PPV",
+                "NPV",
+                "indeterminate",
+            ],
+            rows,
+        )
+    )
     rows, classes = [], []
     for key, m in block["findings"].items():
         s = m["suggested"]
@@ -138,60 +186,126 @@ def _version_section(version: str, block: dict[str, Any], analyses: dict[str, Fi
             rows.append([key, "needs positives and negatives"] + [None] * 7)
             classes.append("flag")
             continue
-        rows.append([key, s["method"], s["threshold"], s["indeterminate_band"], s["sensitivity"],
-                     s["sensitivity_ci"], s["specificity"], s["specificity_ci"], s["indeterminate_fraction"]])
+        rows.append(
+            [
+                key,
+                s["method"],
+                s["threshold"],
+                s["indeterminate_band"],
+                s["sensitivity"],
+                s["sensitivity_ci"],
+                s["specificity"],
+                s["specificity_ci"],
+                s["indeterminate_fraction"],
+            ]
+        )
         classes.append("flag" if m["n_pos"] < 30 else "")
     parts.append("<h3>Suggested operating points</h3>")
-    parts.append(_table(["finding", "method", "threshold", "indeterminate band", "sensitivity", "CI",
-                         "specificity", "CI", "indeterminate"], rows, classes))
+    parts.append(
+        _table(
+            [
+                "finding",
+                "method",
+                "threshold",
+                "indeterminate band",
+                "sensitivity",
+                "CI",
+                "specificity",
+                "CI",
+                "indeterminate",
+            ],
+            rows,
+            classes,
+        )
+    )
     for key, m in block["findings"].items():
         a = analyses[key]
         parts.append(f"<h3>{html.escape(key)}</h3>")
         for w in m["warnings"]:
             parts.append(f'<p class="warn">WARNING: {html.escape(w)}</p>')
-        parts.append(f'<img alt="{html.escape(key)} ROC, reliability and histograms" '
-                     f'src="{_finding_figure(key, a, m["at_threshold"]["threshold"])}">')
+        parts.append(
+            f'<img alt="{html.escape(key)} ROC, reliability and histograms" '
+            f'src="{_finding_figure(key, a, m["at_threshold"]["threshold"])}">'
+        )
         forest = _forest(key, m["subgroups"], m["auroc"])
         if forest:
             parts.append(f'<img alt="{html.escape(key)} subgroup forest plot" src="{forest}">')
-        srows = [[f"{s['by']}={s['value']}", s["n"], s["n_pos"], s["n_neg"], s["auroc"], s["auroc_ci"],
-                  s["sensitivity"], s["sensitivity_ci"], "; ".join(s["flag_reasons"])] for s in m["subgroups"]]
-        parts.append(_table(["subgroup", "n", "n pos", "n neg", "AUROC", "95 % CI", "sensitivity", "CI", "flag"],
-                            srows, ["flag" if s["flagged"] else "" for s in m["subgroups"]]))
+        srows = [
+            [
+                f"{s['by']}={s['value']}",
+                s["n"],
+                s["n_pos"],
+                s["n_neg"],
+                s["auroc"],
+                s["auroc_ci"],
+                s["sensitivity"],
+                s["sensitivity_ci"],
+                "; ".join(s["flag_reasons"]),
+            ]
+            for s in m["subgroups"]
+        ]
+        parts.append(
+            _table(
+                ["subgroup", "n", "n pos", "n neg", "AUROC", "95 % CI", "sensitivity", "CI", "flag"],
+                srows,
+                ["flag" if s["flagged"] else "" for s in m["subgroups"]],
+            )
+        )
     return "\n".join(parts)
 
 
-def write_report(path: Path, metrics: dict[str, Any], analyses: dict[str, dict[str, FindingAnalysis]],
-                 versions: Sequence[str]) -> None:
+def write_report(
+    path: Path, metrics: dict[str, Any], analyses: dict[str, dict[str, FindingAnalysis]], versions: Sequence[str]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>triage-node evaluation: "
-             f"{e(metrics['profile'])}</title><style>{_CSS}</style></head><body>",
-             f"<h1>Triage evaluation on local labels: profile {e(metrics['profile'])}</h1>",
-             "<p><b>Research use only. Not a medical device.</b> These numbers describe this cohort; "
-             "they are estimates with the uncertainty shown.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>triage-node evaluation: "
+        f"{e(metrics['profile'])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Triage evaluation on local labels: profile {e(metrics['profile'])}</h1>",
+        "<p><b>Research use only. Not a medical device.</b> These numbers describe this cohort; "
+        "they are estimates with the uncertainty shown.</p>",
+    ]
     if metrics.get("is_test_model"):
-        parts.append('<div class="banner warn">RANDOM TEST MODEL: these scores mean nothing. '
-                     "Nothing here is a clinical result.</div>")
-    parts.append(_table(["fact", "value"], [
-        ["profile version", metrics["profile_version"]], ["model", metrics["model_id"]],
-        ["weights SHA-256", metrics["weights_sha256"]], ["preprocessing", ", ".join(versions)],
-        ["labelled studies", metrics["n_labelled"]], ["studies scored", metrics["n_studies"]],
-        ["bootstrap resamples (seed)", f"{metrics['bootstrap']} ({metrics['seed']})"],
-        ["target sensitivity (urgent findings)", metrics["target_sensitivity"]],
-        ["labels.csv SHA-256", metrics["labels_file_sha256"]]]))
+        parts.append(
+            '<div class="banner warn">RANDOM TEST MODEL: these scores mean nothing. '
+            "Nothing here is a clinical result.</div>"
+        )
+    parts.append(
+        _table(
+            ["fact", "value"],
+            [
+                ["profile version", metrics["profile_version"]],
+                ["model", metrics["model_id"]],
+                ["weights SHA-256", metrics["weights_sha256"]],
+                ["preprocessing", ", ".join(versions)],
+                ["labelled studies", metrics["n_labelled"]],
+                ["studies scored", metrics["n_studies"]],
+                ["bootstrap resamples (seed)", f"{metrics['bootstrap']} ({metrics['seed']})"],
+                ["target sensitivity (urgent findings)", metrics["target_sensitivity"]],
+                ["labels.csv SHA-256", metrics["labels_file_sha256"]],
+            ],
+        )
+    )
     if metrics["warnings"]:
-        parts.append('<div class="banner">' + "".join(
-            f'<p class="warn">WARNING {e(w)}</p>' for w in metrics["warnings"]) + "</div>")
+        parts.append(
+            '<div class="banner">'
+            + "".join(f'<p class="warn">WARNING {e(w)}</p>' for w in metrics["warnings"])
+            + "</div>"
+        )
     flagged = [(k, s) for k, m in metrics["findings"].items() for s in m["subgroups"] if s["flagged"]]
     if flagged:
-        parts.append('<div class="banner"><p class="warn">Subgroups clearly below the whole cohort:</p><ul>' + "".join(
-            f"<li>{e(k)}: {e(s['by'])}={e(s['value'])} ({e('; '.join(s['flag_reasons']))})</li>"
-            for k, s in flagged) + "</ul><p>Clearly below: the subgroup's 95 % interval lies wholly under the "
+        parts.append(
+            '<div class="banner"><p class="warn">Subgroups clearly below the whole cohort:</p><ul>'
+            + "".join(
+                f"<li>{e(k)}: {e(s['by'])}={e(s['value'])} ({e('; '.join(s['flag_reasons']))})</li>" for k, s in flagged
+            )
+            + "</ul><p>Clearly below: the subgroup's 95 % interval lies wholly under the "
             "cohort's estimate. Across many findings and subgroups a few such flags arise by chance: look at "
-            "the subgroup's size and at whether the same subgroup is flagged for several findings.</p></div>")
+            "the subgroup's size and at whether the same subgroup is flagged for several findings.</p></div>"
+        )
     if len(versions) > 1:
         keys = list(metrics["findings"])
         rows = [[k] + [metrics["preprocessing"][v]["findings"][k]["auroc"] for v in versions] for k in keys]
@@ -199,16 +313,18 @@ def write_report(path: Path, metrics: dict[str, Any], analyses: dict[str, dict[s
         parts.append(_table(["finding", *versions], rows))
     for v in versions:
         parts.append(_version_section(v, metrics["preprocessing"][v], analyses[v]))
-    parts.append("<h2>What the numbers mean</h2><ul>"
-                 "<li><b>AUROC</b>: probability that a random positive study scores above a random negative one "
-                 "(0.5 = chance). The CI is a stratified bootstrap percentile interval.</li>"
-                 "<li><b>Sensitivity / specificity / PPV / NPV</b> count <i>score &ge; threshold</i> as positive; "
-                 "Wilson 95 % intervals. <b>indeterminate</b>: the fraction of studies whose score falls in the "
-                 "band (an urgent finding there gives no AI assessment).</li>"
-                 "<li><b>ECE</b>: mean gap between score and observed frequency over 10 equal-count bins; "
-                 "<b>Brier</b>: mean squared error of the score as a probability. Zero-shot scores are not "
-                 "calibrated probabilities: use the reliability diagram, not the raw score.</li>"
-                 "<li><b>Suggested</b>: urgent findings get the highest threshold reaching the target "
-                 "sensitivity; routine findings the Youden point. The band is the bootstrap spread of that "
-                 "threshold.</li></ul></body></html>")
+    parts.append(
+        "<h2>What the numbers mean</h2><ul>"
+        "<li><b>AUROC</b>: probability that a random positive study scores above a random negative one "
+        "(0.5 = chance). The CI is a stratified bootstrap percentile interval.</li>"
+        "<li><b>Sensitivity / specificity / PPV / NPV</b> count <i>score &ge; threshold</i> as positive; "
+        "Wilson 95 % intervals. <b>indeterminate</b>: the fraction of studies whose score falls in the "
+        "band (an urgent finding there gives no AI assessment).</li>"
+        "<li><b>ECE</b>: mean gap between score and observed frequency over 10 equal-count bins; "
+        "<b>Brier</b>: mean squared error of the score as a probability. Zero-shot scores are not "
+        "calibrated probabilities: use the reliability diagram, not the raw score.</li>"
+        "<li><b>Suggested</b>: urgent findings get the highest threshold reaching the target "
+        "sensitivity; routine findings the Youden point. The band is the bootstrap spread of that "
+        "threshold.</li></ul></body></html>"
+    )
     Path(path).write_text("\n".join(parts), encoding="utf-8")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import json
 import math
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,17 +31,23 @@ from node.db.models import Study
 from node.embeddings.compute import embed_missing, with_preprocessing
 from node.embeddings.facts import age_band
 from node.embeddings.store import get_embeddings
-from node.store.read import StoredFiles, instances_of_studies
 from node.evaluate.analysis import FindingAnalysis, FindingInput, analyse_finding
 from node.evaluate.cohort import CohortStudy, ScoredCohort, score_cohort
 from node.evaluate.labels import LabelTable, read_labels
+from node.store.read import StoredFiles, instances_of_studies
 from node.triage.model import LoadedModel, ModelUnavailable, load_model
 from node.triage.policy import embed_profile
 from node.triage.profiles import PREPROCESSING_METHODS, ProfileError, TriageProfile, load_profile, load_profiles
 from node.triage.select import select_images
 
-__all__ = ["EvaluationError", "EvaluationOptions", "run_evaluation", "analyse_cohort",
-           "load_named_profile", "HEADER_SUBGROUPS"]
+__all__ = [
+    "HEADER_SUBGROUPS",
+    "EvaluationError",
+    "EvaluationOptions",
+    "analyse_cohort",
+    "load_named_profile",
+    "run_evaluation",
+]
 
 #: Subgroup columns every evaluation reports (from the kept header facts of each study's first evaluated image).
 HEADER_SUBGROUPS = ("sex", "age_band", "manufacturer", "view_position", "modality")
@@ -75,8 +81,9 @@ def load_named_profile(settings: Settings, name: str | None, path: Path | None) 
         raise EvaluationError(str(exc)) from None
     name = name or settings.triage.profiles[0]
     if name not in available:
-        raise EvaluationError(f"no profile named {name} in {settings.triage.profiles_path} "
-                              f"(have: {', '.join(sorted(available))})")
+        raise EvaluationError(
+            f"no profile named {name} in {settings.triage.profiles_path} (have: {', '.join(sorted(available))})"
+        )
     return available[name]
 
 
@@ -95,15 +102,17 @@ def _resolve(db: Database, table: LabelTable) -> list[_Resolved]:
     found: dict[str, list[str]] = {}
     with db.session() as session:
         for start in range(0, len(ids), 500):
-            for uid, key in session.execute(select(Study.study_instance_uid, column).where(
-                    column.in_(ids[start:start + 500]))):
+            for uid, key in session.execute(
+                select(Study.study_instance_uid, column).where(column.in_(ids[start : start + 500]))
+            ):
                 found.setdefault(key, []).append(uid)
     out = []
     for i, ident in enumerate(ids):
         uids = found.get(ident, [])
         if len(uids) > 1:
-            raise EvaluationError(f"accession number on labels.csv line {i + 2} matches {len(uids)} studies; "
-                                  "use study_instance_uid")
+            raise EvaluationError(
+                f"accession number on labels.csv line {i + 2} matches {len(uids)} studies; use study_instance_uid"
+            )
         out.append(_Resolved(uids[0] if uids else None, i))
     return out
 
@@ -115,15 +124,15 @@ class _StudyImages:
     accepted: list[Any] = field(default_factory=list)  # pydicom Datasets (pixel data deferred)
 
 
-def _gather(settings: Settings, db: Database, profile: TriageProfile, resolved: list[_Resolved],
-            progress: bool) -> list[_StudyImages | None]:
+def _gather(
+    settings: Settings, db: Database, profile: TriageProfile, resolved: list[_Resolved], progress: bool
+) -> list[_StudyImages | None]:
     from tqdm import tqdm
 
     out: list[_StudyImages | None] = []
     files = StoredFiles(settings.storage.path)
     stored = instances_of_studies(db, [r.study_uid for r in resolved if r.study_uid is not None])
-    for r in tqdm(resolved, desc="reading headers", unit="study", file=sys.stderr, disable=not progress,
-                  leave=False):
+    for r in tqdm(resolved, desc="reading headers", unit="study", file=sys.stderr, disable=not progress, leave=False):
         if r.study_uid is None:
             out.append(None)
             continue
@@ -132,17 +141,27 @@ def _gather(settings: Settings, db: Database, profile: TriageProfile, resolved: 
     return out
 
 
-def _cohort_for_version(db: Database, model: LoadedModel, profile: TriageProfile, table: LabelTable,
-                        studies: list[_StudyImages | None], opts: EvaluationOptions,
-                        missing: list[tuple[str, str]]) -> list[CohortStudy]:
+def _cohort_for_version(
+    db: Database,
+    model: LoadedModel,
+    profile: TriageProfile,
+    table: LabelTable,
+    studies: list[_StudyImages | None],
+    opts: EvaluationOptions,
+    missing: list[tuple[str, str]],
+) -> list[CohortStudy]:
     version = profile.preprocessing.method
     images = [ds for s in studies if s is not None for ds in s.accepted]
     failed: dict[str, str] = {}
     if not opts.no_embed:
         outcome = embed_missing(db, model, profile, images, batch_size=model.batch_size, progress=opts.progress)
         failed = outcome.failed
-    kept = get_embeddings(db, (str(ds.SOPInstanceUID) for ds in images),
-                          weights_sha256=model.identity.weights_sha256, preprocessing_version=version)
+    kept = get_embeddings(
+        db,
+        (str(ds.SOPInstanceUID) for ds in images),
+        weights_sha256=model.identity.weights_sha256,
+        preprocessing_version=version,
+    )
     cohort = []
     for i, row in enumerate(table.rows):
         s = studies[i]
@@ -178,9 +197,17 @@ def _group_values(scored: ScoredCohort, by: Sequence[str]) -> dict[str, list[str
     return groups
 
 
-def analyse_cohort(scored: ScoredCohort, profile: TriageProfile, findings: Sequence[str], *, by: Sequence[str],
-                   bootstrap: int, seed: int, target_sensitivity: float,
-                   progress: bool = True) -> dict[str, FindingAnalysis]:
+def analyse_cohort(
+    scored: ScoredCohort,
+    profile: TriageProfile,
+    findings: Sequence[str],
+    *,
+    by: Sequence[str],
+    bootstrap: int,
+    seed: int,
+    target_sensitivity: float,
+    progress: bool = True,
+) -> dict[str, FindingAnalysis]:
     """Per finding of ``findings`` (those labels.csv has): the numbers and the plot data."""
     from tqdm import tqdm
 
@@ -190,16 +217,41 @@ def analyse_cohort(scored: ScoredCohort, profile: TriageProfile, findings: Seque
         spec = profile.finding(key)
         scores = np.array([s.scores[key] for s in scored.studies], dtype=np.float64)
         labels = np.array([s.labels.get(key, math.nan) for s in scored.studies], dtype=np.float64)
-        inputs.append(FindingInput(key=key, urgent=spec.urgency == "high", threshold=spec.threshold,
-                                   band=spec.indeterminate_band, scores=scores, labels=labels, groups=groups))
+        inputs.append(
+            FindingInput(
+                key=key,
+                urgent=spec.urgency == "high",
+                threshold=spec.threshold,
+                band=spec.indeterminate_band,
+                scores=scores,
+                labels=labels,
+                groups=groups,
+            )
+        )
     # Findings in parallel threads: the bootstrap is numpy work that releases the GIL, and each
     # finding draws from its own seeded generator, so the result does not depend on the order.
-    with tqdm(total=2 * len(findings), desc=f"bootstrap x{bootstrap}", unit="step", file=sys.stderr,
-              disable=not progress, leave=False) as bar, \
-            ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        futures = {f.key: pool.submit(analyse_finding, f, bootstrap=bootstrap, seed=seed,
-                                      target_sensitivity=target_sensitivity, tick=lambda: bar.update(1))
-                   for f in inputs}
+    with (
+        tqdm(
+            total=2 * len(findings),
+            desc=f"bootstrap x{bootstrap}",
+            unit="step",
+            file=sys.stderr,
+            disable=not progress,
+            leave=False,
+        ) as bar,
+        ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool,
+    ):
+        futures = {
+            f.key: pool.submit(
+                analyse_finding,
+                f,
+                bootstrap=bootstrap,
+                seed=seed,
+                target_sensitivity=target_sensitivity,
+                tick=lambda: bar.update(1),
+            )
+            for f in inputs
+        }
         return {key: futures[key].result() for key in findings}
 
 
@@ -222,8 +274,9 @@ def _clean(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------ the command
 
 
-def run_evaluation(settings: Settings, opts: EvaluationOptions, *,
-                   model_loader: Callable[..., LoadedModel] = load_model) -> dict[str, Any]:
+def run_evaluation(
+    settings: Settings, opts: EvaluationOptions, *, model_loader: Callable[..., LoadedModel] = load_model
+) -> dict[str, Any]:
     """Run the whole evaluation; write the files into ``opts.out_dir``; return metrics.json's content."""
     from node.evaluate.report import write_report
 
@@ -235,7 +288,9 @@ def run_evaluation(settings: Settings, opts: EvaluationOptions, *,
     versions = list(opts.preprocessing) or [profile.preprocessing.method]
     unknown = [v for v in versions if v not in PREPROCESSING_METHODS]
     if unknown:
-        raise EvaluationError(f"--preprocessing: unknown version {unknown[0]} (have: {', '.join(PREPROCESSING_METHODS)})")
+        raise EvaluationError(
+            f"--preprocessing: unknown version {unknown[0]} (have: {', '.join(PREPROCESSING_METHODS)})"
+        )
     try:
         table = read_labels(opts.labels, [f.key for f in profile.findings], opts.by)
     except ValueError as exc:
@@ -269,9 +324,16 @@ def run_evaluation(settings: Settings, opts: EvaluationOptions, *,
             vprofile = with_preprocessing(profile, version)
             cohort = _cohort_for_version(db, model, vprofile, table, studies, opts, missing)
             scored = score_cohort(cohort, vprofile, prompts, model.logit_scale)
-            analysis = analyse_cohort(scored, vprofile, table.findings, by=opts.by, bootstrap=opts.bootstrap,
-                                      seed=opts.seed, target_sensitivity=opts.target_sensitivity,
-                                      progress=opts.progress)
+            analysis = analyse_cohort(
+                scored,
+                vprofile,
+                table.findings,
+                by=opts.by,
+                bootstrap=opts.bootstrap,
+                seed=opts.seed,
+                target_sensitivity=opts.target_sensitivity,
+                progress=opts.progress,
+            )
             scored_by_version[version], analyses[version] = scored, analysis
             per_version[version] = {
                 "n_studies": len(scored.studies),
@@ -300,8 +362,7 @@ def run_evaluation(settings: Settings, opts: EvaluationOptions, *,
         "by": list(opts.by),
         "findings": per_version[first]["findings"],
         "preprocessing": per_version,
-        "warnings": sorted({f"{k}: {w}" for k, m in per_version[first]["findings"].items()
-                            for w in m["warnings"]}),
+        "warnings": sorted({f"{k}: {w}" for k, m in per_version[first]["findings"].items() for w in m["warnings"]}),
     }
     metrics = _clean(metrics)
     out = Path(opts.out_dir)
@@ -330,14 +391,21 @@ def run_evaluation(settings: Settings, opts: EvaluationOptions, *,
             w.writerows([n] for n in not_found)
     write_report(out / "report.html", metrics, analyses, versions)
     metrics_sha = hashlib.sha256(body.encode()).hexdigest()
-    print(f"evaluate: {metrics['n_studies']} of {len(table.rows)} labelled studies scored; "
-          f"metrics.json sha256 {metrics_sha}; report {out / 'report.html'}", file=sys.stderr)
+    print(
+        f"evaluate: {metrics['n_studies']} of {len(table.rows)} labelled studies scored; "
+        f"metrics.json sha256 {metrics_sha}; report {out / 'report.html'}",
+        file=sys.stderr,
+    )
     if missing:
-        print(f"evaluate: {len(missing)} studies lack embeddings (--no-embed): {out / 'missing_embeddings.csv'}",
-              file=sys.stderr)
+        print(
+            f"evaluate: {len(missing)} studies lack embeddings (--no-embed): {out / 'missing_embeddings.csv'}",
+            file=sys.stderr,
+        )
     if not_found:
-        print(f"evaluate: {len(not_found)} labelled studies are not in the index: {out / 'not_found.csv'}",
-              file=sys.stderr)
+        print(
+            f"evaluate: {len(not_found)} labelled studies are not in the index: {out / 'not_found.csv'}",
+            file=sys.stderr,
+        )
     for warning in metrics["warnings"]:
         print(f"evaluate: WARNING {warning}", file=sys.stderr)
     return metrics

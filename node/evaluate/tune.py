@@ -17,7 +17,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import tomlkit
@@ -25,7 +25,7 @@ import tomlkit
 from node.config import Settings
 from node.triage.profiles import ProfileError, load_profile, parse_profile
 
-__all__ = ["TuneError", "TuneResult", "tune_profile", "profile_path"]
+__all__ = ["TuneError", "TuneResult", "profile_path", "tune_profile"]
 
 
 class TuneError(RuntimeError):
@@ -60,8 +60,16 @@ def _ceil4(x: float) -> float:
     return math.ceil(x * 1e4 - 1e-9) / 1e4
 
 
-def tune_profile(settings: Settings, evaluation: Path, profile: str, out: Path, *, source: Path | None = None,
-                 preprocessing: str | None = None, min_positives: int = 30) -> TuneResult:
+def tune_profile(
+    settings: Settings,
+    evaluation: Path,
+    profile: str,
+    out: Path,
+    *,
+    source: Path | None = None,
+    preprocessing: str | None = None,
+    min_positives: int = 30,
+) -> TuneResult:
     evaluation, out = Path(evaluation), Path(out)
     try:
         body = evaluation.read_bytes()
@@ -75,13 +83,17 @@ def tune_profile(settings: Settings, evaluation: Path, profile: str, out: Path, 
     if metrics.get("profile") != original.name:
         raise TuneError(f"{evaluation} evaluated profile {metrics.get('profile')!r}, not {original.name!r}")
     if metrics.get("profile_version") != original.version:
-        raise TuneError(f"{evaluation} evaluated profile version {metrics.get('profile_version')}, but {src} is "
-                        f"{original.version}: evaluate the file you tune")
+        raise TuneError(
+            f"{evaluation} evaluated profile version {metrics.get('profile_version')}, but {src} is "
+            f"{original.version}: evaluate the file you tune"
+        )
     version = preprocessing or metrics.get("preprocessing_version")
     block = (metrics.get("preprocessing") or {}).get(version)
     if block is None:
-        raise TuneError(f"{evaluation} has no results for preprocessing {version!r} "
-                        f"(has: {', '.join(metrics.get('preprocessing') or {})})")
+        raise TuneError(
+            f"{evaluation} has no results for preprocessing {version!r} "
+            f"(has: {', '.join(metrics.get('preprocessing') or {})})"
+        )
     sha = hashlib.sha256(body).hexdigest()
     result = TuneResult(out, sha)
     doc = tomlkit.parse(src.read_text(encoding="utf-8"))
@@ -111,7 +123,7 @@ def tune_profile(settings: Settings, evaluation: Path, profile: str, out: Path, 
     cal = tomlkit.table()
     cal.add(tomlkit.comment("Written by `triage-node profile tune`: where these operating points came from."))
     cal["evaluation_sha256"] = sha
-    cal["date"] = datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    cal["date"] = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     cal["cohort_size"] = int(block["n_studies"])
     cal["target_sensitivity"] = float(metrics["target_sensitivity"])
     cal["weights_sha256"] = str(metrics["weights_sha256"])
@@ -127,9 +139,11 @@ def tune_profile(settings: Settings, evaluation: Path, profile: str, out: Path, 
         findings[key] = row
     cal["findings"] = findings
     doc["calibration"] = cal
-    header = (f"# Tuned by `triage-node profile tune` from evaluation sha256:{sha} of {src.name}.\n"
-              f"# Thresholds and bands marked 'tuned' come from that evaluation (see [calibration]); notes\n"
-              f"# below that call them placeholders describe the untuned original.\n")
+    header = (
+        f"# Tuned by `triage-node profile tune` from evaluation sha256:{sha} of {src.name}.\n"
+        f"# Thresholds and bands marked 'tuned' come from that evaluation (see [calibration]); notes\n"
+        f"# below that call them placeholders describe the untuned original.\n"
+    )
     text = header + tomlkit.dumps(doc)
     try:
         parse_profile(text.encode("utf-8"), out)

@@ -19,7 +19,7 @@ import os
 import urllib.error
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pydicom
@@ -31,8 +31,12 @@ from node.config import FhirDestination
 from node.forward.hl7 import STATE_CODE, study_facts
 
 LOCAL_SYSTEM = "urn:triage-node:codes"
-SCHEME_SYSTEM = {"SCT": "http://snomed.info/sct", "LN": "http://loinc.org", "DCM": "http://dicom.nema.org/resources/ontology/DCM",
-                 "RADLEX": "http://radlex.org"}
+SCHEME_SYSTEM = {
+    "SCT": "http://snomed.info/sct",
+    "LN": "http://loinc.org",
+    "DCM": "http://dicom.nema.org/resources/ontology/DCM",
+    "RADLEX": "http://radlex.org",
+}
 NAMESPACE = uuid.UUID("6f1e7f6c-5c1f-4f0b-9a53-8c8f0d7f2b11")
 
 
@@ -51,40 +55,78 @@ def _coding(value: str, scheme: str, meaning: str) -> dict[str, Any]:
 def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
     facts = study_facts(sr)
     alg = result.algorithm
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    subject = {"identifier": {"value": facts.patient_id or "unknown",
-                              **({"system": f"urn:issuer:{facts.issuer}"} if facts.issuer else {})}}
-    study = {"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{facts.study_uid}"},
-             "type": "ImagingStudy"}
-    method = {"text": f"{alg.name} {alg.version}; model {alg.model_id} revision {alg.model_revision}, weights sha256 "
-                      f"{alg.weights_sha256}; profile {alg.profile_name} {alg.profile_version}; preprocessing "
-                      f"{alg.preprocessing_version}" + ("; TEST MODEL, scores are noise" if alg.is_test_model else "")}
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    subject = {
+        "identifier": {
+            "value": facts.patient_id or "unknown",
+            **({"system": f"urn:issuer:{facts.issuer}"} if facts.issuer else {}),
+        }
+    }
+    study = {"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{facts.study_uid}"}, "type": "ImagingStudy"}
+    method = {
+        "text": f"{alg.name} {alg.version}; model {alg.model_id} revision {alg.model_revision}, weights sha256 "
+        f"{alg.weights_sha256}; profile {alg.profile_name} {alg.profile_version}; preprocessing "
+        f"{alg.preprocessing_version}" + ("; TEST MODEL, scores are noise" if alg.is_test_model else "")
+    }
     device_id = _id("device", alg.model_id, alg.weights_sha256, alg.profile_version)
-    device: dict[str, Any] = {"resourceType": "Device", "id": device_id, "displayName": f"triage-node {__version__}",
-              "manufacturer": "triage-node", "modelNumber": alg.model_id,
-              "version": [{"value": alg.model_revision, "type": {"text": "model revision"}},
-                          {"value": alg.profile_version, "type": {"text": f"profile {alg.profile_name}"}}],
-              "note": [{"text": "Research use only. Not a medical device."}]}
+    device: dict[str, Any] = {
+        "resourceType": "Device",
+        "id": device_id,
+        "displayName": f"triage-node {__version__}",
+        "manufacturer": "triage-node",
+        "modelNumber": alg.model_id,
+        "version": [
+            {"value": alg.model_revision, "type": {"text": "model revision"}},
+            {"value": alg.profile_version, "type": {"text": f"profile {alg.profile_name}"}},
+        ],
+        "note": [{"text": "Research use only. Not a medical device."}],
+    }
     observations: list[dict[str, Any]] = []
-    for f in (result.findings if result.assist else ()):  # no-assist: no finding Observation (scores stay in the SR)
+    for f in result.findings if result.assist else ():  # no-assist: no finding Observation (scores stay in the SR)
         value, scheme, meaning = STATE_CODE[f.state]
         text = "Not detected by the model" if meaning == "Not detected" else meaning
-        observations.append({
-            "resourceType": "Observation", "id": _id("obs", facts.sr_uid, f.finding.scheme, f.finding.value),
-            "status": "preliminary",
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": "imaging"}]}],
-            "code": {"coding": [_coding(f.finding.value, f.finding.scheme, f.finding.meaning)], "text": f.finding.meaning},
-            "subject": subject, "effectiveDateTime": now, "issued": now,
-            "valueCodeableConcept": {"coding": [_coding(value, scheme, meaning)], "text": text},
-            "component": [{"code": {"coding": [{"system": LOCAL_SYSTEM, "code": "score", "display": "Model score"}]},
-                           "valueQuantity": {"value": round(f.score, 4), "unit": "probability"},
-                           "referenceRange": [{"low": {"value": round(f.threshold, 4), "unit": "probability"},
-                                               "text": "threshold: at or above it the finding is present"}]}],
-            "method": method, "device": {"reference": f"Device/{device_id}"},
-            "note": [{"text": "Research use only. A finding 'not detected by the model' does not mean normal."
-                              + (" Urgent finding." if f.urgent else "")}],
-        })
+        observations.append(
+            {
+                "resourceType": "Observation",
+                "id": _id("obs", facts.sr_uid, f.finding.scheme, f.finding.value),
+                "status": "preliminary",
+                "category": [
+                    {
+                        "coding": [
+                            {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "imaging"}
+                        ]
+                    }
+                ],
+                "code": {
+                    "coding": [_coding(f.finding.value, f.finding.scheme, f.finding.meaning)],
+                    "text": f.finding.meaning,
+                },
+                "subject": subject,
+                "effectiveDateTime": now,
+                "issued": now,
+                "valueCodeableConcept": {"coding": [_coding(value, scheme, meaning)], "text": text},
+                "component": [
+                    {
+                        "code": {"coding": [{"system": LOCAL_SYSTEM, "code": "score", "display": "Model score"}]},
+                        "valueQuantity": {"value": round(f.score, 4), "unit": "probability"},
+                        "referenceRange": [
+                            {
+                                "low": {"value": round(f.threshold, 4), "unit": "probability"},
+                                "text": "threshold: at or above it the finding is present",
+                            }
+                        ],
+                    }
+                ],
+                "method": method,
+                "device": {"reference": f"Device/{device_id}"},
+                "note": [
+                    {
+                        "text": "Research use only. A finding 'not detected by the model' does not mean normal."
+                        + (" Urgent finding." if f.urgent else "")
+                    }
+                ],
+            }
+        )
     if result.assist:
         conclusion = f"AI triage: worklist priority {result.priority}."
     else:
@@ -94,23 +136,41 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
         conclusion = f"{reason.rstrip('.')}. Priority {result.priority}."
     report_id = _id("report", facts.sr_uid)
     report: dict[str, Any] = {
-        "resourceType": "DiagnosticReport", "id": report_id, "status": "preliminary",
+        "resourceType": "DiagnosticReport",
+        "id": report_id,
+        "status": "preliminary",
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{facts.sr_uid}"}],
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}],
-        "code": {"coding": [{"system": LOCAL_SYSTEM, "code": "ai-triage", "display": "AI triage"}],
-                 "text": f"AI triage ({alg.profile_name})"},
-        "subject": subject, "effectiveDateTime": now, "issued": now,
+        "code": {
+            "coding": [{"system": LOCAL_SYSTEM, "code": "ai-triage", "display": "AI triage"}],
+            "text": f"AI triage ({alg.profile_name})",
+        },
+        "subject": subject,
+        "effectiveDateTime": now,
+        "issued": now,
         "result": [{"reference": f"Observation/{o['id']}"} for o in observations],
-        "study": [study], "conclusion": conclusion + " Research use only, not for diagnostic use.",
+        "study": [study],
+        "conclusion": conclusion + " Research use only, not for diagnostic use.",
     }
     if facts.accession:
-        report["basedOn"] = [{"identifier": {"type": {"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}, "value": facts.accession},
-            "type": "ServiceRequest"}]
+        report["basedOn"] = [
+            {
+                "identifier": {
+                    "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+                    "value": facts.accession,
+                },
+                "type": "ServiceRequest",
+            }
+        ]
     report = {k: v for k, v in report.items() if v != []}
-    entries = [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r,
-                "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-               for r in (device, *observations, report)]
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:{r['id']}",
+            "resource": r,
+            "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"},
+        }
+        for r in (device, *observations, report)
+    ]
     return Bundle.model_validate({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 
 
@@ -136,7 +196,7 @@ def post_bundle(dest: FhirDestination, bundle: Bundle) -> int:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(dest.url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=dest.timeout_seconds) as resp:  # noqa: S310 (configured URL)
+        with urllib.request.urlopen(request, timeout=dest.timeout_seconds) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         # Only the OperationOutcome's issue codes: its free text may quote patient data, and this

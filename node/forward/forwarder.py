@@ -18,8 +18,18 @@ from node.config import FhirDestination, ForwardDestination, Hl7Destination, Set
 from node.db.engine import Database
 from node.forward.fhir import FhirError, bundle_for, post_bundle
 from node.forward.hl7 import Hl7Error, message_for, send_mllp
-from node.forward.outbox import (IN_DOUBT, Claimed, claim_due, destination_key, fhir_key, hl7_key, mark_failed,
-                                 mark_sent, release, renew_lease)
+from node.forward.outbox import (
+    IN_DOUBT,
+    Claimed,
+    claim_due,
+    destination_key,
+    fhir_key,
+    hl7_key,
+    mark_failed,
+    mark_sent,
+    release,
+    renew_lease,
+)
 from node.forward.sender import ItemResult, SendItem, destination_holds, send_batch
 from node.oplog import get_logger
 from node.store.read import StoredFiles
@@ -38,8 +48,9 @@ class Forwarder:
         self.destinations: dict[str, ForwardDestination] = {destination_key(d): d for d in settings.forward}
         self.hl7: dict[str, Hl7Destination] = {hl7_key(d): d for d in settings.hl7}
         self.fhir: dict[str, FhirDestination] = {fhir_key(d): d for d in settings.fhir}
-        self._loop = BackgroundLoop("forwarder", self.run_once, interval=self.policy.poll_seconds, log=log,
-                                    error_event="forward_loop_error")
+        self._loop = BackgroundLoop(
+            "forwarder", self.run_once, interval=self.policy.poll_seconds, log=log, error_event="forward_loop_error"
+        )
         # A claimed row is leased (renewed before each destination's part of the batch); after
         # this process dies the row is due again for any forwarder once the lease has run out.
         self.lease_seconds = self.policy.lease_seconds or max(60.0, self.policy.timeout_seconds * 4 + BATCH_LIMIT * 2)
@@ -77,8 +88,12 @@ class Forwarder:
             calling = dest.calling_ae_title or self.settings.dicom.ae_title
             held = self._already_delivered(dest, calling, [i for i in items if i.in_doubt])
             results = [ItemResult(i.id, True, None) for i in items if i.id in held]
-            results += send_batch(dest, [SendItem(i.id, self.files.path(i.path)) for i in items if i.id not in held],
-                                  calling_ae=calling, timeout=self.policy.timeout_seconds)
+            results += send_batch(
+                dest,
+                [SendItem(i.id, self.files.path(i.path)) for i in items if i.id not in held],
+                calling_ae=calling,
+                timeout=self.policy.timeout_seconds,
+            )
         sent = [r.key for r in results if r.ok]
         failures = {r.key: r.error or "failed" for r in results if not r.ok}
         if dest is not None:  # no definite answer: the destination may hold it; check before resending
@@ -95,18 +110,33 @@ class Forwarder:
             metrics.FORWARD_DEAD_LETTERS.labels(key).inc(len(dead))
         by_id = {i.id: i for i in items}
         self._audit(key, dest, items, sent, failures, dead)
-        log.info("forward_batch", destination=key, sent=len(sent), failed=len(failures), dead=len(dead),
-                 first_error=next(iter(failures.values()), "")[:200])
+        log.info(
+            "forward_batch",
+            destination=key,
+            sent=len(sent),
+            failed=len(failures),
+            dead=len(dead),
+            first_error=next(iter(failures.values()), "")[:200],
+        )
         for item_id in dead:
-            log.warning("forward_dead_letter", destination=key, outbox_id=item_id, kind=by_id[item_id].kind,
-                        error=failures[item_id][:200])
+            log.warning(
+                "forward_dead_letter",
+                destination=key,
+                outbox_id=item_id,
+                kind=by_id[item_id].kind,
+                error=failures[item_id][:200],
+            )
 
     def _already_delivered(self, dest: ForwardDestination, calling: str, in_doubt: list[Claimed]) -> set[int]:
         """Ids of in-doubt rows the destination already holds (C-FIND): not sent again."""
         if not in_doubt:
             return set()
-        held = destination_holds(dest, {i.id: self.files.path(i.path) for i in in_doubt}, calling_ae=calling,
-                                 timeout=self.policy.timeout_seconds)
+        held = destination_holds(
+            dest,
+            {i.id: self.files.path(i.path) for i in in_doubt},
+            calling_ae=calling,
+            timeout=self.policy.timeout_seconds,
+        )
         log.info("forward_in_doubt", destination=destination_key(dest), rows=len(in_doubt), already_held=len(held))
         return held
 
@@ -116,8 +146,9 @@ class Forwarder:
         try:
             if key in self.hl7:
                 control_id = f"TN{item.id}"
-                send_mllp(self.hl7[key], message_for(item.kind, sr_path, self.hl7[key], control_id),
-                          control_id=control_id)
+                send_mllp(
+                    self.hl7[key], message_for(item.kind, sr_path, self.hl7[key], control_id), control_id=control_id
+                )
             else:
                 post_bundle(self.fhir[key], bundle_for(sr_path))
         except (Hl7Error, FhirError, OSError) as exc:
@@ -126,8 +157,15 @@ class Forwarder:
             return ItemResult(item.id, False, None, f"cannot build the message: {type(exc).__name__}: {exc}"[:500])
         return ItemResult(item.id, True, None)
 
-    def _audit(self, key: str, dest: ForwardDestination | None, items: list[Claimed], sent: list[int],
-               failures: dict[int, str], dead: list[int]) -> None:
+    def _audit(
+        self,
+        key: str,
+        dest: ForwardDestination | None,
+        items: list[Claimed],
+        sent: list[int],
+        failures: dict[int, str],
+        dead: list[int],
+    ) -> None:
         sent_set = set(sent)
         per_study_sent: Counter[str] = Counter(i.study_instance_uid for i in items if i.id in sent_set)
         per_study_all: Counter[str] = Counter(i.study_instance_uid for i in items)
@@ -136,19 +174,34 @@ class Forwarder:
         if failures:
             desc += f"; {len(failures)} failed ({len(dead)} dead letters): {next(iter(failures.values()))[:200]}"
         participants = [
-            Participant(user_id=(dest.calling_ae_title if dest and dest.calling_ae_title
-                                 else self.settings.dicom.ae_title), role="source", is_requestor=True),
-            Participant(user_id=dest.ae_title if dest else key.split("@", 1)[0], role="destination",
-                        network_address=f"{dest.host}:{dest.port}" if dest else key.split("@", 1)[-1]),
+            Participant(
+                user_id=(dest.calling_ae_title if dest and dest.calling_ae_title else self.settings.dicom.ae_title),
+                role="source",
+                is_requestor=True,
+            ),
+            Participant(
+                user_id=dest.ae_title if dest else key.split("@", 1)[0],
+                role="destination",
+                network_address=f"{dest.host}:{dest.port}" if dest else key.split("@", 1)[-1],
+            ),
         ]
         if key in self.hl7 or key in self.fhir:  # a RIS or FHIR server: named by its address
             participants[1] = Participant(user_id=key, role="destination", network_address=key.split(":", 1)[1])
-        objects = [AuditObject(type="study", id=uid, details={
-            "instances": per_study_sent.get(uid, 0), "attempted": n,
-            "sr": sum(1 for i in items if i.study_instance_uid == uid and i.kind == "sr" and i.id in sent_set)})
-            for uid, n in per_study_all.items()]
-        self.audit.record(EventCode.EXPORT, action="R", outcome=outcome, outcome_desc=desc,
-                          participants=participants, objects=objects)
+        objects = [
+            AuditObject(
+                type="study",
+                id=uid,
+                details={
+                    "instances": per_study_sent.get(uid, 0),
+                    "attempted": n,
+                    "sr": sum(1 for i in items if i.study_instance_uid == uid and i.kind == "sr" and i.id in sent_set),
+                },
+            )
+            for uid, n in per_study_all.items()
+        ]
+        self.audit.record(
+            EventCode.EXPORT, action="R", outcome=outcome, outcome_desc=desc, participants=participants, objects=objects
+        )
 
 
 __all__ = ["Forwarder"]

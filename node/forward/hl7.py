@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pydicom
 from hl7apy.core import Message
@@ -34,8 +34,9 @@ from node.config import Hl7Destination
 VERSION = "2.5"
 START, END = b"\x0b", b"\x1c\x0d"
 #: the finding states as the SR codes them (SNOMED CT), so that every output says the same
-STATE_CODE = {state: (concept.value, concept.scheme_designator, concept.meaning)
-              for state, concept in STATE_CODES.items()}
+STATE_CODE = {
+    state: (concept.value, concept.scheme_designator, concept.meaning) for state, concept in STATE_CODES.items()
+}
 HL7_PRIORITY = {PRIORITY_HIGH: "S", PRIORITY_MEDIUM: "R"}
 LOCAL = "99TRIAGE"
 
@@ -65,11 +66,16 @@ def _clean(text: str) -> str:
 
 def study_facts(sr: pydicom.Dataset) -> StudyFacts:
     name = str(sr.get("PatientName", "") or "")
-    return StudyFacts(patient_id=_clean(sr.get("PatientID", "") or ""), issuer=_clean(sr.get("IssuerOfPatientID", "") or ""),
-                      patient_name="^".join(_clean(p) for p in name.split("^")[:5]),
-                      birth_date=str(sr.get("PatientBirthDate", "") or ""), sex=str(sr.get("PatientSex", "") or ""),
-                      accession=_clean(sr.get("AccessionNumber", "") or ""), study_uid=str(sr.StudyInstanceUID),
-                      sr_uid=str(sr.SOPInstanceUID))
+    return StudyFacts(
+        patient_id=_clean(sr.get("PatientID", "") or ""),
+        issuer=_clean(sr.get("IssuerOfPatientID", "") or ""),
+        patient_name="^".join(_clean(p) for p in name.split("^")[:5]),
+        birth_date=str(sr.get("PatientBirthDate", "") or ""),
+        sex=str(sr.get("PatientSex", "") or ""),
+        accession=_clean(sr.get("AccessionNumber", "") or ""),
+        study_uid=str(sr.StudyInstanceUID),
+        sr_uid=str(sr.SOPInstanceUID),
+    )
 
 
 def _msh(msg: Message, dest: Hl7Destination, message_type: str, control_id: str) -> None:
@@ -77,7 +83,7 @@ def _msh(msg: Message, dest: Hl7Destination, message_type: str, control_id: str)
     msg.msh.msh_4 = _clean(dest.sending_facility)
     msg.msh.msh_5 = _clean(dest.receiving_application)
     msg.msh.msh_6 = _clean(dest.receiving_facility)
-    msg.msh.msh_7 = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    msg.msh.msh_7 = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     msg.msh.msh_9 = message_type
     msg.msh.msh_10 = control_id
     msg.msh.msh_11 = "P"
@@ -132,8 +138,10 @@ def build_oru(result: TriageResult, facts: StudyFacts, dest: Hl7Destination, con
         obx("ST", f"NOASSIST^No AI assessment^{LOCAL}", _clean(reason))
     obx("ST", f"SRUID^DICOM SR SOP Instance UID^{LOCAL}", facts.sr_uid)
     alg = result.algorithm
-    note = (f"Research use only, not for diagnostic use. Model {alg.model_id} {alg.model_revision}, "
-            f"profile {alg.profile_name} {alg.profile_version}.")
+    note = (
+        f"Research use only, not for diagnostic use. Model {alg.model_id} {alg.model_revision}, "
+        f"profile {alg.profile_name} {alg.profile_version}."
+    )
     if alg.is_test_model:
         note += " TEST MODEL: the scores are noise."
     text = msg.to_er7() + f"\rNTE|1||{_clean(note)}\rZDS|{facts.study_uid}^^Application^DICOM"
@@ -182,7 +190,7 @@ def send_mllp(dest: Hl7Destination, message: str, *, control_id: str) -> None:
             buf += chunk
             if len(buf) > 1_000_000:
                 raise Hl7Error("no MLLP end block within 1 MB of answer")
-    text = buf[buf.find(START) + 1:buf.find(END)].decode("utf-8", errors="replace")
+    text = buf[buf.find(START) + 1 : buf.find(END)].decode("utf-8", errors="replace")
     check_ack(text, control_id)
 
 

@@ -17,15 +17,14 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
+from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
-
-from pydicom.uid import generate_uid
 
 from node.config import FhirDestination, ForwardDestination, ForwardingSection, Hl7Destination
 from node.db.engine import Database
@@ -52,11 +51,11 @@ def _utc(value: datetime | None) -> datetime | None: ...
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,12 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     added = 0
     for start in range(0, len(rows), 500):  # stay under SQLite's bound-parameter limit
-        stmt = insert(OutboxItem).values(rows[start:start + 500]).on_conflict_do_nothing(
-            index_elements=["destination", "sop_instance_uid"]).returning(OutboxItem.id)
+        stmt = (
+            insert(OutboxItem)
+            .values(rows[start : start + 500])
+            .on_conflict_do_nothing(index_elements=["destination", "sop_instance_uid"])
+            .returning(OutboxItem.id)
+        )
         added += len(session.execute(stmt).all())  # RETURNING lists only the rows really inserted
     return added
 
@@ -103,10 +106,19 @@ def priority_update_key(sr_sop_instance_uid: str) -> str:
     return generate_uid(entropy_srcs=["triage-node-hl7-priority", sr_sop_instance_uid])
 
 
-def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], *, study_uid: str,
-                  sr_sop_instance_uid: str, sr_path: str | None = None, now: datetime | None = None,
-                  extras: Mapping[str, str] | None = None, hl7: Sequence[Hl7Destination] = (),
-                  fhir: Sequence[FhirDestination] = (), raises_priority: bool = False) -> int:
+def enqueue_study(
+    session: Session,
+    destinations: Sequence[ForwardDestination],
+    *,
+    study_uid: str,
+    sr_sop_instance_uid: str,
+    sr_path: str | None = None,
+    now: datetime | None = None,
+    extras: Mapping[str, str] | None = None,
+    hl7: Sequence[Hl7Destination] = (),
+    fhir: Sequence[FhirDestination] = (),
+    raises_priority: bool = False,
+) -> int:
     """Queue, inside the caller's transaction, per [[forward]] destination what its ``send`` names
     (the SR, ``extras``' summary card "sc" and PDF "pdf" SOP Instance UIDs, the study's other
     instances), and per [[hl7]] / [[fhir]] destination one message row built from the SR when it is
@@ -126,8 +138,18 @@ def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], 
     rows: list[dict[str, Any]] = []
 
     def row(key: str, kind: str, sop: str, path: str) -> dict[str, Any]:
-        return dict(destination=key, kind=kind, study_instance_uid=study_uid, sop_instance_uid=sop, path=path,
-                    state=PENDING, attempts=0, created_at=now, next_attempt_at=now, last_error="")
+        return dict(
+            destination=key,
+            kind=kind,
+            study_instance_uid=study_uid,
+            sop_instance_uid=sop,
+            path=path,
+            state=PENDING,
+            attempts=0,
+            created_at=now,
+            next_attempt_at=now,
+            last_error="",
+        )
 
     for dest in destinations:
         key = destination_key(dest)
@@ -153,8 +175,12 @@ def enqueue_study(session: Session, destinations: Sequence[ForwardDestination], 
 def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime | None = None) -> list[Claimed]:
     """Take up to ``limit`` due pending rows (oldest first) and lease them for ``lease_seconds``."""
     now = now or _now()
-    query = (select(OutboxItem).where(OutboxItem.state == PENDING, OutboxItem.next_attempt_at <= now)
-             .order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(limit))
+    query = (
+        select(OutboxItem)
+        .where(OutboxItem.state == PENDING, OutboxItem.next_attempt_at <= now)
+        .order_by(OutboxItem.next_attempt_at, OutboxItem.id)
+        .limit(limit)
+    )
     if not db.is_sqlite:
         query = query.with_for_update(skip_locked=True)
     with db.write() as session:
@@ -162,9 +188,20 @@ def claim_due(db: Database, *, limit: int, lease_seconds: float, now: datetime |
         lease_until = now + timedelta(seconds=lease_seconds)
         for item in items:
             item.next_attempt_at = lease_until
-        return [Claimed(i.id, i.destination, i.kind, i.study_instance_uid, i.sop_instance_uid, i.path, i.attempts,
-                        _utc(i.created_at), i.last_error == IN_FLIGHT or i.last_error.startswith(IN_DOUBT))
-                for i in items]
+        return [
+            Claimed(
+                i.id,
+                i.destination,
+                i.kind,
+                i.study_instance_uid,
+                i.sop_instance_uid,
+                i.path,
+                i.attempts,
+                _utc(i.created_at),
+                i.last_error == IN_FLIGHT or i.last_error.startswith(IN_DOUBT),
+            )
+            for i in items
+        ]
 
 
 def backoff_seconds(policy: ForwardingSection, attempts_before: int, *, jitter: bool = True) -> float:
@@ -182,13 +219,15 @@ def release(db: Database, ids: Iterable[int], now: datetime | None = None) -> No
         return
     now = now or _now()
     with db.write() as session:
-        for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(ids),
-                                                             OutboxItem.state == PENDING)).scalars():
+        for item in session.execute(
+            select(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == PENDING)
+        ).scalars():
             item.next_attempt_at = now
 
 
-def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: datetime | None = None, *,
-                in_flight: bool = False) -> None:
+def renew_lease(
+    db: Database, ids: Iterable[int], lease_seconds: float, now: datetime | None = None, *, in_flight: bool = False
+) -> None:
     """Push the lease of rows this process is about to send (the forwarder's heartbeat); with
     ``in_flight`` also mark them IN_FLIGHT (committed before the first byte goes out)."""
     ids = list(ids)
@@ -199,8 +238,7 @@ def renew_lease(db: Database, ids: Iterable[int], lease_seconds: float, now: dat
     if in_flight:
         values["last_error"] = IN_FLIGHT
     with db.write() as session:
-        session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == PENDING)
-                        .values(**values))
+        session.execute(update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == PENDING).values(**values))
 
 
 def mark_sent(db: Database, ids: Iterable[int], now: datetime | None = None) -> None:
@@ -217,8 +255,14 @@ def mark_sent(db: Database, ids: Iterable[int], now: datetime | None = None) -> 
             item.last_error = ""
 
 
-def mark_failed(db: Database, failures: dict[int, str], policy: ForwardingSection,
-                now: datetime | None = None, *, jitter: bool = True) -> list[int]:
+def mark_failed(
+    db: Database,
+    failures: dict[int, str],
+    policy: ForwardingSection,
+    now: datetime | None = None,
+    *,
+    jitter: bool = True,
+) -> list[int]:
     """Record a failed attempt per row: retry after a backoff, or dead once older than max_age.
     Returns the ids that became dead letters."""
     if not failures:
@@ -226,8 +270,9 @@ def mark_failed(db: Database, failures: dict[int, str], policy: ForwardingSectio
     now = now or _now()
     dead: list[int] = []
     with db.write() as session:
-        for item in session.execute(select(OutboxItem).where(OutboxItem.id.in_(list(failures)))
-                                    .order_by(OutboxItem.id)).scalars():
+        for item in session.execute(
+            select(OutboxItem).where(OutboxItem.id.in_(list(failures))).order_by(OutboxItem.id)
+        ).scalars():
             if item.state != PENDING:
                 continue
             delay = backoff_seconds(policy, item.attempts, jitter=jitter)
@@ -245,17 +290,27 @@ def mark_failed(db: Database, failures: dict[int, str], policy: ForwardingSectio
 
 def _as_dict(item: OutboxItem) -> dict[str, Any]:
     nxt = _utc(item.next_attempt_at)
-    return {"id": item.id, "destination": item.destination, "kind": item.kind,
-            "study_instance_uid": item.study_instance_uid, "sop_instance_uid": item.sop_instance_uid,
-            "state": item.state, "attempts": item.attempts, "last_error": item.last_error,
-            "next_attempt_at": nxt.isoformat() if nxt and item.state == PENDING else None,
-            "created_at": _utc(item.created_at).isoformat()}
+    return {
+        "id": item.id,
+        "destination": item.destination,
+        "kind": item.kind,
+        "study_instance_uid": item.study_instance_uid,
+        "sop_instance_uid": item.sop_instance_uid,
+        "state": item.state,
+        "attempts": item.attempts,
+        "last_error": item.last_error,
+        "next_attempt_at": nxt.isoformat() if nxt and item.state == PENDING else None,
+        "created_at": _utc(item.created_at).isoformat(),
+    }
 
 
 def list_items(db: Database, states: Sequence[str] = (PENDING, DEAD)) -> list[dict[str, Any]]:
     with db.session() as session:
-        items = session.execute(select(OutboxItem).where(OutboxItem.state.in_(list(states)))
-                                .order_by(OutboxItem.id)).scalars().all()
+        items = (
+            session.execute(select(OutboxItem).where(OutboxItem.state.in_(list(states))).order_by(OutboxItem.id))
+            .scalars()
+            .all()
+        )
         return [_as_dict(i) for i in items]
 
 
@@ -276,6 +331,21 @@ def requeue(db: Database, ids: Sequence[int] | None = None, now: datetime | None
         return [i.id for i in items]
 
 
-__all__ = ["Claimed", "DEAD", "IN_DOUBT", "IN_FLIGHT", "PENDING", "SENT", "backoff_seconds", "claim_due",
-           "destination_key", "enqueue_study", "list_items", "mark_failed", "mark_sent", "release", "renew_lease",
-           "requeue"]
+__all__ = [
+    "DEAD",
+    "IN_DOUBT",
+    "IN_FLIGHT",
+    "PENDING",
+    "SENT",
+    "Claimed",
+    "backoff_seconds",
+    "claim_due",
+    "destination_key",
+    "enqueue_study",
+    "list_items",
+    "mark_failed",
+    "mark_sent",
+    "release",
+    "renew_lease",
+    "requeue",
+]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from node.config import ForwardDestination
@@ -44,8 +44,9 @@ def _is_ok(status: int) -> bool:
     return status == 0x0000 or 0xB000 <= status <= 0xBFFF
 
 
-def send_batch(dest: ForwardDestination, items: Sequence[SendItem], *, calling_ae: str,
-               timeout: float) -> list[ItemResult]:
+def send_batch(
+    dest: ForwardDestination, items: Sequence[SendItem], *, calling_ae: str, timeout: float
+) -> list[ItemResult]:
     """C-STORE ``items`` to ``dest`` over one association; one result per item, in order."""
     results: dict[int, ItemResult] = {}
     metas: dict[int, tuple[str, str]] = {}
@@ -67,16 +68,16 @@ def send_batch(dest: ForwardDestination, items: Sequence[SendItem], *, calling_a
     ae.maximum_pdu_size = 0
     for sop_class, syntaxes in sorted(contexts.items()):
         # The stored syntax first, then the uncompressed ones we can always produce.
-        proposed = sorted(syntaxes) + [s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-                                       if s not in syntaxes]
+        proposed = sorted(syntaxes) + [s for s in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if s not in syntaxes]
         if len(ae.requested_contexts) >= MAX_CONTEXTS:
             break
         ae.add_requested_context(sop_class, proposed)
 
     try:
         tls_args = client_tls_args(dest)
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER],
-                             tls_args=tls_args)
+        assoc = ae.associate(
+            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER], tls_args=tls_args
+        )
         keep_responses_for_caller(assoc)  # a Success must not be lost to pynetdicom's reactor (resend)
     except Exception as exc:  # e.g. a TLS context that cannot be built
         error = f"association failed: {type(exc).__name__}: {exc}"[:300]
@@ -104,27 +105,29 @@ def send_batch(dest: ForwardDestination, items: Sequence[SendItem], *, calling_a
                         ds.decompress()
                     status_ds = assoc.send_c_store(ds)
                 else:
-                    results[item.key] = ItemResult(item.key, False, None,
-                                                   f"no accepted presentation context for {sop_class} / {ts}")
+                    results[item.key] = ItemResult(
+                        item.key, False, None, f"no accepted presentation context for {sop_class} / {ts}"
+                    )
                     continue
             except Exception as exc:
                 results[item.key] = ItemResult(item.key, False, None, f"{type(exc).__name__}: {exc}"[:300])
                 continue
             if status_ds is None or "Status" not in status_ds:
-                results[item.key] = ItemResult(item.key, False, None,
-                                               "no C-STORE response (association aborted or timed out)")
+                results[item.key] = ItemResult(
+                    item.key, False, None, "no C-STORE response (association aborted or timed out)"
+                )
                 continue
             status = int(status_ds.Status)
-            results[item.key] = ItemResult(item.key, _is_ok(status), status,
-                                           "" if _is_ok(status) else f"C-STORE status 0x{status:04X}")
+            results[item.key] = ItemResult(
+                item.key, _is_ok(status), status, "" if _is_ok(status) else f"C-STORE status 0x{status:04X}"
+            )
     finally:
         if assoc.is_established:
             assoc.release()
     return [results[i.key] for i in items]
 
 
-def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calling_ae: str,
-                      timeout: float) -> set[int]:
+def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calling_ae: str, timeout: float) -> set[int]:
     """Keys of ``files`` whose SOP Instance UID the destination already holds: a Study Root
     C-FIND at IMAGE level per file (Study, Series and SOP Instance UID as unique keys).
 
@@ -137,8 +140,9 @@ def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calli
     keys: dict[int, Dataset] = {}
     for key, path in files.items():
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True,
-                                     specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+            header = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+            )
             query = Dataset()
             query.QueryRetrieveLevel = "IMAGE"
             query.StudyInstanceUID = header.StudyInstanceUID
@@ -153,8 +157,9 @@ def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calli
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER],
-                             tls_args=client_tls_args(dest))
+        assoc = ae.associate(
+            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[NODELAY_HANDLER], tls_args=client_tls_args(dest)
+        )
     except Exception:
         return set()
     if not assoc.is_established:
@@ -166,8 +171,11 @@ def destination_holds(dest: ForwardDestination, files: dict[int, Path], *, calli
             for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
                 if not assoc.is_established or status is None or "Status" not in status:
                     break
-                if int(status.Status) in (0xFF00, 0xFF01) and identifier is not None \
-                        and str(identifier.get("SOPInstanceUID", "")) == str(query.SOPInstanceUID):
+                if (
+                    int(status.Status) in (0xFF00, 0xFF01)
+                    and identifier is not None
+                    and str(identifier.get("SOPInstanceUID", "")) == str(query.SOPInstanceUID)
+                ):
                     held.add(key)
     except Exception:  # e.g. C-FIND refused: not held
         pass

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PROBE_FORMAT", "Probe", "ProbeError", "load_probe", "probe_version", "check_probe"]
+__all__ = ["PROBE_FORMAT", "Probe", "ProbeError", "check_probe", "load_probe", "probe_version"]
 
 PROBE_FORMAT = "triage-node-probe/1"
 
@@ -99,17 +99,30 @@ def load_probe(path: Path) -> Probe:
     intercept = model.get("intercept")
     if isinstance(intercept, bool) or not isinstance(intercept, (int, float)) or not math.isfinite(intercept):
         raise ProbeError(f"{path}: model.intercept must be a finite number")
-    return Probe(path=str(path), version=probe_version(data), finding=doc["finding"],
-                 weights_sha256=doc["weights_sha256"], preprocessing_version=doc["preprocessing_version"], dim=dim,
-                 mean=_vector(model, "mean", dim, path), scale=scale, coef=_vector(model, "coef", dim, path),
-                 intercept=float(intercept), document=doc)
+    return Probe(
+        path=str(path),
+        version=probe_version(data),
+        finding=doc["finding"],
+        weights_sha256=doc["weights_sha256"],
+        preprocessing_version=doc["preprocessing_version"],
+        dim=dim,
+        mean=_vector(model, "mean", dim, path),
+        scale=scale,
+        coef=_vector(model, "coef", dim, path),
+        intercept=float(intercept),
+        document=doc,
+    )
 
 
 def check_probe(probe: Probe, *, weights_sha256: str | None = None, preprocessing_version: str | None = None) -> None:
     """Refuse a probe trained in another embedding space (ProbeError naming the file)."""
     if weights_sha256 is not None and probe.weights_sha256 != weights_sha256:
-        raise ProbeError(f"{probe.path}: probe trained for model weights {probe.weights_sha256[:12]}, but the model "
-                         f"has weights {weights_sha256[:12]}: train it again (triage-node probe train)")
+        raise ProbeError(
+            f"{probe.path}: probe trained for model weights {probe.weights_sha256[:12]}, but the model "
+            f"has weights {weights_sha256[:12]}: train it again (triage-node probe train)"
+        )
     if preprocessing_version is not None and probe.preprocessing_version != preprocessing_version:
-        raise ProbeError(f"{probe.path}: probe trained on preprocessing {probe.preprocessing_version}, but the "
-                         f"profile uses {preprocessing_version}: train it again (triage-node probe train)")
+        raise ProbeError(
+            f"{probe.path}: probe trained on preprocessing {probe.preprocessing_version}, but the "
+            f"profile uses {preprocessing_version}: train it again (triage-node probe train)"
+        )

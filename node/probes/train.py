@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,9 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float, seed: int):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000,
-                                                               random_state=seed))
+    model = make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=seed)
+    )
     return model.fit(x, y)
 
 
@@ -68,8 +69,17 @@ def _study_scores(image_scores: np.ndarray, groups: np.ndarray, n_studies: int) 
     return out
 
 
-def cross_validated_auroc(x: np.ndarray, y_image: np.ndarray, groups: np.ndarray, y_study: np.ndarray, *,
-                          folds: int, c: float, seed: int, bootstrap: int) -> dict[str, Any]:
+def cross_validated_auroc(
+    x: np.ndarray,
+    y_image: np.ndarray,
+    groups: np.ndarray,
+    y_study: np.ndarray,
+    *,
+    folds: int,
+    c: float,
+    seed: int,
+    bootstrap: int,
+) -> dict[str, Any]:
     """Out-of-fold study-level AUROC and its bootstrap CI."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedGroupKFold
@@ -82,15 +92,23 @@ def cross_validated_auroc(x: np.ndarray, y_image: np.ndarray, groups: np.ndarray
         oof[test] = _fit(x[train], y_image[train], c, seed).predict_proba(x[test])[:, 1]
     scores = _study_scores(oof, groups, len(y_study))
     auroc = float(roc_auc_score(y_study, scores))
-    boot = np.concatenate([bootstrap_auroc(r) for r in resamples(scores, y_study, bootstrap,
-                                                                  rng_for(seed, "probe-cv"))])
+    boot = np.concatenate(
+        [bootstrap_auroc(r) for r in resamples(scores, y_study, bootstrap, rng_for(seed, "probe-cv"))]
+    )
     lo, hi = np.nanpercentile(boot, [2.5, 97.5])
-    return {"folds": folds, "auroc": auroc, "auroc_ci": [float(lo), float(hi)], "bootstrap": bootstrap,
-            "seed": seed, "study_scores": scores}
+    return {
+        "folds": folds,
+        "auroc": auroc,
+        "auroc_ci": [float(lo), float(hi)],
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "study_scores": scores,
+    }
 
 
-def train_probe(settings: Settings, opts: TrainOptions, *,
-                model_loader: Callable[..., LoadedModel] = load_model) -> dict[str, Any]:
+def train_probe(
+    settings: Settings, opts: TrainOptions, *, model_loader: Callable[..., LoadedModel] = load_model
+) -> dict[str, Any]:
     """Train, cross-validate and write the probe; return the summary (``--json``)."""
     import sklearn
 
@@ -123,8 +141,9 @@ def train_probe(settings: Settings, opts: TrainOptions, *,
         images = [ds for s in studies if s is not None for ds in s.accepted]
         outcome = embed_missing(db, model, profile, images, batch_size=model.batch_size, progress=opts.progress)
         weights, version = model.identity.weights_sha256, profile.preprocessing.method
-        kept = get_embeddings(db, (str(ds.SOPInstanceUID) for ds in images), weights_sha256=weights,
-                              preprocessing_version=version)
+        kept = get_embeddings(
+            db, (str(ds.SOPInstanceUID) for ds in images), weights_sha256=weights, preprocessing_version=version
+        )
     finally:
         db.dispose()
 
@@ -135,8 +154,11 @@ def train_probe(settings: Settings, opts: TrainOptions, *,
     not_used = 0
     for row, s in zip(table.rows, studies):
         label = row.labels.get(opts.finding, math.nan)
-        usable = [kept[str(ds.SOPInstanceUID)] for ds in (s.accepted if s else [])
-                  if str(ds.SOPInstanceUID) in kept and str(ds.SOPInstanceUID) not in outcome.failed]
+        usable = [
+            kept[str(ds.SOPInstanceUID)]
+            for ds in (s.accepted if s else [])
+            if str(ds.SOPInstanceUID) in kept and str(ds.SOPInstanceUID) not in outcome.failed
+        ]
         if not math.isfinite(label) or not usable:
             not_used += 1
             continue
@@ -148,8 +170,10 @@ def train_probe(settings: Settings, opts: TrainOptions, *,
     y_s = np.array(y_study, dtype=np.int64)
     n_pos, n_neg = int(y_s.sum()), int((1 - y_s).sum())
     if min(n_pos, n_neg) < max(MIN_PER_CLASS, opts.folds):
-        raise ProbeTrainError(f"{opts.finding}: {n_pos} positive and {n_neg} negative studies with embeddings; "
-                              f"need at least {max(MIN_PER_CLASS, opts.folds)} of each")
+        raise ProbeTrainError(
+            f"{opts.finding}: {n_pos} positive and {n_neg} negative studies with embeddings; "
+            f"need at least {max(MIN_PER_CLASS, opts.folds)} of each"
+        )
     x = np.stack(vectors).astype(np.float64)
     y_i, g = np.array(y_image), np.array(groups)
     cv = cross_validated_auroc(x, y_i, g, y_s, folds=opts.folds, c=opts.c, seed=opts.seed, bootstrap=opts.bootstrap)
@@ -166,14 +190,25 @@ def train_probe(settings: Settings, opts: TrainOptions, *,
         "preprocessing_version": version,
         "embedding_dim": int(x.shape[1]),
         "labels_file_sha256": labels_sha,
-        "cohort": {"n_studies": len(y_study), "n_pos": n_pos, "n_neg": n_neg, "n_images": int(len(y_i)),
-                   "labelled_rows_not_used": not_used},
+        "cohort": {
+            "n_studies": len(y_study),
+            "n_pos": n_pos,
+            "n_neg": n_neg,
+            "n_images": len(y_i),
+            "labelled_rows_not_used": not_used,
+        },
         "cv": {k: v for k, v in cv.items() if k != "study_scores"},
-        "model": {"kind": "logistic-regression", "C": opts.c, "class_weight": "balanced",
-                  "features": "L2-normalised image embedding, standardised",
-                  "mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(),
-                  "coef": logreg.coef_[0].tolist(), "intercept": float(logreg.intercept_[0])},
-        "trained_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "model": {
+            "kind": "logistic-regression",
+            "C": opts.c,
+            "class_weight": "balanced",
+            "features": "L2-normalised image embedding, standardised",
+            "mean": scaler.mean_.tolist(),
+            "scale": scaler.scale_.tolist(),
+            "coef": logreg.coef_[0].tolist(),
+            "intercept": float(logreg.intercept_[0]),
+        },
+        "trained_at": datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "sklearn_version": sklearn.__version__,
     }
     body = (json.dumps(doc, indent=1) + "\n").encode()
@@ -181,8 +216,18 @@ def train_probe(settings: Settings, opts: TrainOptions, *,
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_bytes(body)
     os.replace(tmp, out)
-    return {"finding": opts.finding, "n_pos": n_pos, "n_neg": n_neg, "n_images": int(len(y_i)),
-            "cv_auroc": cv["auroc"], "cv_auroc_ci": cv["auroc_ci"], "folds": opts.folds, "path": str(out),
-            "probe_version": "sha256:" + hashlib.sha256(body).hexdigest()[:16], "weights_sha256": weights,
-            "preprocessing_version": version, "labels_file_sha256": labels_sha,
-            "is_test_model": model.identity.is_test_model}
+    return {
+        "finding": opts.finding,
+        "n_pos": n_pos,
+        "n_neg": n_neg,
+        "n_images": len(y_i),
+        "cv_auroc": cv["auroc"],
+        "cv_auroc_ci": cv["auroc_ci"],
+        "folds": opts.folds,
+        "path": str(out),
+        "probe_version": "sha256:" + hashlib.sha256(body).hexdigest()[:16],
+        "weights_sha256": weights,
+        "preprocessing_version": version,
+        "labels_file_sha256": labels_sha,
+        "is_test_model": model.identity.is_test_model,
+    }

@@ -11,6 +11,13 @@ from node.query.match import (
     to_dataset,
 )
 
-__all__ = ["LEVELS", "InvalidQuery", "Match", "find", "find_identifier", "instances_for_retrieve",
-           "response_dataset",
-           "to_dataset"]
+__all__ = [
+    "LEVELS",
+    "InvalidQuery",
+    "Match",
+    "find",
+    "find_identifier",
+    "instances_for_retrieve",
+    "response_dataset",
+    "to_dataset",
+]

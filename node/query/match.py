@@ -80,8 +80,12 @@ _KEYS: dict[str, _Key] = {
     "SOPClassUID": _Key("IMAGE", Instance.sop_class_uid, "uid"),
     "InstanceNumber": _Key("IMAGE", Instance.instance_number, "int"),
 }
-UNIQUE_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
-              "IMAGE": "SOPInstanceUID"}
+UNIQUE_KEY = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
 SUPPORTED_KEYS = frozenset(_KEYS)
 
 
@@ -171,8 +175,12 @@ def _condition(keyword: str, key: _Key, value: Any) -> ColumnElement[bool] | Non
         # An aliased Series: at SERIES or IMAGE level the outer query selects from Series too, and
         # auto-correlation would leave the sub-query without a FROM clause (a 500 found by fuzzing).
         other = aliased(Series)
-        parts = [other.modality.like(_like_pattern(mod), escape=ESCAPE) if ("*" in mod or "?" in mod)
-                 else other.modality == mod for mod in values]
+        parts = [
+            other.modality.like(_like_pattern(mod), escape=ESCAPE)
+            if ("*" in mod or "?" in mod)
+            else other.modality == mod
+            for mod in values
+        ]
         return exists().where(other.study_pk == Study.id, or_(*parts))
     if key.kind == "int":
         try:
@@ -192,10 +200,17 @@ def _base_select(level: str):
     if level == "STUDY":
         return select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
     if level == "SERIES":
-        return (select(Series, Study, Patient).join(Study, Series.study_pk == Study.id)
-                .join(Patient, Study.patient_pk == Patient.id))
-    return (select(Instance, Series, Study, Patient).join(Series, Instance.series_pk == Series.id)
-            .join(Study, Series.study_pk == Study.id).join(Patient, Study.patient_pk == Patient.id))
+        return (
+            select(Series, Study, Patient)
+            .join(Study, Series.study_pk == Study.id)
+            .join(Patient, Study.patient_pk == Patient.id)
+        )
+    return (
+        select(Instance, Series, Study, Patient)
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .join(Patient, Study.patient_pk == Patient.id)
+    )
 
 
 def _where(level: str, criteria: Mapping[str, Any]) -> list[ColumnElement[bool]]:
@@ -212,8 +227,12 @@ def _where(level: str, criteria: Mapping[str, Any]) -> list[ColumnElement[bool]]
 
 
 def _order(level: str) -> list[Any]:
-    return {"PATIENT": [Patient.id], "STUDY": [Study.id], "SERIES": [Series.study_pk, Series.id],
-            "IMAGE": [Instance.series_pk, Instance.id]}[level]
+    return {
+        "PATIENT": [Patient.id],
+        "STUDY": [Study.id],
+        "SERIES": [Series.study_pk, Series.id],
+        "IMAGE": [Instance.series_pk, Instance.id],
+    }[level]
 
 
 def _values(level: str, row: Any) -> dict[str, Any]:
@@ -234,8 +253,16 @@ def _values(level: str, row: Any) -> dict[str, Any]:
     return vals
 
 
-def find(session: Session, level: str, criteria: Mapping[str, Any], *, limit: int | None = 1000,
-         offset: int = 0, counts: bool = True, batch: int = 500) -> Iterator[Match]:
+def find(
+    session: Session,
+    level: str,
+    criteria: Mapping[str, Any],
+    *,
+    limit: int | None = 1000,
+    offset: int = 0,
+    counts: bool = True,
+    batch: int = 500,
+) -> Iterator[Match]:
     """Stream the matches of ``criteria`` at ``level`` (at most ``limit``; None = no cap).
 
     ``counts`` adds the Number Of ... Related ... keys (one small aggregate per match).
@@ -264,21 +291,27 @@ def _add_counts(session: Session, level: str, row: Any, values: dict[str, Any]) 
     if level == "PATIENT":
         p = objs[Patient]
         values["NumberOfPatientRelatedStudies"] = session.scalar(
-            select(func.count(Study.id)).where(Study.patient_pk == p.id))
+            select(func.count(Study.id)).where(Study.patient_pk == p.id)
+        )
         values["NumberOfPatientRelatedSeries"] = session.scalar(
-            select(func.count(Series.id)).join(Study, Series.study_pk == Study.id).where(Study.patient_pk == p.id))
+            select(func.count(Series.id)).join(Study, Series.study_pk == Study.id).where(Study.patient_pk == p.id)
+        )
         values["NumberOfPatientRelatedInstances"] = session.scalar(
-            select(func.coalesce(func.sum(Study.instance_count), 0)).where(Study.patient_pk == p.id))
+            select(func.coalesce(func.sum(Study.instance_count), 0)).where(Study.patient_pk == p.id)
+        )
     elif level == "STUDY":
         values["NumberOfStudyRelatedSeries"] = session.scalar(
-            select(func.count(Series.id)).where(Series.study_pk == objs[Study].id))
+            select(func.count(Series.id)).where(Series.study_pk == objs[Study].id)
+        )
     elif level == "SERIES":
         values["NumberOfSeriesRelatedInstances"] = session.scalar(
-            select(func.count(Instance.id)).where(Instance.series_pk == objs[Series].id))
+            select(func.count(Instance.id)).where(Instance.series_pk == objs[Series].id)
+        )
 
 
-def instances_for_retrieve(session: Session, level: str, criteria: Mapping[str, Any], *,
-                           limit: int = 65535) -> list[Match]:
+def instances_for_retrieve(
+    session: Session, level: str, criteria: Mapping[str, Any], *, limit: int = 65535
+) -> list[Match]:
     """C-GET / C-MOVE / WADO: every instance under the matches of ``criteria`` at ``level``.
 
     Retrieval needs the unique key of the level (a UID list is fine); without it, InvalidQuery.
@@ -288,8 +321,9 @@ def instances_for_retrieve(session: Session, level: str, criteria: Mapping[str, 
     unique = UNIQUE_KEY[level]
     if not criteria.get(unique):
         raise InvalidQuery(f"a {level} level retrieve needs {unique}")
-    stmt = _base_select("IMAGE").where(*_where(level, {k: v for k, v in criteria.items()
-                                                      if k in _KEYS and _KEYS[k].kind != "computed"}))
+    stmt = _base_select("IMAGE").where(
+        *_where(level, {k: v for k, v in criteria.items() if k in _KEYS and _KEYS[k].kind != "computed"})
+    )
     stmt = stmt.order_by(*_order("IMAGE")).limit(limit)
     out = []
     for row in session.execute(stmt):
@@ -322,7 +356,7 @@ def response_dataset(match: Match, identifier: Dataset, *, retrieve_ae: str | No
     ds.SpecificCharacterSet = RESPONSE_CHARSET
     ds.QueryRetrieveLevel = match.level
     depth = LEVELS.index(match.level)
-    for lvl in LEVELS[1 if match.level != "PATIENT" else 0: depth + 1]:
+    for lvl in LEVELS[1 if match.level != "PATIENT" else 0 : depth + 1]:
         kw = UNIQUE_KEY[lvl]
         setattr(ds, kw, match.values.get(kw) or "")
     for elem in identifier:
@@ -355,8 +389,14 @@ def to_dataset(match: Match, include: set[str] | None = None) -> Dataset:
     return ds
 
 
-def find_identifier(session: Session, identifier: Dataset, *, root: str = STUDY_ROOT,
-                    limit: int | None = 1000, retrieve_ae: str | None = None) -> Iterator[Dataset]:
+def find_identifier(
+    session: Session,
+    identifier: Dataset,
+    *,
+    root: str = STUDY_ROOT,
+    limit: int | None = 1000,
+    retrieve_ae: str | None = None,
+) -> Iterator[Dataset]:
     """C-FIND in one call: validate the level for the information model, match, build responses."""
     level = str(identifier.get("QueryRetrieveLevel", "") or "").upper()
     _level_index(level)

@@ -27,21 +27,25 @@ def image_ref(ds: Dataset) -> ImageRef:
     return ImageRef(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID))
 
 
-def algorithm_info(identity: ModelIdentity | None, profile: TriageProfile, preprocessing_version: str,
-                   preprocessing_description: str) -> AlgorithmInfo:
+def algorithm_info(
+    identity: ModelIdentity | None, profile: TriageProfile, preprocessing_version: str, preprocessing_description: str
+) -> AlgorithmInfo:
     return AlgorithmInfo(
-        name=ALGORITHM_NAME, version=__version__,
+        name=ALGORITHM_NAME,
+        version=__version__,
         # No model loaded (a model-unavailable no-assist SR): say so; AlgorithmInfo needs non-empty text.
         model_id=identity.model_id if identity else "not loaded",
         model_revision=identity.revision if identity else "not loaded",
         weights_sha256=identity.weights_sha256 if identity else "not loaded",
-        profile_name=profile.name, profile_version=profile.version,
+        profile_name=profile.name,
+        profile_version=profile.version,
         preprocessing_version=preprocessing_version,
         preprocessing_description=preprocessing_description,
         is_test_model=bool(identity and identity.is_test_model),
         # Issue 13: whether the operating points were tuned on local data for these weights.
         calibration=profile.calibration_state(identity.weights_sha256 if identity else None).text,
-        probe_versions=profile.probe_versions())
+        probe_versions=profile.probe_versions(),
+    )
 
 
 def deciding_threshold(spec: FindingSpec) -> float:
@@ -56,24 +60,41 @@ def deciding_threshold(spec: FindingSpec) -> float:
 
 def finding_result(spec: FindingSpec, score: float, state: str, evaluated: tuple[ImageRef, ...]) -> FindingResult:
     low, high = spec.indeterminate_band
-    return FindingResult(finding=Code(*spec.code), state=dicom_sr.FindingState(str(state)), score=float(score),
-                         threshold=deciding_threshold(spec), band_low=float(low), band_high=float(high),
-                         urgent=spec.urgency == "high", source_images=evaluated)
+    return FindingResult(
+        finding=Code(*spec.code),
+        state=dicom_sr.FindingState(str(state)),
+        score=float(score),
+        threshold=deciding_threshold(spec),
+        band_low=float(low),
+        band_high=float(high),
+        urgent=spec.urgency == "high",
+        source_images=evaluated,
+    )
 
 
-def image_assessments(decision: StudyDecision, images: list[Dataset],
-                      preprocessing: Sequence[str]) -> tuple[ImageAssessment, ...]:
+def image_assessments(
+    decision: StudyDecision, images: list[Dataset], preprocessing: Sequence[str]
+) -> tuple[ImageAssessment, ...]:
     """One entry per image given to the model (decide() order), with what the model said of it."""
     scores = decision.domain_scores
     return tuple(
-        ImageAssessment(image=image_ref(ds), preprocessing=preprocessing[i],
-                        evaluated=i in decision.evaluated,
-                        domain_score=float(scores[i]) if i < len(scores) else None)
-        for i, ds in enumerate(images))
+        ImageAssessment(
+            image=image_ref(ds),
+            preprocessing=preprocessing[i],
+            evaluated=i in decision.evaluated,
+            domain_score=float(scores[i]) if i < len(scores) else None,
+        )
+        for i, ds in enumerate(images)
+    )
 
 
-def triage_result(decision: StudyDecision, profile: TriageProfile, images: list[Dataset],
-                  algorithm: AlgorithmInfo, preprocessing: Sequence[str] = ()) -> TriageResult:
+def triage_result(
+    decision: StudyDecision,
+    profile: TriageProfile,
+    images: list[Dataset],
+    algorithm: AlgorithmInfo,
+    preprocessing: Sequence[str] = (),
+) -> TriageResult:
     """Turn the policy's decision over ``images`` (the decide() input order) into the SR contract.
 
     ``preprocessing`` describes each image of ``images`` (same order); when it is empty the
@@ -86,12 +107,26 @@ def triage_result(decision: StudyDecision, profile: TriageProfile, images: list[
     assessed = image_assessments(decision, images, preprocessing) if preprocessing else ()
     if not decision.assist:
         reason = decision.reason or NoAssistReason.MODEL_ERROR
-        return TriageResult(assist=False, priority=dicom_sr.PRIORITY_MEDIUM,
-                            no_assist_reason=Code(str(reason), "99TRIAGE", reason_meaning(reason)),
-                            no_assist_text=REASON_TEXT[reason], findings=findings,
-                            evaluated_images=evaluated if assessed else (), algorithm=algorithm, images=assessed)
-    return TriageResult(assist=True, priority=decision.priority, no_assist_reason=None, no_assist_text=None,
-                        findings=findings, evaluated_images=evaluated, algorithm=algorithm, images=assessed)
+        return TriageResult(
+            assist=False,
+            priority=dicom_sr.PRIORITY_MEDIUM,
+            no_assist_reason=Code(str(reason), "99TRIAGE", reason_meaning(reason)),
+            no_assist_text=REASON_TEXT[reason],
+            findings=findings,
+            evaluated_images=evaluated if assessed else (),
+            algorithm=algorithm,
+            images=assessed,
+        )
+    return TriageResult(
+        assist=True,
+        priority=decision.priority,
+        no_assist_reason=None,
+        no_assist_text=None,
+        findings=findings,
+        evaluated_images=evaluated,
+        algorithm=algorithm,
+        images=assessed,
+    )
 
 
 def keep_raise(result: TriageResult, raised_by_sr_uid: str | None) -> TriageResult:
@@ -112,5 +147,14 @@ def reason_meaning(reason: NoAssistReason) -> str:
     }[reason]
 
 
-__all__ = ["ALGORITHM_NAME", "algorithm_info", "deciding_threshold", "finding_result", "image_assessments",
-           "image_ref", "keep_raise", "reason_meaning", "triage_result"]
+__all__ = [
+    "ALGORITHM_NAME",
+    "algorithm_info",
+    "deciding_threshold",
+    "finding_result",
+    "image_assessments",
+    "image_ref",
+    "keep_raise",
+    "reason_meaning",
+    "triage_result",
+]

@@ -37,12 +37,15 @@ class ResultOutputs:
     fhir: tuple[FhirDestination, ...] = field(default_factory=tuple)
 
     @classmethod
-    def of(cls, settings: Settings) -> "ResultOutputs":
+    def of(cls, settings: Settings) -> ResultOutputs:
         sends = {kind for dest in settings.forward for kind in dest.send}
-        return cls(forward=tuple(settings.forward),
-                   summary_card=settings.results.summary_card or "sc" in sends,
-                   summary_pdf=settings.results.summary_pdf or "pdf" in sends,
-                   hl7=tuple(settings.hl7), fhir=tuple(settings.fhir))
+        return cls(
+            forward=tuple(settings.forward),
+            summary_card=settings.results.summary_card or "sc" in sends,
+            summary_pdf=settings.results.summary_pdf or "pdf" in sends,
+            hl7=tuple(settings.hl7),
+            fhir=tuple(settings.fhir),
+        )
 
 
 def _thumbnail_source(result: TriageResult, evidence: list[Dataset]) -> Dataset | None:
@@ -70,8 +73,17 @@ def _thumbnail(result: TriageResult, evidence: list[Dataset]):
         return None
 
 
-def store_summary(ingestor: Ingestor, outputs: ResultOutputs, *, result: TriageResult, study_context: Dataset,
-                  evidence: list[Dataset], sr_sop_instance_uid: str, job_id: int, own_ae: str) -> dict[str, str]:
+def store_summary(
+    ingestor: Ingestor,
+    outputs: ResultOutputs,
+    *,
+    result: TriageResult,
+    study_context: Dataset,
+    evidence: list[Dataset],
+    sr_sop_instance_uid: str,
+    job_id: int,
+    own_ae: str,
+) -> dict[str, str]:
     """Build and store the summary card and/or its PDF (as configured) in the result's study.
     UIDs derive from the job, like the SR's, so a retried job stores each once.
     Returns {"sc": uid, "pdf": uid} for what was stored."""
@@ -83,16 +95,37 @@ def store_summary(ingestor: Ingestor, outputs: ResultOutputs, *, result: TriageR
     datasets: list[tuple[str, Dataset]] = []
     if outputs.summary_card:
         uid = generate_uid(entropy_srcs=["triage-node-card", study_uid, str(job_id)])
-        datasets.append(("sc", build_card_sc(
-            result, study_context, pixels, sop_instance_uid=uid, manufacturer=OWN_MANUFACTURER,
-            series_instance_uid=generate_uid(entropy_srcs=["triage-node-card-series", study_uid, str(job_id)]),
-            series_number=CARD_SERIES_NUMBER, software_versions=__version__)))
+        datasets.append(
+            (
+                "sc",
+                build_card_sc(
+                    result,
+                    study_context,
+                    pixels,
+                    sop_instance_uid=uid,
+                    manufacturer=OWN_MANUFACTURER,
+                    series_instance_uid=generate_uid(entropy_srcs=["triage-node-card-series", study_uid, str(job_id)]),
+                    series_number=CARD_SERIES_NUMBER,
+                    software_versions=__version__,
+                ),
+            )
+        )
     if outputs.summary_pdf:
         uid = generate_uid(entropy_srcs=["triage-node-pdf", study_uid, str(job_id)])
-        datasets.append(("pdf", build_card_pdf(
-            card_pdf(pixels), study_context, sop_instance_uid=uid, manufacturer=OWN_MANUFACTURER,
-            series_instance_uid=generate_uid(entropy_srcs=["triage-node-pdf-series", study_uid, str(job_id)]),
-            series_number=PDF_SERIES_NUMBER, software_versions=__version__)))
+        datasets.append(
+            (
+                "pdf",
+                build_card_pdf(
+                    card_pdf(pixels),
+                    study_context,
+                    sop_instance_uid=uid,
+                    manufacturer=OWN_MANUFACTURER,
+                    series_instance_uid=generate_uid(entropy_srcs=["triage-node-pdf-series", study_uid, str(job_id)]),
+                    series_number=PDF_SERIES_NUMBER,
+                    software_versions=__version__,
+                ),
+            )
+        )
     for kind, ds in datasets:
         meta, body = encode_own_instance(ds)
         outcome = ingestor.store(meta, body, calling_ae=own_ae, touch_stability=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pydicom.dataset import Dataset
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
@@ -46,22 +46,50 @@ class StoredReport:
 
 
 def _findings_json(result: TriageResult) -> str:
-    return json.dumps([{"finding": f.finding.meaning, "code": f.finding.value, "state": str(f.state),
-                        "score": round(f.score, 6), "threshold": f.threshold,
-                        "indeterminate_band": [f.band_low, f.band_high], "urgent": f.urgent}
-                       for f in result.findings])
+    return json.dumps(
+        [
+            {
+                "finding": f.finding.meaning,
+                "code": f.finding.value,
+                "state": str(f.state),
+                "score": round(f.score, 6),
+                "threshold": f.threshold,
+                "indeterminate_band": [f.band_low, f.band_high],
+                "urgent": f.urgent,
+            }
+            for f in result.findings
+        ]
+    )
 
 
 def _images_json(result: TriageResult) -> str:
-    return json.dumps([{"sop_instance_uid": a.image.sop_instance_uid,
-                        "domain_score": None if a.domain_score is None else round(a.domain_score, 6),
-                        "evaluated": a.evaluated, "preprocessing": a.preprocessing} for a in result.images])
+    return json.dumps(
+        [
+            {
+                "sop_instance_uid": a.image.sop_instance_uid,
+                "domain_score": None if a.domain_score is None else round(a.domain_score, 6),
+                "evaluated": a.evaluated,
+                "preprocessing": a.preprocessing,
+            }
+            for a in result.images
+        ]
+    )
 
 
-def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at: datetime, study_context: Dataset,
-                 evidence: list[Dataset], result: TriageResult, own_ae: str,
-                 forward: Sequence[ForwardDestination] = (), order_priority: str = "",
-                 outputs: ResultOutputs | None = None) -> StoredReport:
+def write_report(
+    db: Database,
+    ingestor: Ingestor,
+    *,
+    job_id: int,
+    job_queued_at: datetime,
+    study_context: Dataset,
+    evidence: list[Dataset],
+    result: TriageResult,
+    own_ae: str,
+    forward: Sequence[ForwardDestination] = (),
+    order_priority: str = "",
+    outputs: ResultOutputs | None = None,
+) -> StoredReport:
     """Build the SR, store it durably and indexed (without re-opening the study), store the summary
     card / PDF when configured, update the worklist and, in the same transaction, queue what each
     [[forward]] ``send`` names and the [[hl7]] / [[fhir]] messages (``outputs``; default: ``forward`` only).
@@ -75,35 +103,73 @@ def write_report(db: Database, ingestor: Ingestor, *, job_id: int, job_queued_at
     previous = current_row(db, study_uid)
     predecessor = None
     if previous is not None and previous.sr_sop_instance_uid and previous.job_id != job_id:
-        predecessor = SRReference(study_uid, previous.sr_series_instance_uid, str(Comprehensive3DSRStorage),
-                                  previous.sr_sop_instance_uid)
+        predecessor = SRReference(
+            study_uid, previous.sr_series_instance_uid, str(Comprehensive3DSRStorage), previous.sr_sop_instance_uid
+        )
     if previous is not None and previous.raised_by_sr_uid != sop_uid:
         result = keep_raise(result, previous.raised_by_sr_uid)
     sr = dicom_sr.build_triage_sr(
-        result, study_context, evidence, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer=OWN_MANUFACTURER,
-        manufacturer_model_name=OWN_MANUFACTURER, software_versions=__version__, predecessor=predecessor)
+        result,
+        study_context,
+        evidence,
+        series_instance_uid=series_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=OWN_MANUFACTURER,
+        manufacturer_model_name=OWN_MANUFACTURER,
+        software_versions=__version__,
+        predecessor=predecessor,
+    )
     meta, body = encode_own_instance(sr)
     outcome = ingestor.store(meta, body, calling_ae=own_ae, touch_stability=False)
     if not outcome.ok:
         raise RuntimeError(f"could not store the SR: 0x{outcome.status:04X} {outcome.reason}")
-    extras = store_summary(ingestor, outputs, result=result, study_context=study_context, evidence=evidence,
-                           sr_sop_instance_uid=sop_uid, job_id=job_id, own_ae=own_ae)
+    extras = store_summary(
+        ingestor,
+        outputs,
+        result=result,
+        study_context=study_context,
+        evidence=evidence,
+        sr_sop_instance_uid=sop_uid,
+        job_id=job_id,
+        own_ae=own_ae,
+    )
     reason = "" if result.assist else (result.no_assist_reason.value if result.no_assist_reason else "")
     raises = result.priority == dicom_sr.PRIORITY_HIGH and result.priority_kept_from is None
-    now = datetime.now(timezone.utc)
-    row = ReportRow(study_instance_uid=study_uid, job_id=job_id, queued_at=job_queued_at,
-                    sr_sop_instance_uid=sop_uid, sr_series_instance_uid=series_uid, raises=raises,
-                    order_priority=order_priority, assist=result.assist, reason=reason,
-                    profile=result.algorithm.profile_name, calibration=result.algorithm.calibration,
-                    findings_json=_findings_json(result), images_json=_images_json(result))
+    now = datetime.now(UTC)
+    row = ReportRow(
+        study_instance_uid=study_uid,
+        job_id=job_id,
+        queued_at=job_queued_at,
+        sr_sop_instance_uid=sop_uid,
+        sr_series_instance_uid=series_uid,
+        raises=raises,
+        order_priority=order_priority,
+        assist=result.assist,
+        reason=reason,
+        profile=result.algorithm.profile_name,
+        calibration=result.algorithm.calibration,
+        findings_json=_findings_json(result),
+        images_json=_images_json(result),
+    )
     with db.write() as session:
         item = record_report(session, row, now=now)
-        enqueue_study(session, outputs.forward, study_uid=study_uid, sr_sop_instance_uid=sop_uid, now=now,
-                      extras=extras, hl7=outputs.hl7, fhir=outputs.fhir, raises_priority=raises)
+        enqueue_study(
+            session,
+            outputs.forward,
+            study_uid=study_uid,
+            sr_sop_instance_uid=sop_uid,
+            now=now,
+            extras=extras,
+            hl7=outputs.hl7,
+            fhir=outputs.fhir,
+            raises_priority=raises,
+        )
         worklist_priority = item.priority
-    return StoredReport(sop_uid, series_uid, result.priority, result.assist, reason, worklist_priority,
-                        result.priority_kept_from or "")
+    return StoredReport(
+        sop_uid, series_uid, result.priority, result.assist, reason, worklist_priority, result.priority_kept_from or ""
+    )
 
 
 __all__ = ["SR_SERIES_NUMBER", "StoredReport", "write_report"]

@@ -30,17 +30,30 @@ def _indexes(request: Request) -> SearchIndexes:
 
 
 @router.get("/search", summary="Images most like a text or a stored image (cosine of MedSigLIP embeddings)")
-def search(request: Request, text: str | None = Query(None), like: str | None = Query(None),
-           limit: int = Query(20), modality: str | None = Query(None)) -> JSONResponse:
+def search(
+    request: Request,
+    text: str | None = Query(None),
+    like: str | None = Query(None),
+    limit: int = Query(20),
+    modality: str | None = Query(None),
+) -> JSONResponse:
     from node.embeddings.current import current_weights_sha256, profile_preprocessing_versions
 
     c = ctx(request)
     model = getattr(c.worker, "model", None)
     weights = model.identity.weights_sha256 if model is not None else current_weights_sha256(c.settings, c.db)
     try:
-        results = run_search(_indexes(request), weights=weights,
-                             preprocessings=profile_preprocessing_versions(c.settings), text=text, like=like,
-                             limit=limit, max_limit=c.settings.search.max_limit, modality=modality, model=model)
+        results = run_search(
+            _indexes(request),
+            weights=weights,
+            preprocessings=profile_preprocessing_versions(c.settings),
+            text=text,
+            like=like,
+            limit=limit,
+            max_limit=c.settings.search.max_limit,
+            modality=modality,
+            model=model,
+        )
     except SearchError as exc:
         raise Problem(exc.status, str(exc)) from None
     return JSONResponse([r.as_dict() for r in results])

@@ -30,7 +30,7 @@ import numpy as np
 if TYPE_CHECKING:
     import faiss  # imported where used: only the node's HTTP role needs it
 
-__all__ = ["VectorIndex", "Hit", "ivf_nlist", "ivf_nprobe"]
+__all__ = ["Hit", "VectorIndex", "ivf_nlist", "ivf_nprobe"]
 
 _FORMAT = 1
 
@@ -68,8 +68,9 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
 class VectorIndex:
     """Exact below ``exact_max`` vectors, FAISS IVF-Flat above; not thread-safe (callers lock)."""
 
-    def __init__(self, dim: int, *, exact_max: int = 20_000, nprobe: int | None = None,
-                 rebuild_factor: float = 4.0) -> None:
+    def __init__(
+        self, dim: int, *, exact_max: int = 20_000, nprobe: int | None = None, rebuild_factor: float = 4.0
+    ) -> None:
         self.dim = int(dim)
         self.exact_max = int(exact_max)
         self.nprobe_override = nprobe
@@ -113,7 +114,7 @@ class VectorIndex:
             grown = np.empty((max(len(self), 2 * self._matrix.shape[0], 1024), self.dim), dtype=np.float32)
             grown[:n_old] = self._matrix[:n_old]
             self._matrix = grown
-        self._matrix[n_old:len(self)] = v
+        self._matrix[n_old : len(self)] = v
         if len(self) > self.exact_max:
             self._to_faiss()
 
@@ -131,7 +132,7 @@ class VectorIndex:
         return index
 
     def _to_faiss(self) -> None:
-        data = self._matrix[:len(self)]
+        data = self._matrix[: len(self)]
         nlist = ivf_nlist(len(self))
         rng = np.random.default_rng(0)
         want = TRAIN_PER_CELL * nlist
@@ -143,8 +144,16 @@ class VectorIndex:
         self._matrix = np.empty((0, self.dim), dtype=np.float32)
 
     @classmethod
-    def build(cls, dim: int, total: int, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray, Sequence[str]]]],
-              *, exact_max: int = 20_000, nprobe: int | None = None, rebuild_factor: float = 4.0) -> "VectorIndex":
+    def build(
+        cls,
+        dim: int,
+        total: int,
+        chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray, Sequence[str]]]],
+        *,
+        exact_max: int = 20_000,
+        nprobe: int | None = None,
+        rebuild_factor: float = 4.0,
+    ) -> VectorIndex:
         """A fresh index over ``total`` vectors that ``chunks()`` yields as (ids, vectors, modalities).
 
         Beyond ``exact_max`` the vectors never sit in memory twice: a first pass keeps every s-th
@@ -186,7 +195,7 @@ class VectorIndex:
             if not mask.any():
                 return []
         if self._faiss is None:
-            scores = self._matrix[:len(self)] @ q[0]
+            scores = self._matrix[: len(self)] @ q[0]
             candidates = np.flatnonzero(mask) if mask is not None else None
             pool = scores if candidates is None else scores[candidates]
             k = min(k, pool.size)
@@ -221,15 +230,21 @@ class VectorIndex:
         tmp_meta = folder / f".meta.{os.getpid()}.npz"
         np.savez(tmp_meta, ids=self._ids, mods=self._mods)
         os.replace(tmp_meta, folder / "meta.npz")
-        info = {"format": _FORMAT, "dim": self.dim, "watermark": self.watermark, "trained_on": self.trained_on,
-                "count": len(self)}
+        info = {
+            "format": _FORMAT,
+            "dim": self.dim,
+            "watermark": self.watermark,
+            "trained_on": self.trained_on,
+            "count": len(self),
+        }
         tmp_info = folder / f".info.{os.getpid()}.json"
         tmp_info.write_text(json.dumps(info), encoding="utf-8")
         os.replace(tmp_info, folder / "info.json")
 
     @classmethod
-    def load(cls, folder: Path, *, exact_max: int, nprobe: int | None = None,
-             rebuild_factor: float = 4.0) -> "VectorIndex | None":
+    def load(
+        cls, folder: Path, *, exact_max: int, nprobe: int | None = None, rebuild_factor: float = 4.0
+    ) -> VectorIndex | None:
         """The saved index, or None when it is missing, unreadable or inconsistent (then: rebuild)."""
         folder = Path(folder)
         try:

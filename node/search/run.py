@@ -13,7 +13,7 @@ import numpy as np
 
 from node.search.service import SearchError, SearchIndexes, SearchResult
 
-__all__ = ["text_query_vector", "run_search", "MAX_TEXT_CHARS"]
+__all__ = ["MAX_TEXT_CHARS", "run_search", "text_query_vector"]
 
 MAX_TEXT_CHARS = 1000
 
@@ -22,9 +22,18 @@ def text_query_vector(model: Any, text: str) -> np.ndarray:
     return model.embed_texts([text])[0].detach().float().cpu().numpy()
 
 
-def run_search(indexes: SearchIndexes, *, weights: str | None, preprocessings: list[str], text: str | None = None,
-               like: str | None = None, limit: int = 20, max_limit: int = 1000, modality: str | None = None,
-               model: Any = None) -> list[SearchResult]:
+def run_search(
+    indexes: SearchIndexes,
+    *,
+    weights: str | None,
+    preprocessings: list[str],
+    text: str | None = None,
+    like: str | None = None,
+    limit: int = 20,
+    max_limit: int = 1000,
+    modality: str | None = None,
+    model: Any = None,
+) -> list[SearchResult]:
     """``text`` or ``like`` (exactly one); ``model`` is needed for ``text``."""
     if (text is None) == (like is None):
         raise SearchError("give exactly one of text or like")
@@ -41,8 +50,7 @@ def run_search(indexes: SearchIndexes, *, weights: str | None, preprocessings: l
         if model is None:
             raise SearchError("the model is not loaded, so text cannot be embedded", status=503)
         weights = model.identity.weights_sha256
-        return indexes.query(text_query_vector(model, text), weights, preprocessings, limit=limit,
-                             modality=modality)
+        return indexes.query(text_query_vector(model, text), weights, preprocessings, limit=limit, modality=modality)
     if not weights:
         raise SearchError("no embeddings are kept yet", status=404)
     uid = like.strip()  # type: ignore[union-attr]

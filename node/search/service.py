@@ -27,7 +27,7 @@ from node.db.models import ImageEmbedding
 from node.oplog import get_logger
 from node.search.index import VectorIndex
 
-__all__ = ["SearchIndexes", "SearchResult", "SearchError"]
+__all__ = ["SearchError", "SearchIndexes", "SearchResult"]
 
 log = get_logger("search")
 _CHUNK = 5000
@@ -50,8 +50,12 @@ class SearchResult:
     score: float
 
     def as_dict(self) -> dict[str, object]:
-        return {"sop_instance_uid": self.sop_instance_uid, "study_instance_uid": self.study_instance_uid,
-                "series_instance_uid": self.series_instance_uid, "score": self.score}
+        return {
+            "sop_instance_uid": self.sop_instance_uid,
+            "study_instance_uid": self.study_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "score": self.score,
+        }
 
 
 def _space_filter(weights: str, preprocessing: str):
@@ -78,7 +82,9 @@ class SearchIndexes:
                 rows = session.execute(
                     select(ImageEmbedding.id, ImageEmbedding.vector, ImageEmbedding.dim, ImageEmbedding.modality)
                     .where(*_space_filter(weights, preprocessing), ImageEmbedding.id > last)
-                    .order_by(ImageEmbedding.id).limit(_CHUNK)).all()
+                    .order_by(ImageEmbedding.id)
+                    .limit(_CHUNK)
+                ).all()
             if not rows:
                 return
             ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -91,14 +97,21 @@ class SearchIndexes:
 
     def _build(self, weights: str, preprocessing: str) -> VectorIndex | None:
         with self.db.session() as session:
-            total, dim = session.execute(select(func.count(), func.max(ImageEmbedding.dim))
-                                         .where(*_space_filter(weights, preprocessing))).one()
+            total, dim = session.execute(
+                select(func.count(), func.max(ImageEmbedding.dim)).where(*_space_filter(weights, preprocessing))
+            ).one()
         if not total:
             return None
-        index = VectorIndex.build(int(dim), int(total), lambda: self._rows(weights, preprocessing, 0),
-                                  exact_max=self.cfg.exact_max, nprobe=self.cfg.nprobe)
-        log.info("search_index_built", weights=weights[:12], preprocessing=preprocessing, vectors=len(index),
-                 mode=index.mode)
+        index = VectorIndex.build(
+            int(dim),
+            int(total),
+            lambda: self._rows(weights, preprocessing, 0),
+            exact_max=self.cfg.exact_max,
+            nprobe=self.cfg.nprobe,
+        )
+        log.info(
+            "search_index_built", weights=weights[:12], preprocessing=preprocessing, vectors=len(index), mode=index.mode
+        )
         if index.mode != "exact":
             self._dirty.add((weights, preprocessing))
         return index
@@ -149,24 +162,32 @@ class SearchIndexes:
                 self._dirty.discard(key)
 
     # ------------------------------------------------------------------ queries
-    def like(self, sop_uid: str, weights: str, preprocessings: list[str], *, limit: int,
-             modality: str | None = None) -> list[SearchResult]:
+    def like(
+        self, sop_uid: str, weights: str, preprocessings: list[str], *, limit: int, modality: str | None = None
+    ) -> list[SearchResult]:
         """Images most like a stored image (its own embedding first: score 1.0)."""
         with self.db.session() as session:
             row = None
             for version in preprocessings:
-                row = session.execute(select(ImageEmbedding.vector, ImageEmbedding.dim).where(
-                    *_space_filter(weights, version), ImageEmbedding.sop_instance_uid == sop_uid)).first()
+                row = session.execute(
+                    select(ImageEmbedding.vector, ImageEmbedding.dim).where(
+                        *_space_filter(weights, version), ImageEmbedding.sop_instance_uid == sop_uid
+                    )
+                ).first()
                 if row is not None:
                     break
         if row is None:
-            raise SearchError(f"no embedding of SOP Instance UID {sop_uid} for the current model weights "
-                              f"({weights[:12]}); is it an image the triage profiles accept?", status=404)
+            raise SearchError(
+                f"no embedding of SOP Instance UID {sop_uid} for the current model weights "
+                f"({weights[:12]}); is it an image the triage profiles accept?",
+                status=404,
+            )
         query = np.frombuffer(row[0], dtype=_DTYPE, count=row[1]).astype(np.float32)
         return self.query(query, weights, [version], limit=limit, modality=modality)
 
-    def query(self, vector: np.ndarray, weights: str, preprocessings: list[str], *, limit: int,
-              modality: str | None = None) -> list[SearchResult]:
+    def query(
+        self, vector: np.ndarray, weights: str, preprocessings: list[str], *, limit: int, modality: str | None = None
+    ) -> list[SearchResult]:
         """Top ``limit`` images by cosine similarity with ``vector`` over these spaces."""
         best: dict[int, float] = {}
         for version in preprocessings:
@@ -175,17 +196,26 @@ class SearchIndexes:
                 if index is None:
                     continue
                 if index.dim != np.asarray(vector).size:
-                    raise SearchError(f"query has {np.asarray(vector).size} dimensions, the stored embeddings "
-                                      f"{index.dim}")
+                    raise SearchError(
+                        f"query has {np.asarray(vector).size} dimensions, the stored embeddings {index.dim}"
+                    )
                 hits = index.search(vector, limit, modality=modality)
             for h in hits:
                 best[h.id] = max(h.score, best.get(h.id, -2.0))
         if not best:
             return []
         with self.db.session() as session:
-            rows = {r[0]: r[1:] for r in session.execute(
-                select(ImageEmbedding.id, ImageEmbedding.sop_instance_uid, ImageEmbedding.study_instance_uid,
-                       ImageEmbedding.series_instance_uid).where(ImageEmbedding.id.in_(list(best))))}
+            rows = {
+                r[0]: r[1:]
+                for r in session.execute(
+                    select(
+                        ImageEmbedding.id,
+                        ImageEmbedding.sop_instance_uid,
+                        ImageEmbedding.study_instance_uid,
+                        ImageEmbedding.series_instance_uid,
+                    ).where(ImageEmbedding.id.in_(list(best)))
+                )
+            }
         seen: dict[str, SearchResult] = {}
         for i, score in sorted(best.items(), key=lambda kv: -kv[1]):
             if i in rows and rows[i][0] not in seen:  # one row per image, even across preprocessing versions

@@ -8,7 +8,7 @@ has not started yet already covers late instances, so no second queued job is ad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -28,7 +28,7 @@ class QueuedJob:
 
 
 def queue_stable_studies(db: Database, quiet_seconds: float, now: datetime | None = None) -> list[QueuedJob]:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=quiet_seconds)
     queued: list[QueuedJob] = []
     with db.write() as session:
@@ -40,11 +40,17 @@ def queue_stable_studies(db: Database, quiet_seconds: float, now: datetime | Non
         ).all()
         for study_pk, uid, count, patient_pk, last_arrival in rows:
             # Only flip if no instance arrived since we read the row (another process may write).
-            flipped = rowcount(session.execute(
-                update(Study).where(Study.id == study_pk, Study.stability_state == StabilityState.RECEIVING,
-                                    Study.last_arrival_at == last_arrival)
-                .values(stability_state=StabilityState.STABLE)
-            ))
+            flipped = rowcount(
+                session.execute(
+                    update(Study)
+                    .where(
+                        Study.id == study_pk,
+                        Study.stability_state == StabilityState.RECEIVING,
+                        Study.last_arrival_at == last_arrival,
+                    )
+                    .values(stability_state=StabilityState.STABLE)
+                )
+            )
             if not flipped:
                 continue
             job, created = queue_study(session, uid, instance_count=count, now=now)

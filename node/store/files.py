@@ -31,8 +31,7 @@ class UnsafeUID(ValueError):
 
 
 def relative_path(study_uid: str, series_uid: str, sop_uid: str) -> Path:
-    for label, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
-                       ("SOPInstanceUID", sop_uid)):
+    for label, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid)):
         if not is_valid_uid(uid):
             raise UnsafeUID(f"{label} is not a valid UID")
     return Path(study_uid) / series_uid / f"{sop_uid}.dcm"

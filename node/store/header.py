@@ -56,7 +56,7 @@ class _BufferReader:
 
     def read(self, size: int = -1) -> bytes:
         end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
-        out = self._view[self._pos:end].tobytes() if end > self._pos else b""
+        out = self._view[self._pos : end].tobytes() if end > self._pos else b""
         self._pos = max(self._pos, end)
         return out
 
@@ -69,7 +69,7 @@ class _BufferReader:
         return self._pos
 
     def slice(self, start: int, end: int) -> bytes:
-        return self._view[max(0, start):min(end, self.size)].tobytes()
+        return self._view[max(0, start) : min(end, self.size)].tobytes()
 
 
 def inflate(data: Any, *, max_bytes: int, deadline_seconds: float = PARSE_SECONDS) -> bytearray:
@@ -85,7 +85,7 @@ def inflate(data: Any, *, max_bytes: int, deadline_seconds: float = PARSE_SECOND
             if not pending:
                 if pos >= view.nbytes:
                     break
-                pending = view[pos:pos + _INFLATE_STEP].tobytes()
+                pending = view[pos : pos + _INFLATE_STEP].tobytes()
                 pos += _INFLATE_STEP
             room = max_bytes - len(out) + 1
             out += inflater.decompress(pending, min(room, _INFLATE_STEP))
@@ -144,8 +144,7 @@ def _check_sequence(fp: _BufferReader, elem: RawDataElement, implicit: bool, lit
     fp.seek(resume)
 
 
-def parse_header(dataset_bytes: Any, transfer_syntax_uid: str, *,
-                 max_inflated_bytes: int = 2 * 1024**3) -> Dataset:
+def parse_header(dataset_bytes: Any, transfer_syntax_uid: str, *, max_inflated_bytes: int = 2 * 1024**3) -> Dataset:
     """Walk the whole data set (large values skipped) and refuse what is incomplete or mis-encoded.
 
     ``dataset_bytes``: bytes, bytearray or memoryview (not copied). Raises BadDataset, or
@@ -177,8 +176,10 @@ def parse_header(dataset_bytes: Any, transfer_syntax_uid: str, *,
                         raise BadDataset(f"data set truncated inside undefined-length element {Tag(tag)}")
                 elif elem.value is None:
                     if elem.value_tell + elem.length > fp.size:
-                        raise BadDataset(f"data set truncated: element {Tag(tag)} needs "
-                                         f"{elem.value_tell + elem.length - fp.size} more bytes")
+                        raise BadDataset(
+                            f"data set truncated: element {Tag(tag)} needs "
+                            f"{elem.value_tell + elem.length - fp.size} more bytes"
+                        )
                 elif len(elem.value) != elem.length:
                     raise BadDataset(f"data set truncated inside element {Tag(tag)}")
             else:  # a sequence, parsed by pydicom down to its last item
@@ -188,8 +189,7 @@ def parse_header(dataset_bytes: Any, transfer_syntax_uid: str, *,
                 elif end > fp.size:
                     raise BadDataset(f"data set truncated inside sequence {Tag(tag)}")
                 if not implicit and _implicit_inside(elem.value):
-                    raise BadDataset(f"sequence {Tag(tag)} holds implicit VR items in an explicit VR "
-                                     "transfer syntax")
+                    raise BadDataset(f"sequence {Tag(tag)} holds implicit VR items in an explicit VR transfer syntax")
             if isinstance(elem, RawDataElement) and elem.length not in (0, _UNDEFINED) and _is_sequence(elem):
                 _check_sequence(fp, elem, implicit, little)
             elements[tag] = elem
@@ -203,8 +203,16 @@ def parse_header(dataset_bytes: Any, transfer_syntax_uid: str, *,
         ds = Dataset(elements)
         ds.set_original_encoding(implicit, little, None)
         # Touch the attributes the index reads, so a malformed value fails here.
-        for keyword in ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID",
-                        "SeriesInstanceUID", "PatientID", "PatientName", "Modality"):
+        for keyword in (
+            "SpecificCharacterSet",
+            "SOPClassUID",
+            "SOPInstanceUID",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "PatientID",
+            "PatientName",
+            "Modality",
+        ):
             ds.get(keyword)
     except (BadDataset, DatasetTooLarge):
         raise

@@ -65,18 +65,30 @@ class Ingestor:
         self._inflight: set[str] = set()
         self._inflight_lock = threading.Condition()
 
-    def store(self, file_meta: FileMetaDataset, dataset_bytes: bytes | bytearray | memoryview | io.BytesIO, *,
-              calling_ae: str, expected_sop_instance_uid: str | None = None,
-              expected_sop_class_uid: str | None = None, touch_stability: bool = True) -> IngestOutcome:
+    def store(
+        self,
+        file_meta: FileMetaDataset,
+        dataset_bytes: bytes | bytearray | memoryview | io.BytesIO,
+        *,
+        calling_ae: str,
+        expected_sop_instance_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+        touch_stability: bool = True,
+    ) -> IngestOutcome:
         """Validate, write durably, index, and count the outcome for /metrics.
 
         ``dataset_bytes`` may be the BytesIO pynetdicom received into: it is read through a
         memoryview, never copied (a data set is held in memory once, not twice).
         """
         with _view(dataset_bytes) as view:
-            outcome = self._store(file_meta, view, calling_ae=calling_ae,
-                                  expected_sop_instance_uid=expected_sop_instance_uid,
-                                  expected_sop_class_uid=expected_sop_class_uid, touch_stability=touch_stability)
+            outcome = self._store(
+                file_meta,
+                view,
+                calling_ae=calling_ae,
+                expected_sop_instance_uid=expected_sop_instance_uid,
+                expected_sop_class_uid=expected_sop_class_uid,
+                touch_stability=touch_stability,
+            )
         self.count(outcome)
         return outcome
 
@@ -91,9 +103,16 @@ class Ingestor:
             metrics.INSTANCES_RECEIVED.labels("stored").inc()
             metrics.BYTES_RECEIVED.inc(outcome.size)
 
-    def _store(self, file_meta: FileMetaDataset, dataset_bytes: memoryview, *, calling_ae: str,
-              expected_sop_instance_uid: str | None = None,
-              expected_sop_class_uid: str | None = None, touch_stability: bool = True) -> IngestOutcome:
+    def _store(
+        self,
+        file_meta: FileMetaDataset,
+        dataset_bytes: memoryview,
+        *,
+        calling_ae: str,
+        expected_sop_instance_uid: str | None = None,
+        expected_sop_class_uid: str | None = None,
+        touch_stability: bool = True,
+    ) -> IngestOutcome:
         size = len(dataset_bytes)
         if size > self.max_dataset_bytes:
             return IngestOutcome(DATASET_TOO_LARGE, f"data set of {size} bytes exceeds the limit")
@@ -105,9 +124,12 @@ class Ingestor:
         except BadDataset as exc:
             return IngestOutcome(CANNOT_UNDERSTAND, str(exc))
         h = instance_header(ds)
-        for label, uid in (("SOPClassUID", h.sop_class_uid), ("SOPInstanceUID", h.sop_instance_uid),
-                           ("StudyInstanceUID", h.study_instance_uid),
-                           ("SeriesInstanceUID", h.series_instance_uid)):
+        for label, uid in (
+            ("SOPClassUID", h.sop_class_uid),
+            ("SOPInstanceUID", h.sop_instance_uid),
+            ("StudyInstanceUID", h.study_instance_uid),
+            ("SeriesInstanceUID", h.series_instance_uid),
+        ):
             if not uid:
                 return IngestOutcome(IDENTIFIER_MISMATCH, f"{label} missing")
             if not is_valid_uid(uid):
@@ -124,8 +146,9 @@ class Ingestor:
         with self._claim(h.sop_instance_uid):
             with self.db.session() as session:
                 if instance_exists(session, h.sop_instance_uid):
-                    return IngestOutcome(SUCCESS, "duplicate SOP Instance UID: kept the first copy",
-                                         duplicate=True, header=h)
+                    return IngestOutcome(
+                        SUCCESS, "duplicate SOP Instance UID: kept the first copy", duplicate=True, header=h
+                    )
             try:
                 if self.files.free_bytes() - size < self.min_free_bytes:
                     log.warning("disk_floor_refusal", free=self.files.free_bytes(), floor=self.min_free_bytes)
@@ -137,16 +160,24 @@ class Ingestor:
                 return IngestOutcome(OUT_OF_RESOURCES, f"cannot write the instance: {type(exc).__name__}")
             try:
                 with self.db.write() as session:
-                    added = add_instance(self.db, session, h, rel_path=rel.as_posix(), size=written,
-                                         transfer_syntax_uid=ts, calling_ae=calling_ae,
-                                         touch_stability=touch_stability)
+                    added = add_instance(
+                        self.db,
+                        session,
+                        h,
+                        rel_path=rel.as_posix(),
+                        size=written,
+                        transfer_syntax_uid=ts,
+                        calling_ae=calling_ae,
+                        touch_stability=touch_stability,
+                    )
             except IntegrityError:
                 # Another receiver (process or host) indexed the same SOP Instance UID between
                 # our check and our commit: its row is the first copy, ours is a duplicate.
                 with self.db.session() as session:
                     if instance_exists(session, h.sop_instance_uid):
-                        return IngestOutcome(SUCCESS, "duplicate SOP Instance UID: kept the first copy",
-                                             duplicate=True, header=h)
+                        return IngestOutcome(
+                            SUCCESS, "duplicate SOP Instance UID: kept the first copy", duplicate=True, header=h
+                        )
                 log.error("index_write_failed", error="IntegrityError", study_ref=study_ref(h.study_instance_uid))
                 return IngestOutcome(OUT_OF_RESOURCES, "cannot index the instance")
             except OperationalError as exc:
@@ -197,8 +228,9 @@ def reindex_file(db: Database, files: FileStore, rel: Path) -> bool:
     if relative_path(h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid) != rel:
         return False
     with db.write() as session:
-        return add_instance(db, session, h, rel_path=rel.as_posix(), size=path.stat().st_size,
-                            transfer_syntax_uid=ts, calling_ae="")
+        return add_instance(
+            db, session, h, rel_path=rel.as_posix(), size=path.stat().st_size, transfer_syntax_uid=ts, calling_ae=""
+        )
 
 
 def encode_own_instance(ds: Dataset) -> tuple[FileMetaDataset, bytes]:

@@ -43,11 +43,20 @@ class StoredInstance:
 
 #: The one query: instances with their study and series, in a study's reading order (callers
 #: add their WHERE; StoredInstance takes a row as it comes).
-_INSTANCES = (select(Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid,
-                     Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.path)
-              .select_from(Instance).join(Series, Instance.series_pk == Series.id)
-              .join(Study, Series.study_pk == Study.id)
-              .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id))
+_INSTANCES = (
+    select(
+        Study.study_instance_uid,
+        Series.series_instance_uid,
+        Instance.sop_instance_uid,
+        Instance.sop_class_uid,
+        Instance.transfer_syntax_uid,
+        Instance.path,
+    )
+    .select_from(Instance)
+    .join(Series, Instance.series_pk == Series.id)
+    .join(Study, Series.study_pk == Study.id)
+    .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
+)
 
 
 @contextmanager
@@ -60,8 +69,14 @@ def _reading(source: Database | Session) -> Iterator[Session]:
         yield session
 
 
-def instances_of_study(source: Database | Session, study_uid: str, *, series_uid: str | None = None,
-                       sop_uids: Sequence[str] | None = None, limit: int | None = None) -> list[StoredInstance]:
+def instances_of_study(
+    source: Database | Session,
+    study_uid: str,
+    *,
+    series_uid: str | None = None,
+    sop_uids: Sequence[str] | None = None,
+    limit: int | None = None,
+) -> list[StoredInstance]:
     """The study's instances in reading order, optionally of one series or only ``sop_uids``
     (at most 1000 of them); empty when the index has none. ``source`` is a Database, or the
     caller's Session to read inside its transaction."""
@@ -83,7 +98,7 @@ def instances_of_studies(db: Database, study_uids: Sequence[str]) -> dict[str, l
     uids = list(out)
     with db.session() as session:
         for start in range(0, len(uids), _BATCH):
-            for row in session.execute(_INSTANCES.where(Study.study_instance_uid.in_(uids[start:start + _BATCH]))):
+            for row in session.execute(_INSTANCES.where(Study.study_instance_uid.in_(uids[start : start + _BATCH]))):
                 out[row[0]].append(StoredInstance(*row))
     return out
 
@@ -94,8 +109,12 @@ def instances_by_uid(db: Database, sop_uids: Sequence[str]) -> list[StoredInstan
     uids = list(dict.fromkeys(sop_uids))
     with db.session() as session:
         for start in range(0, len(uids), _BATCH):
-            out.extend(StoredInstance(*row) for row in session.execute(
-                _INSTANCES.where(Instance.sop_instance_uid.in_(uids[start:start + _BATCH]))))
+            out.extend(
+                StoredInstance(*row)
+                for row in session.execute(
+                    _INSTANCES.where(Instance.sop_instance_uid.in_(uids[start : start + _BATCH]))
+                )
+            )
     return out
 
 
@@ -118,15 +137,18 @@ class StoredFiles:
         """The whole data set, pixel data included."""
         return pydicom.dcmread(self.path(rel))
 
-    def read_header(self, rel: str | Path, *, stop_before_pixels: bool = False,
-                    specific_tags: Sequence[Any] | None = None) -> Dataset:
+    def read_header(
+        self, rel: str | Path, *, stop_before_pixels: bool = False, specific_tags: Sequence[Any] | None = None
+    ) -> Dataset:
         """The data set without loading pixel data: deferred (read from the file when first
         used) or, with ``stop_before_pixels``, left out."""
         if stop_before_pixels:
-            return pydicom.dcmread(self.path(rel), stop_before_pixels=True,
-                                   specific_tags=list(specific_tags) if specific_tags else None)
-        return pydicom.dcmread(self.path(rel), defer_size=1024,
-                               specific_tags=list(specific_tags) if specific_tags else None)
+            return pydicom.dcmread(
+                self.path(rel), stop_before_pixels=True, specific_tags=list(specific_tags) if specific_tags else None
+            )
+        return pydicom.dcmread(
+            self.path(rel), defer_size=1024, specific_tags=list(specific_tags) if specific_tags else None
+        )
 
     def read_headers(self, rels: Iterable[str | Path], *, stop_before_pixels: bool = False) -> list[Dataset]:
         """Headers of ``rels`` in order; an unreadable file is skipped (and logged without PHI)."""
@@ -134,17 +156,25 @@ class StoredFiles:
         for rel in rels:
             try:
                 headers.append(self.read_header(rel, stop_before_pixels=stop_before_pixels))
-            except Exception as exc:  # noqa: BLE001 - one bad file must not hide the study's others
+            except Exception as exc:
                 log.warning("unreadable_instance", error=type(exc).__name__)
         return headers
 
 
-def study_headers(db: Database, files: StoredFiles, study_uid: str, *, stop_before_pixels: bool = False,
-                  limit: int | None = None) -> list[Dataset]:
+def study_headers(
+    db: Database, files: StoredFiles, study_uid: str, *, stop_before_pixels: bool = False, limit: int | None = None
+) -> list[Dataset]:
     """The study's readable instances in reading order, pixel data not loaded (see read_header)."""
-    return files.read_headers([i.path for i in instances_of_study(db, study_uid, limit=limit)],
-                              stop_before_pixels=stop_before_pixels)
+    return files.read_headers(
+        [i.path for i in instances_of_study(db, study_uid, limit=limit)], stop_before_pixels=stop_before_pixels
+    )
 
 
-__all__ = ["StoredFiles", "StoredInstance", "instances_by_uid", "instances_of_studies", "instances_of_study",
-           "study_headers"]
+__all__ = [
+    "StoredFiles",
+    "StoredInstance",
+    "instances_by_uid",
+    "instances_of_studies",
+    "instances_of_study",
+    "study_headers",
+]

@@ -36,5 +36,8 @@ def configured_weights_sha256(settings: Settings) -> str | None:
 def startup_warnings(settings: Settings, profiles: Sequence[TriageProfile]) -> list[str]:
     """One sentence per profile whose operating points are not calibrated for this node."""
     weights = configured_weights_sha256(settings)
-    return [f"triage profile {name}: {state.text}"
-            for name, state in calibration_states(profiles, weights).items() if not state.calibrated]
+    return [
+        f"triage profile {name}: {state.text}"
+        for name, state in calibration_states(profiles, weights).items()
+        if not state.calibrated
+    ]

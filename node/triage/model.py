@@ -50,14 +50,14 @@ if TYPE_CHECKING:
     from transformers import SiglipModel  # imported where loaded: transformers is slow to import
 
 __all__ = [
-    "ModelIdentity",
-    "ModelUnavailable",
-    "LoadedModel",
-    "load_model",
-    "weights_sha256",
-    "pixels_on_device",
     "TEXT_MAX_LENGTH",
     "WEIGHTS_CACHE_FILE",
+    "LoadedModel",
+    "ModelIdentity",
+    "ModelUnavailable",
+    "load_model",
+    "pixels_on_device",
+    "weights_sha256",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,10 +100,7 @@ def pixels_on_device(batch_uint8: np.ndarray | torch.Tensor, device: torch.devic
     """
     from node.triage.preprocess import normalise
 
-    if isinstance(batch_uint8, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(batch_uint8))
-    else:
-        t = batch_uint8
+    t = torch.from_numpy(np.ascontiguousarray(batch_uint8)) if isinstance(batch_uint8, np.ndarray) else batch_uint8
     if device.type == "cuda" and t.device.type == "cpu":
         t = t.pin_memory().to(device, non_blocking=True)
     else:
@@ -330,14 +327,14 @@ def load_model(settings: ModelSection, *, cache_dir: str | Path | None = None) -
         raise
     except torch.cuda.OutOfMemoryError as exc:
         raise ModelUnavailable(f"not enough GPU memory to load the model: {_first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear sentence
+    except Exception as exc:
         raise ModelUnavailable(f"model start-up failed: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _load(settings: ModelSection, cache_dir: str | Path | None) -> LoadedModel:
     try:
         from transformers import AutoModel, AutoProcessor
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelUnavailable(f"transformers cannot be imported: {_first_line(exc)}") from None
 
     device = _resolve_device(settings.device)
@@ -375,7 +372,7 @@ def _load(settings: ModelSection, cache_dir: str | Path | None) -> LoadedModel:
             processor = AutoProcessor.from_pretrained(source, **common)
     except ModelUnavailable:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelUnavailable(_explain(source, settings, exc)) from None
 
     for attr in ("get_image_features", "get_text_features", "logit_scale"):
@@ -452,11 +449,15 @@ def _load(settings: ModelSection, cache_dir: str | Path | None) -> LoadedModel:
     try:
         t = loaded.embed_texts(["a chest x-ray"])
         v = loaded.embed_images(np.zeros((1, image_size, image_size, 3), dtype=np.uint8))
-    except Exception as exc:  # noqa: BLE001
-        raise ModelUnavailable(f"model {source!r} failed its warm-up forward: {type(exc).__name__}: {_first_line(exc)}") from None
+    except Exception as exc:
+        raise ModelUnavailable(
+            f"model {source!r} failed its warm-up forward: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
     if not (torch.isfinite(t).all() and torch.isfinite(v).all()):
         raise ModelUnavailable(f"model {source!r} produced non-finite embeddings in its warm-up forward")
     if t.shape[1] != v.shape[1]:
-        raise ModelUnavailable(f"model {source!r}: text and image embeddings differ in size ({t.shape[1]} vs {v.shape[1]})")
+        raise ModelUnavailable(
+            f"model {source!r}: text and image embeddings differ in size ({t.shape[1]} vs {v.shape[1]})"
+        )
     log.info("model loaded: %r", loaded)
     return loaded

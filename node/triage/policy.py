@@ -46,21 +46,22 @@ if TYPE_CHECKING:  # pragma: no cover
     from node.triage.profiles import FindingSpec, TriageProfile
 
 __all__ = [
-    "NoAssistReason",
     "REASON_TEXT",
-    "PromptEmbeddings",
     "FindingScore",
+    "NoAssistReason",
+    "PromptEmbeddings",
     "StudyDecision",
     "class_mean",
-    "embed_profile",
     "clear_prompt_cache",
-    "two_class_probability",
+    "decide",
     "domain_probabilities",
+    "embed_profile",
     "finding_probabilities",
     "image_scores",
-    "decide",
     "no_assist",
+    "two_class_probability",
 ]
+
 
 class NoAssistReason(StrEnum):
     MODEL_UNAVAILABLE = "model-unavailable"
@@ -84,8 +85,7 @@ REASON_TEXT: dict[NoAssistReason, str] = {
         "No AI assessment: the images do not look like the kind of image the triage profile is made for."
     ),
     NoAssistReason.URGENT_INDETERMINATE: (
-        "No AI assessment: the score of an urgent finding is in its indeterminate band, "
-        "so the model cannot tell."
+        "No AI assessment: the score of an urgent finding is in its indeterminate band, so the model cannot tell."
     ),
 }
 
@@ -239,7 +239,12 @@ def _state(score: float, threshold: float, band: tuple[float, float]) -> Finding
 def no_assist(reason: NoAssistReason) -> StudyDecision:
     """A "no AI assessment" decision: priority stays at the default MEDIUM."""
     return StudyDecision(
-        assist=False, priority=PRIORITY_MEDIUM, reason=NoAssistReason(reason), findings=(), domain_scores=(), evaluated=()
+        assist=False,
+        priority=PRIORITY_MEDIUM,
+        reason=NoAssistReason(reason),
+        findings=(),
+        domain_scores=(),
+        evaluated=(),
     )
 
 
@@ -255,9 +260,7 @@ def decide(
     if image_embeddings is None or image_embeddings.shape[0] == 0:
         return no_assist(NoAssistReason.NO_ELIGIBLE_IMAGE)
     if prompts.profile_version and prompts.profile_version != profile.version:
-        raise ValueError(
-            f"prompt embeddings are for profile version {prompts.profile_version}, not {profile.version}"
-        )
+        raise ValueError(f"prompt embeddings are for profile version {prompts.profile_version}, not {profile.version}")
     missing = [f.key for f in profile.findings if f.probe is None and f.key not in prompts.findings]
     if missing:
         raise ValueError(f"prompt embeddings lack findings {missing}")
@@ -289,7 +292,9 @@ def decide(
         j = int(torch.argmax(probs))
         score = float(probs[j])
         scores.append(
-            FindingScore(key=f.key, score=score, state=_state(score, f.threshold, f.indeterminate_band), best_image=evaluated[j])
+            FindingScore(
+                key=f.key, score=score, state=_state(score, f.threshold, f.indeterminate_band), best_image=evaluated[j]
+            )
         )
     findings = tuple(scores)
     urgent = [s for s, f in zip(findings, profile.findings) if f.urgency == "high"]

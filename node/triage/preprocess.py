@@ -68,15 +68,15 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, p
 from node.triage.profiles import MULTIFRAME_CHOICES, PreprocessDefaults
 
 __all__ = [
-    "PREPROCESS_VERSION",
     "MAX_DIMENSION",
+    "PREPROCESS_VERSION",
     "PreprocessError",
     "PreprocessRecord",
     "decode_pixels",
     "frame_index",
-    "to_model_input",
     "normalise",
     "preprocess_version",
+    "to_model_input",
 ]
 
 PREPROCESS_VERSION = "tn-pre-1"  # bump when any step changes
@@ -227,9 +227,7 @@ class _GreyPlan:
         # 2. modality LUT
         if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
             item = ds.ModalityLUTSequence[0]
-            self.steps.append(
-                ("modality_lut", {"kind": "lut", "descriptor": [int(v) for v in item.LUTDescriptor]})
-            )
+            self.steps.append(("modality_lut", {"kind": "lut", "descriptor": [int(v) for v in item.LUTDescriptor]}))
             self._modality_kind = "lut"
         elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
             self.steps.append(
@@ -470,8 +468,14 @@ def to_model_input(
     return np.ascontiguousarray(out), PreprocessRecord(PREPROCESS_VERSION, tuple(steps))
 
 
-def _other_version(ds: Dataset, frame: np.ndarray, size: int, defaults: PreprocessDefaults | None,
-                   decode_step: tuple[str, dict], colour: bool) -> tuple[np.ndarray, PreprocessRecord]:
+def _other_version(
+    ds: Dataset,
+    frame: np.ndarray,
+    size: int,
+    defaults: PreprocessDefaults | None,
+    decode_step: tuple[str, dict],
+    colour: bool,
+) -> tuple[np.ndarray, PreprocessRecord]:
     """A profile's other named preprocessing (today: google-dicom-1, preprocess_google.py)."""
     from node.triage.preprocess_google import GOOGLE_DICOM_VERSION, google_dicom_input
 
@@ -482,8 +486,14 @@ def _other_version(ds: Dataset, frame: np.ndarray, size: int, defaults: Preproce
     if not colour and pi not in _GREY:
         raise PreprocessError(f"unsupported photometric interpretation {pi!r} for a single-sample image")
     try:
-        out, steps = google_dicom_input(ds, size=size, defaults=defaults, frame=frame, decode_step=decode_step,
-                                        colour_plan=_ColourPlan(ds, frame) if colour else None)
+        out, steps = google_dicom_input(
+            ds,
+            size=size,
+            defaults=defaults,
+            frame=frame,
+            decode_step=decode_step,
+            colour_plan=_ColourPlan(ds, frame) if colour else None,
+        )
     except PreprocessError:
         raise
     except Exception as exc:  # LUT data inconsistent with pixel values etc.

@@ -37,8 +37,13 @@ from pydicom.pixels import apply_modality_lut
 
 from node.triage.profiles import PreprocessDefaults
 
-__all__ = ["GOOGLE_DICOM_VERSION", "google_window", "rescale_dynamic_range", "resize_bicubic_antialias",
-           "google_dicom_input"]
+__all__ = [
+    "GOOGLE_DICOM_VERSION",
+    "google_dicom_input",
+    "google_window",
+    "rescale_dynamic_range",
+    "resize_bicubic_antialias",
+]
 
 GOOGLE_DICOM_VERSION = "google-dicom-1"
 
@@ -64,8 +69,7 @@ def resize_bicubic_antialias(image: np.ndarray, size: int) -> np.ndarray:
     """(H, W) or (H, W, C) float -> (size, size[, C]) float64, bicubic with antialias."""
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))
     t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    out = torch.nn.functional.interpolate(t, size=(size, size), mode="bicubic", align_corners=False,
-                                          antialias=True)[0]
+    out = torch.nn.functional.interpolate(t, size=(size, size), mode="bicubic", align_corners=False, antialias=True)[0]
     arr = out[0].numpy() if image.ndim == 2 else out.permute(1, 2, 0).numpy()
     return np.ascontiguousarray(arr)
 
@@ -74,10 +78,17 @@ def _pad_square(y: np.ndarray) -> tuple[np.ndarray, dict]:
     h, w = y.shape[:2]
     side = max(h, w)
     top, left = (side - h) // 2, (side - w) // 2
-    out = np.zeros((side, side) + y.shape[2:], dtype=np.float64)
-    out[top:top + h, left:left + w] = y
-    return out, {"position": "centre", "value": 0, "top": top, "bottom": side - h - top, "left": left,
-                 "right": side - w - left, "side": side}
+    out = np.zeros((side, side, *y.shape[2:]), dtype=np.float64)
+    out[top : top + h, left : left + w] = y
+    return out, {
+        "position": "centre",
+        "value": 0,
+        "top": top,
+        "bottom": side - h - top,
+        "left": left,
+        "right": side - w - left,
+        "side": side,
+    }
 
 
 def _first(value: object) -> float:
@@ -86,14 +97,19 @@ def _first(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
-def _grey_unit(ds: Dataset, frame: np.ndarray, defaults: PreprocessDefaults | None,
-               steps: list[tuple[str, dict]]) -> np.ndarray:
+def _grey_unit(
+    ds: Dataset, frame: np.ndarray, defaults: PreprocessDefaults | None, steps: list[tuple[str, dict]]
+) -> np.ndarray:
     x = np.asarray(apply_modality_lut(frame, ds), dtype=np.float64)
     if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
         steps.append(("modality_lut", {"kind": "lut"}))
     elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        steps.append(("modality_lut", {"kind": "rescale", "slope": float(ds.RescaleSlope),
-                                       "intercept": float(ds.RescaleIntercept)}))
+        steps.append(
+            (
+                "modality_lut",
+                {"kind": "rescale", "slope": float(ds.RescaleSlope), "intercept": float(ds.RescaleIntercept)},
+            )
+        )
     else:
         steps.append(("modality_lut", {"kind": "identity"}))
     window = None
@@ -120,8 +136,15 @@ def _grey_unit(ds: Dataset, frame: np.ndarray, defaults: PreprocessDefaults | No
     return y
 
 
-def google_dicom_input(ds: Dataset, *, size: int, defaults: PreprocessDefaults | None,
-                       frame: np.ndarray, decode_step: tuple[str, dict], colour_plan=None):
+def google_dicom_input(
+    ds: Dataset,
+    *,
+    size: int,
+    defaults: PreprocessDefaults | None,
+    frame: np.ndarray,
+    decode_step: tuple[str, dict],
+    colour_plan=None,
+):
     """Steps 2-8 on a decoded ``frame`` (preprocess.to_model_input decodes and dispatches here).
 
     Returns (uint8 (size, size, 3), steps); ``colour_plan`` is tn-pre-1's colour step, reused.
@@ -135,8 +158,9 @@ def google_dicom_input(ds: Dataset, *, size: int, defaults: PreprocessDefaults |
     padded, pad = _pad_square(y)
     steps.append(("pad_square", pad))
     resized = resize_bicubic_antialias(padded, size)
-    steps.append(("resize", {"size": size, "method": "bicubic", "antialias": True, "cubic_a": -0.5,
-                             "align_corners": False}))
+    steps.append(
+        ("resize", {"size": size, "method": "bicubic", "antialias": True, "cubic_a": -0.5, "align_corners": False})
+    )
     out = np.clip(np.floor(resized * 255.0 + 0.5), 0, 255).astype(np.uint8)
     steps.append(("scale_8bit", {"rounding": "half-up", "after": "resize"}))
     if out.ndim == 2:

@@ -76,20 +76,20 @@ from typing import Any, Literal, get_args
 from dicom_sr import NOT_CALIBRATED_TEXT
 
 __all__ = [
-    "Urgency",
-    "FindingSpec",
-    "SelectionCriteria",
-    "DomainCheck",
-    "PreprocessDefaults",
-    "TriageProfile",
-    "ProfileError",
-    "MULTIFRAME_CHOICES",
-    "PREPROCESSING_METHODS",
     "DEFAULT_PREPROCESSING",
+    "MULTIFRAME_CHOICES",
+    "NOT_CALIBRATED_TEXT",
+    "PREPROCESSING_METHODS",
     "Calibration",
     "CalibrationState",
+    "DomainCheck",
     "FindingCalibration",
-    "NOT_CALIBRATED_TEXT",
+    "FindingSpec",
+    "PreprocessDefaults",
+    "ProfileError",
+    "SelectionCriteria",
+    "TriageProfile",
+    "Urgency",
     "load_profile",
     "load_profiles",
     "profile_version",
@@ -194,15 +194,27 @@ class TriageProfile:
         if cal is None:
             return CalibrationState(False, NOT_CALIBRATED_TEXT)
         if weights_sha256 is not None and cal.weights_sha256 != weights_sha256:
-            return CalibrationState(False, f"{NOT_CALIBRATED_TEXT} (calibrated for other model weights "
-                                           f"{cal.weights_sha256[:12]})", cal.evaluation_sha256, cal.cohort_size)
+            return CalibrationState(
+                False,
+                f"{NOT_CALIBRATED_TEXT} (calibrated for other model weights {cal.weights_sha256[:12]})",
+                cal.evaluation_sha256,
+                cal.cohort_size,
+            )
         if cal.preprocessing_version != self.preprocessing.method:
-            return CalibrationState(False, f"{NOT_CALIBRATED_TEXT} (calibrated with preprocessing "
-                                           f"{cal.preprocessing_version}, profile uses {self.preprocessing.method})",
-                                    cal.evaluation_sha256, cal.cohort_size)
-        return CalibrationState(True, f"operating points calibrated on local data: evaluation sha256:"
-                                      f"{cal.evaluation_sha256[:16]}, {cal.cohort_size} studies, {cal.date}",
-                                cal.evaluation_sha256, cal.cohort_size)
+            return CalibrationState(
+                False,
+                f"{NOT_CALIBRATED_TEXT} (calibrated with preprocessing "
+                f"{cal.preprocessing_version}, profile uses {self.preprocessing.method})",
+                cal.evaluation_sha256,
+                cal.cohort_size,
+            )
+        return CalibrationState(
+            True,
+            f"operating points calibrated on local data: evaluation sha256:"
+            f"{cal.evaluation_sha256[:16]}, {cal.cohort_size} studies, {cal.date}",
+            cal.evaluation_sha256,
+            cal.cohort_size,
+        )
 
     def probe_versions(self) -> str:
         """``key=sha256:...`` per probe finding, ``;``-joined ("" without probes): what the SR records."""
@@ -313,9 +325,9 @@ def _selection(ctx: _Ctx, obj: Any) -> SelectionCriteria:
             ages[k] = v
         else:
             ages[k] = None
-    if ages["min_age_years"] is not None and ages["max_age_years"] is not None:
-        if ages["min_age_years"] > ages["max_age_years"]:
-            raise ctx.fail("selection.max_age_years", "must be >= min_age_years")
+    low, high = ages["min_age_years"], ages["max_age_years"]
+    if low is not None and high is not None and low > high:
+        raise ctx.fail("selection.max_age_years", "must be >= min_age_years")
     return SelectionCriteria(
         modalities=modalities,
         sop_class_uids=uids,
@@ -359,8 +371,12 @@ def _preprocessing(ctx: _Ctx, obj: Any) -> PreprocessDefaults:
 
 
 def _calibration(ctx: _Ctx, obj: Any, finding_keys: set[str]) -> Calibration:
-    t = ctx.table(obj, "calibration", {"evaluation_sha256", "date", "cohort_size", "target_sensitivity",
-                                       "weights_sha256", "preprocessing_version"}, {"findings"})
+    t = ctx.table(
+        obj,
+        "calibration",
+        {"evaluation_sha256", "date", "cohort_size", "target_sensitivity", "weights_sha256", "preprocessing_version"},
+        {"findings"},
+    )
     cohort = t["cohort_size"]
     if isinstance(cohort, bool) or not isinstance(cohort, int) or cohort < 0:
         raise ctx.fail("calibration.cohort_size", "must be an integer >= 0")
@@ -376,10 +392,17 @@ def _calibration(ctx: _Ctx, obj: Any, finding_keys: set[str]) -> Calibration:
         ci = f.get("auroc_ci")
         if ci is not None and (not isinstance(ci, list) or len(ci) != 2):
             raise ctx.fail(f"{k}.auroc_ci", "must be [low, high]")
-        findings.append((key, FindingCalibration(
-            auroc=ctx.prob(f["auroc"], f"{k}.auroc") if "auroc" in f else None,
-            auroc_ci=(ctx.prob(ci[0], f"{k}.auroc_ci[0]"), ctx.prob(ci[1], f"{k}.auroc_ci[1]")) if ci else None,
-            n_pos=int(ctx.number(f["n_pos"], f"{k}.n_pos")), n_neg=int(ctx.number(f["n_neg"], f"{k}.n_neg")))))
+        findings.append(
+            (
+                key,
+                FindingCalibration(
+                    auroc=ctx.prob(f["auroc"], f"{k}.auroc") if "auroc" in f else None,
+                    auroc_ci=(ctx.prob(ci[0], f"{k}.auroc_ci[0]"), ctx.prob(ci[1], f"{k}.auroc_ci[1]")) if ci else None,
+                    n_pos=int(ctx.number(f["n_pos"], f"{k}.n_pos")),
+                    n_neg=int(ctx.number(f["n_neg"], f"{k}.n_neg")),
+                ),
+            )
+        )
     return Calibration(
         evaluation_sha256=ctx.string(t["evaluation_sha256"], "calibration.evaluation_sha256"),
         date=ctx.string(t["date"], "calibration.date"),
@@ -387,7 +410,8 @@ def _calibration(ctx: _Ctx, obj: Any, finding_keys: set[str]) -> Calibration:
         target_sensitivity=ctx.prob(t["target_sensitivity"], "calibration.target_sensitivity"),
         weights_sha256=ctx.string(t["weights_sha256"], "calibration.weights_sha256"),
         preprocessing_version=ctx.string(t["preprocessing_version"], "calibration.preprocessing_version"),
-        findings=tuple(findings))
+        findings=tuple(findings),
+    )
 
 
 def _finding(ctx: _Ctx, obj: Any, i: int) -> FindingSpec:
@@ -412,7 +436,7 @@ def _finding(ctx: _Ctx, obj: Any, i: int) -> FindingSpec:
     else:
         for name in ("absent_prompts", "present_prompts"):
             if name not in t:
-                raise ctx.fail(f"{k}.{name}", "missing key (or give probe = \"path\")")
+                raise ctx.fail(f"{k}.{name}", 'missing key (or give probe = "path")')
     key = ctx.string(t["key"], f"{k}.key")
     if not _KEY_RE.match(key):
         raise ctx.fail(f"{k}.key", f"{key!r} must match {_KEY_RE.pattern}")
@@ -449,8 +473,7 @@ def _finding(ctx: _Ctx, obj: Any, i: int) -> FindingSpec:
         display_name=ctx.string(t["display_name"], f"{k}.display_name"),
         code=code_t,  # type: ignore[arg-type]
         absent_prompts=() if probe else ctx.strings(t["absent_prompts"], f"{k}.absent_prompts", nonempty_list=True),
-        present_prompts=() if probe else ctx.strings(t["present_prompts"], f"{k}.present_prompts",
-                                                     nonempty_list=True),
+        present_prompts=() if probe else ctx.strings(t["present_prompts"], f"{k}.present_prompts", nonempty_list=True),
         probe=probe,
         threshold=threshold,
         indeterminate_band=(low, high),
@@ -469,8 +492,7 @@ def parse_profile(data: bytes, source: str | Path = "<profile>") -> TriageProfil
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{ctx.file}: invalid TOML: {exc}") from None
-    t = ctx.table(doc, "", {"name", "description", "selection", "domain", "preprocessing", "findings"},
-                  {"calibration"})
+    t = ctx.table(doc, "", {"name", "description", "selection", "domain", "preprocessing", "findings"}, {"calibration"})
     name = ctx.string(t["name"], "name")
     if not _NAME_RE.match(name):
         raise ctx.fail("name", f"{name!r} must match {_NAME_RE.pattern}")
@@ -486,9 +508,12 @@ def parse_profile(data: bytes, source: str | Path = "<profile>") -> TriageProfil
     preprocessing = _preprocessing(ctx, t["preprocessing"])
     for i, f in enumerate(findings):
         if f.probe is not None and f.probe.preprocessing_version != preprocessing.method:
-            raise ctx.fail(f"findings[{i}].probe", f"{f.probe.path}: probe trained on preprocessing "
-                           f"{f.probe.preprocessing_version}, but the profile uses {preprocessing.method}: "
-                           "train it again (triage-node probe train)")
+            raise ctx.fail(
+                f"findings[{i}].probe",
+                f"{f.probe.path}: probe trained on preprocessing "
+                f"{f.probe.preprocessing_version}, but the profile uses {preprocessing.method}: "
+                "train it again (triage-node probe train)",
+            )
     return TriageProfile(
         name=name,
         version=profile_version(data),

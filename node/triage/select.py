@@ -47,7 +47,7 @@ from pydicom.dataset import Dataset
 from node.own_instances import is_own_sr
 from node.triage.profiles import TriageProfile
 
-__all__ = ["Skipped", "Selection", "select_images", "patient_age_years", "NON_IMAGE_MODALITIES"]
+__all__ = ["NON_IMAGE_MODALITIES", "Selection", "Skipped", "patient_age_years", "select_images"]
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,12 @@ def order_priority(headers: Iterable[Dataset]) -> str:
 
     When instances disagree, the most urgent value wins: raising is the safe direction.
     """
-    found = [ORDER_PRIORITY_MAP[v.strip().upper()] for ds in headers for v in _order_values(ds)
-             if v.strip().upper() in ORDER_PRIORITY_MAP]
+    found = [
+        ORDER_PRIORITY_MAP[v.strip().upper()]
+        for ds in headers
+        for v in _order_values(ds)
+        if v.strip().upper() in ORDER_PRIORITY_MAP
+    ]
     return min(found, key=PRIORITY_ORDER.__getitem__) if found else ""
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydicom.uid import generate_uid
@@ -42,7 +42,7 @@ def clear_raise_in_session(item: WorklistItem, *, by: str, reason: str, now: dat
     if raised:
         item.raised_by_sr_uid = ""
         item.priority_kept = False
-        item.cleared_at = now or datetime.now(timezone.utc)
+        item.cleared_at = now or datetime.now(UTC)
         item.cleared_by = by[:64]
         item.cleared_reason = reason
         item.priority = effective_priority(item.order_priority or "", raised=False)
@@ -52,8 +52,9 @@ def clear_raise_in_session(item: WorklistItem, *, by: str, reason: str, now: dat
 def clear_raise(db: Database, study_uid: str, *, by: str, reason: str) -> Cleared | None:
     """A person clears a raised flag (``worklist clear``). None when the study has no row."""
     with db.write() as session:
-        item = session.execute(select(WorklistItem).where(
-            WorklistItem.study_instance_uid == study_uid)).scalar_one_or_none()
+        item = session.execute(
+            select(WorklistItem).where(WorklistItem.study_instance_uid == study_uid)
+        ).scalar_one_or_none()
         if item is None:
             return None
         return clear_raise_in_session(item, by=by, reason=reason)
@@ -63,7 +64,7 @@ def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.isoformat()
 
 
@@ -81,8 +82,9 @@ def row_json(r: WorklistItem) -> dict[str, Any]:
         "sr_sop_instance_uid": r.sr_sop_instance_uid,
         "findings": json.loads(r.findings or "[]"),
         "images": json.loads(r.images or "[]"),
-        "cleared": ({"at": _iso(r.cleared_at), "by": r.cleared_by, "reason": r.cleared_reason}
-                    if r.cleared_at else None),
+        "cleared": (
+            {"at": _iso(r.cleared_at), "by": r.cleared_by, "reason": r.cleared_reason} if r.cleared_at else None
+        ),
         "queued_at": _iso(r.queued_at),
         "triaged_at": _iso(r.triaged_at),
         **calibration_fields(r.calibration),
@@ -106,8 +108,9 @@ def worklist(db: Database) -> list[dict[str, Any]]:
 
 def study_row(session: Session, study_uid: str) -> WorklistItem | None:
     """The study's worklist row, if it was triaged."""
-    return session.execute(select(WorklistItem).where(
-        WorklistItem.study_instance_uid == study_uid)).scalar_one_or_none()
+    return session.execute(
+        select(WorklistItem).where(WorklistItem.study_instance_uid == study_uid)
+    ).scalar_one_or_none()
 
 
 def current_row(db: Database, study_uid: str) -> WorklistItem | None:
@@ -144,10 +147,18 @@ def record_report(session: Session, report: ReportRow, *, now: datetime) -> Work
     uid = report.study_instance_uid
     item = study_row(session, uid)
     if item is None:
-        item = WorklistItem(study_instance_uid=uid, job_id=report.job_id, queued_at=report.queued_at,
-                            triaged_at=now, priority=PRIORITY_MEDIUM, raised_by_sr_uid="",
-                            ups_sop_instance_uid=generate_uid(entropy_srcs=["triage-node-ups", uid]),
-                            procedure_step_state=SCHEDULED, transaction_uid="", state_changed_at=now)
+        item = WorklistItem(
+            study_instance_uid=uid,
+            job_id=report.job_id,
+            queued_at=report.queued_at,
+            triaged_at=now,
+            priority=PRIORITY_MEDIUM,
+            raised_by_sr_uid="",
+            ups_sop_instance_uid=generate_uid(entropy_srcs=["triage-node-ups", uid]),
+            procedure_step_state=SCHEDULED,
+            transaction_uid="",
+            state_changed_at=now,
+        )
         session.add(item)
     if report.raises:
         item.raised_by_sr_uid, item.raised_at, item.priority_kept = report.sr_sop_instance_uid, now, False

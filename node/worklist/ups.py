@@ -12,9 +12,10 @@ WorklistItem, shared by the DIMSE UPS Pull SCP and (later) UPS-RS.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -64,8 +65,7 @@ class StateChange:
         return self.status in (SUCCESS, ALREADY_CANCELED, ALREADY_COMPLETED)
 
 
-def audit_description(change: StateChange, *, via: str, requested: str, ups_uid: str,
-                      by: str) -> tuple[str, list[Any]]:
+def audit_description(change: StateChange, *, via: str, requested: str, ups_uid: str, by: str) -> tuple[str, list[Any]]:
     """The audit text and objects of a state change, the same for N-ACTION and UPS-RS: the
     workitem, and the study whose AI raise a COMPLETED / CANCELED cleared (who, which SR)."""
     from node.audit import AuditObject
@@ -74,8 +74,11 @@ def audit_description(change: StateChange, *, via: str, requested: str, ups_uid:
     objects: list[Any] = [AuditObject(type="job", id=ups_uid)]
     if change.cleared_raise:
         desc += f"; AI priority raise by SR {change.cleared_raise} cleared"
-        objects.append(AuditObject(type="study", id=change.study_instance_uid,
-                                   details={"cleared_raise": change.cleared_raise, "by": by}))
+        objects.append(
+            AuditObject(
+                type="study", id=change.study_instance_uid, details={"cleared_raise": change.cleared_raise, "by": by}
+            )
+        )
     return desc, objects
 
 
@@ -83,8 +86,8 @@ def _dt(value: datetime | None) -> str:
     if value is None:
         return ""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -93,8 +96,14 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return c
 
 
-def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Patient | None = None,
-                series: list[tuple[str, list[StoredInstance]]] | None = None, retrieve_ae: str = "") -> Dataset:
+def ups_dataset(
+    item: WorklistItem,
+    *,
+    study: Study | None = None,
+    patient: Patient | None = None,
+    series: list[tuple[str, list[StoredInstance]]] | None = None,
+    retrieve_ae: str = "",
+) -> Dataset:
     """The UPS workitem of ``item`` (Transaction UID never included); ``series`` are the study's
     instances by Series Instance UID."""
     ds = Dataset()
@@ -102,17 +111,21 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
     ds.SOPClassUID = UPS_PUSH_SOP_CLASS
     ds.SOPInstanceUID = item.ups_sop_instance_uid
     # Unified Procedure Step Scheduled Procedure Information Module
-    ds.ScheduledProcedureStepPriority = item.priority if item.priority in (PRIORITY_HIGH, PRIORITY_MEDIUM, PRIORITY_LOW) else PRIORITY_MEDIUM
+    ds.ScheduledProcedureStepPriority = (
+        item.priority if item.priority in (PRIORITY_HIGH, PRIORITY_MEDIUM, PRIORITY_LOW) else PRIORITY_MEDIUM
+    )
     ds.ScheduledProcedureStepModificationDateTime = _dt(item.state_changed_at or item.triaged_at)
-    ds.ProcedureStepLabel = (f"AI triage {item.priority}: "
-                             + ("assessed" if item.assist else f"no assist ({item.reason or 'unknown'})"))[:64]
+    ds.ProcedureStepLabel = (
+        f"AI triage {item.priority}: " + ("assessed" if item.assist else f"no assist ({item.reason or 'unknown'})")
+    )[:64]
     ds.WorklistLabel = WORKLIST_LABEL
     ds.ScheduledProcedureStepStartDateTime = _dt(item.triaged_at)
     ds.ScheduledWorkitemCodeSequence = Sequence([_code(*WORKITEM_CODE)])
     ds.InputReadinessState = "READY"
     ds.CommentsOnTheScheduledProcedureStep = (
         f"AI triage result (research use only), profile {item.profile or '-'}; "
-        f"report SR {item.sr_sop_instance_uid or '-'}")[:10240]
+        f"report SR {item.sr_sop_instance_uid or '-'}"
+    )[:10240]
     inputs = []
     for series_uid, instances in series or []:
         entry = Dataset()
@@ -158,7 +171,9 @@ def ups_dataset(item: WorklistItem, *, study: Study | None = None, patient: Pati
 
 
 def _load(session: Any, item: WorklistItem, retrieve_ae: str) -> Dataset:
-    study = session.execute(select(Study).where(Study.study_instance_uid == item.study_instance_uid)).scalar_one_or_none()
+    study = session.execute(
+        select(Study).where(Study.study_instance_uid == item.study_instance_uid)
+    ).scalar_one_or_none()
     patient = session.get(Patient, study.patient_pk) if study is not None else None
     series: dict[str, list[StoredInstance]] = {}
     if study is not None:
@@ -169,8 +184,9 @@ def _load(session: Any, item: WorklistItem, retrieve_ae: str) -> Dataset:
 
 def get_workitem(db: Database, ups_uid: str, *, retrieve_ae: str = "") -> Dataset | None:
     with db.session() as session:
-        item = session.execute(select(WorklistItem).where(
-            WorklistItem.ups_sop_instance_uid == ups_uid)).scalar_one_or_none()
+        item = session.execute(
+            select(WorklistItem).where(WorklistItem.ups_sop_instance_uid == ups_uid)
+        ).scalar_one_or_none()
         return None if item is None else _load(session, item, retrieve_ae)
 
 
@@ -187,12 +203,12 @@ def _dt_match(pattern: str, value: str) -> bool:
     low, _, high = pattern.partition("-")
     if not value:
         return False
-    return (not low or value[:len(low)] >= low) and (not high or value[:len(high)] <= high)
+    return (not low or value[: len(low)] >= low) and (not high or value[: len(high)] <= high)
 
 
 def _matches(ds: Dataset, criteria: Mapping[str, Any]) -> bool:
     for keyword, value in criteria.items():
-        if value is None or value == "" or isinstance(value, (list, Dataset)) and not value:
+        if value is None or value == "" or (isinstance(value, (list, Dataset)) and not value):
             continue
         if keyword not in ds:
             continue  # an attribute we do not keep: universal match
@@ -215,8 +231,9 @@ def _matches(ds: Dataset, criteria: Mapping[str, Any]) -> bool:
     return True
 
 
-def find_workitems(db: Database, criteria: Mapping[str, Any], *, limit: int = 1000,
-                   retrieve_ae: str = "") -> list[Dataset]:
+def find_workitems(
+    db: Database, criteria: Mapping[str, Any], *, limit: int = 1000, retrieve_ae: str = ""
+) -> list[Dataset]:
     """Workitems matching ``criteria`` (keyword -> value; wildcards, DT ranges, UID lists),
     HIGH before MEDIUM, then oldest first. Unknown keywords match universally."""
     stmt = select(WorklistItem).where(WorklistItem.ups_sop_instance_uid != "")
@@ -263,8 +280,7 @@ def project(full: Dataset, identifier: Dataset) -> Dataset:
 
 
 # ------------------------------------------------------------------ state machine
-def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: str | None,
-                 by: str = "") -> StateChange:
+def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: str | None, by: str = "") -> StateChange:
     """N-ACTION Change UPS State (action type 1) / UPS-RS ``PUT /workitems/{uid}/state``.
 
     COMPLETED or CANCELED is a person's decision on the study: it clears an AI raise
@@ -280,8 +296,9 @@ def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: st
     if not is_valid_uid(transaction_uid):
         return StateChange(INVALID_ARGUMENT, "Transaction UID is not a valid UID")
     with db.write() as session:
-        item = session.execute(select(WorklistItem).where(
-            WorklistItem.ups_sop_instance_uid == ups_uid)).scalar_one_or_none()
+        item = session.execute(
+            select(WorklistItem).where(WorklistItem.ups_sop_instance_uid == ups_uid)
+        ).scalar_one_or_none()
         if item is None:
             return StateChange(NO_SUCH_INSTANCE, "no such workitem")
         current = item.procedure_step_state or SCHEDULED
@@ -291,7 +308,7 @@ def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: st
             if new_state == IN_PROGRESS:
                 item.procedure_step_state = IN_PROGRESS
                 item.transaction_uid = transaction_uid
-                item.state_changed_at = datetime.now(timezone.utc)
+                item.state_changed_at = datetime.now(UTC)
                 return StateChange(SUCCESS, "claimed", IN_PROGRESS)
             return StateChange(NOT_IN_PROGRESS, "the workitem is not IN PROGRESS", current)
         if current == IN_PROGRESS:
@@ -300,16 +317,35 @@ def change_state(db: Database, ups_uid: str, new_state: str, transaction_uid: st
             if transaction_uid != item.transaction_uid:
                 return StateChange(WRONG_TRANSACTION, "the Transaction UID does not match", current)
             item.procedure_step_state = new_state
-            item.state_changed_at = datetime.now(timezone.utc)
-            cleared = clear_raise_in_session(item, by=by or "UPS performer",
-                                             reason=f"UPS {new_state}", now=item.state_changed_at)
-            return StateChange(SUCCESS, new_state.lower(), new_state, cleared_raise=cleared.raised_by_sr_uid,
-                               study_instance_uid=item.study_instance_uid)
+            item.state_changed_at = datetime.now(UTC)
+            cleared = clear_raise_in_session(
+                item, by=by or "UPS performer", reason=f"UPS {new_state}", now=item.state_changed_at
+            )
+            return StateChange(
+                SUCCESS,
+                new_state.lower(),
+                new_state,
+                cleared_raise=cleared.raised_by_sr_uid,
+                study_instance_uid=item.study_instance_uid,
+            )
         if current == new_state:  # COMPLETED -> COMPLETED, CANCELED -> CANCELED
-            return StateChange(ALREADY_COMPLETED if current == COMPLETED else ALREADY_CANCELED,
-                               f"the workitem is already {current}", current)
+            return StateChange(
+                ALREADY_COMPLETED if current == COMPLETED else ALREADY_CANCELED,
+                f"the workitem is already {current}",
+                current,
+            )
         return StateChange(NOT_UPDATABLE, f"the workitem is {current} and may no longer be updated", current)
 
 
-__all__ = ["StateChange", "audit_description", "UPS_PULL_SOP_CLASS", "UPS_PUSH_SOP_CLASS", "WORKLIST_LABEL", "change_state",
-           "find_workitems", "get_workitem", "project", "ups_dataset"]
+__all__ = [
+    "UPS_PULL_SOP_CLASS",
+    "UPS_PUSH_SOP_CLASS",
+    "WORKLIST_LABEL",
+    "StateChange",
+    "audit_description",
+    "change_state",
+    "find_workitems",
+    "get_workitem",
+    "project",
+    "ups_dataset",
+]

@@ -17,10 +17,16 @@ def test_tail_study_events_redaction_and_chain_status(tmp_path: Path) -> None:
     log = AuditLog(path, db, source_id="test", fsync=False)
     me = Participant(user_id="TRIAGE_NODE", role="application")
     for i in range(400):  # ~180 KiB: the tail crosses several read blocks
-        log.record(EventCode.INSTANCES_TRANSFERRED if i % 2 else EventCode.APPLICATION_ACTIVITY,
-                   outcome=4 if i % 7 == 0 else 0, outcome_desc=f"event {i} " + "x" * 300, participants=[me],
-                   objects=[AuditObject(type="patient", id=f"PAT-{i % 3}"),
-                            AuditObject(type="study", id=f"1.2.3.{i % 3}", details={"n": i})])
+        log.record(
+            EventCode.INSTANCES_TRANSFERRED if i % 2 else EventCode.APPLICATION_ACTIVITY,
+            outcome=4 if i % 7 == 0 else 0,
+            outcome_desc=f"event {i} " + "x" * 300,
+            participants=[me],
+            objects=[
+                AuditObject(type="patient", id=f"PAT-{i % 3}"),
+                AuditObject(type="study", id=f"1.2.3.{i % 3}", details={"n": i}),
+            ],
+        )
     log.close()
     assert path.stat().st_size > 3 * audit_read.BLOCK
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +77,9 @@ def test_refusal_then_login_then_worklist_in_order(page: Any, console_node: Cons
     assert "That token is not right" in page.inner_text("body")
     # The refused login answers 401, which Chromium logs as a failed resource: expected here, and
     # the only entry allowed; every other page of this test must log nothing.
-    assert page.problems == ["console error: Failed to load resource: the server responded with a status of 401 "
-                             "(Unauthorized)"]
+    assert page.problems == [
+        "console error: Failed to load resource: the server responded with a status of 401 (Unauthorized)"
+    ]
     page.problems.clear()
     page.fill("input[name=token]", TOKEN)
     page.click("button[type=submit]")
@@ -127,13 +128,13 @@ def test_requeue_changes_the_outbox(page: Any, console_node: ConsoleNode, screen
     assert dead.count() >= 1
     page.screenshot(path=str(screenshots / "outbox.png"), full_page=True)
     target = int(dead.first.get_attribute("data-id"))
-    clicked = datetime.now(timezone.utc).replace(microsecond=0)
+    clicked = datetime.now(UTC).replace(microsecond=0)
     dead.first.locator("button.requeue-one").click()
     page.wait_for_url("**/ui/outbox?done=requeued&n=1")
     assert "Requeued 1 dead letter" in page.inner_text("[role=status]")
     with cn.db.session() as session:
         item = session.get(OutboxItem, target)
-        created = item.created_at if item.created_at.tzinfo else item.created_at.replace(tzinfo=timezone.utc)
+        created = item.created_at if item.created_at.tzinfo else item.created_at.replace(tzinfo=UTC)
     assert created >= clicked  # requeued by the click: pending again, with a fresh max-age window
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -59,8 +59,11 @@ def test_every_page_and_action_refuses_without_a_session(console_node: ConsoleNo
             assert r.headers["location"].startswith("/ui/login?next="), path
         for path in [f"/ui/study/{study}/image/1.2.3/model-input.png", f"/ui/study/{study}/sr/1.2.3.dcm"]:
             assert anon.get(path).status_code == 401, path
-        for path, data in [("/ui/outbox/requeue", {"csrf": "x"}), (f"/ui/study/{study}/retriage", {"csrf": "x"}),
-                           (f"/ui/study/{study}/clear", {"csrf": "x", "reason": "r"})]:
+        for path, data in [
+            ("/ui/outbox/requeue", {"csrf": "x"}),
+            (f"/ui/study/{study}/retriage", {"csrf": "x"}),
+            (f"/ui/study/{study}/clear", {"csrf": "x", "reason": "r"}),
+        ]:
             r = anon.post(path, data=data)
             assert r.status_code in (303, 401), path
             assert r.status_code == 401 or r.headers["location"].startswith("/ui/login"), path
@@ -74,7 +77,8 @@ def test_every_page_and_action_refuses_without_a_session(console_node: ConsoleNo
 
 
 def test_login_sets_a_strict_httponly_cookie_and_a_wrong_token_is_refused_and_audited(
-        console_node: ConsoleNode) -> None:
+    console_node: ConsoleNode,
+) -> None:
     cn = console_node
     with httpx.Client(base_url=cn.base, timeout=30) as client:
         bad = client.post("/ui/login", data={"token": "wrong", "next": "/ui/"})
@@ -127,7 +131,7 @@ def test_csrf_is_required_and_requeue_changes_the_outbox_with_an_audit_event(con
         refused = client.post("/ui/outbox/requeue", data={"item_id": str(target), "csrf": "forged"})
         assert refused.status_code == 403
         assert target in [d.id for d in cn.dead_letters()]
-        clicked = datetime.now(timezone.utc)
+        clicked = datetime.now(UTC)
         done = client.post("/ui/outbox/requeue", data={"item_id": str(target), "csrf": csrf})
         assert done.status_code == 303 and "done=requeued" in done.headers["location"]
         assert "Requeued 1 dead letter" in client.get(done.headers["location"]).text
@@ -135,7 +139,7 @@ def test_csrf_is_required_and_requeue_changes_the_outbox_with_an_audit_event(con
 
     with cn.db.session() as session:
         item = session.get(OutboxItem, target)
-        created = item.created_at if item.created_at.tzinfo else item.created_at.replace(tzinfo=timezone.utc)
+        created = item.created_at if item.created_at.tzinfo else item.created_at.replace(tzinfo=UTC)
     assert created >= clicked.replace(microsecond=0)  # requeued: a fresh max-age window from the click
     events = [e for e in cn.audit_lines() if "outbox requeue from the console" in e["outcome_desc"]]
     assert events and events[-1]["participants"][0]["user_id"] == f"console-session:{sid}"
@@ -149,8 +153,9 @@ def test_retriage_writes_a_new_sr_naming_its_predecessor(console_node: ConsoleNo
     cn = console_node
     study = cn.studies["low"]
     with cn.db.session() as session:
-        before = session.execute(select(WorklistItem.sr_sop_instance_uid)
-                                 .where(WorklistItem.study_instance_uid == study)).scalar_one()
+        before = session.execute(
+            select(WorklistItem.sr_sop_instance_uid).where(WorklistItem.study_instance_uid == study)
+        ).scalar_one()
     with _login(cn.base) as client:
         page = client.get(f"/ui/study/{study}").text
         r = client.post(f"/ui/study/{study}/retriage", data={"csrf": _csrf(page)})
@@ -195,8 +200,9 @@ def test_without_a_token_the_console_is_read_only_and_hides_identifiers(console_
     cn = console_node
     n = cn.node
     settings = n.settings.model_copy(update={"http": n.settings.http.model_copy(update={"token": None})})
-    app = create_app(WebContext(settings=settings, db=n.db, files=n.files, ingestor=n.ingestor, audit=n.audit,
-                                worker=n.worker))
+    app = create_app(
+        WebContext(settings=settings, db=n.db, files=n.files, ingestor=n.ingestor, audit=n.audit, worker=n.worker)
+    )
     study = cn.studies["script"]
     with TestClient(app) as client:
         for path in [*PAGES, f"/ui/study/{study}", "/ui/login"]:
@@ -218,8 +224,9 @@ def test_demo_keep_prints_the_console_url_and_serves_it(tmp_path: Path) -> None:
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "node.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIAGE_NODE__")}
     env.update(TMPDIR=str(tmp_path), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([*cmd, "demo", "--keep"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [*cmd, "demo", "--keep"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path
+    )
     lines: list[str] = []
     found = threading.Event()
     url_token: list[tuple[str, str]] = []

@@ -38,24 +38,36 @@ def count_rows(url: str, version: str | None = None) -> int:
         db.dispose()
 
 
-def test_embed_backfills_batched_and_resumes_after_kill9(tmp_path: Path, tiny_model_dir: Path,
-                                                         node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_embed_backfills_batched_and_resumes_after_kill9(tmp_path: Path, tiny_model_dir: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
     from node.dimse.scu import Destination, send
 
     # A node without a worker: studies are stored, nothing is embedded yet (as after an upgrade).
     cfg = node_config(tmp_path / "node", tiny_model_dir, triage={"enabled": False}, model={"batch_size": 1})
     node_factory(cfg)
     (tmp_path / "src").mkdir()
-    files = [synthetic_image(tmp_path / "src" / f"{i}.dcm", modality="DX", sop_class=DigitalXRayImageStorageForPresentation,
-                             view="PA", body_part="CHEST", age=50, study_uid=generate_uid(), patient_id=f"B{i}",
-                             rows=96, cols=96) for i in range(N_IMAGES)]
+    files = [
+        synthetic_image(
+            tmp_path / "src" / f"{i}.dcm",
+            modality="DX",
+            sop_class=DigitalXRayImageStorageForPresentation,
+            view="PA",
+            body_part="CHEST",
+            age=50,
+            study_uid=generate_uid(),
+            patient_id=f"B{i}",
+            rows=96,
+            cols=96,
+        )
+        for i in range(N_IMAGES)
+    ]
     assert all(r.status == 0 for r in send(files, Destination(NODE_AE, "127.0.0.1", cfg.port), calling_ae=SCU_AE))
     assert count_rows(cfg.db_url) == 0
 
     cmd = [*cli_command(), "embed", "--config", str(cfg.config_path), "--all"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=node_env(), cwd=cfg.root)
-    wait_until(lambda: count_rows(cfg.db_url) > 0 or proc.poll() is not None, 120, "the first kept embedding",
-               interval=0.01)
+    wait_until(
+        lambda: count_rows(cfg.db_url) > 0 or proc.poll() is not None, 120, "the first kept embedding", interval=0.01
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(30)
     partial = count_rows(cfg.db_url)
@@ -70,12 +82,24 @@ def test_embed_backfills_batched_and_resumes_after_kill9(tmp_path: Path, tiny_mo
     again = subprocess.run(cmd, capture_output=True, text=True, env=node_env(), cwd=cfg.root, timeout=300)
     assert f"0 images embedded now, {N_IMAGES} already kept" in again.stdout
     # another preprocessing version is kept apart, under its own name
-    other = subprocess.run([*cmd, "--preprocessing", "google-dicom-1"], capture_output=True, text=True,
-                           env=node_env(), cwd=cfg.root, timeout=300)
+    other = subprocess.run(
+        [*cmd, "--preprocessing", "google-dicom-1"],
+        capture_output=True,
+        text=True,
+        env=node_env(),
+        cwd=cfg.root,
+        timeout=300,
+    )
     assert other.returncode == 0, other.stderr
     assert count_rows(cfg.db_url, "google-dicom-1") == N_IMAGES and count_rows(cfg.db_url) == 2 * N_IMAGES
-    bad = subprocess.run([*cli_command(), "embed", "--config", str(cfg.config_path)], capture_output=True, text=True,
-                         env=node_env(), cwd=cfg.root, timeout=120)
+    bad = subprocess.run(
+        [*cli_command(), "embed", "--config", str(cfg.config_path)],
+        capture_output=True,
+        text=True,
+        env=node_env(),
+        cwd=cfg.root,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "--all" in bad.stderr
 
 
@@ -105,9 +129,16 @@ def test_store_round_trip_and_idempotent_put(db_url: str) -> None:
             assert got[uid].vector.dtype == np.float32 and np.array_equal(got[uid].vector, vectors[i])
             assert got[uid].study_instance_uid == study
         facts = got[uids[0]].facts
-        assert (facts.sex, facts.age_years, facts.manufacturer, facts.view_position, facts.institution_name,
-                facts.station_name, facts.manufacturer_model, facts.modality) == \
-               ("F", 34.0, "M0", "PA", "General", "ST0", "X-1", "DX")
+        assert (
+            facts.sex,
+            facts.age_years,
+            facts.manufacturer,
+            facts.view_position,
+            facts.institution_name,
+            facts.station_name,
+            facts.manufacturer_model,
+            facts.modality,
+        ) == ("F", 34.0, "M0", "PA", "General", "ST0", "X-1", "DX")
         assert got[uids[2]].facts.age_years is None and got[uids[2]].facts.sex == ""
         other = get_embeddings(db, uids, weights_sha256="b" * 64, preprocessing_version="tn-pre-1")
         assert list(other) == uids[:1] and np.array_equal(other[uids[0]].vector, vectors[0] * 2)

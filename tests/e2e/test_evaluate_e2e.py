@@ -45,9 +45,18 @@ def labelled_image(path: Path, *, index: int, positive: bool, sex: str) -> Path:
 
     (For the tiny random model a disc lowers most finding scores: its AUROCs come out well below
     0.5, which is as good a test of the arithmetic as any; the model is random.)"""
-    synthetic_image(path, modality="DX", sop_class=DigitalXRayImageStorageForPresentation, view="PA",
-                    body_part="CHEST", age=30 + index, study_uid=generate_uid(), patient_id=f"EVAL{index:03d}",
-                    rows=128, cols=128)
+    synthetic_image(
+        path,
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view="PA",
+        body_part="CHEST",
+        age=30 + index,
+        study_uid=generate_uid(),
+        patient_id=f"EVAL{index:03d}",
+        rows=128,
+        cols=128,
+    )
     ds = pydicom.dcmread(path)
     ds.PatientSex = sex
     ds.Manufacturer = "ACME" if index % 3 else "Globex"
@@ -56,7 +65,7 @@ def labelled_image(path: Path, *, index: int, positive: bool, sex: str) -> Path:
         yy, xx = np.mgrid[0:128, 0:128]
         radius = 6 + (index * 7) % 19  # 6..24 px: small discs overlap with the negatives
         cy, cx = 40 + (index % 5) * 8, 40 + (index % 7) * 6
-        px[(yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2] = 4000
+        px[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 4000
         ds.PixelData = px.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -88,16 +97,33 @@ def cohort(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, modul
         files.append(path)
         studies[uid] = int(positive)
         # pleural_effusion: the same label, unknown for every fifth study (left out for that finding only)
-        rows.append({"study_instance_uid": uid, "pneumothorax": int(positive),
-                     "pleural_effusion": "" if i % 5 == 0 else int(positive), "site": "north" if i % 3 else "south"})
+        rows.append(
+            {
+                "study_instance_uid": uid,
+                "pneumothorax": int(positive),
+                "pleural_effusion": "" if i % 5 == 0 else int(positive),
+                "site": "north" if i % 3 else "south",
+            }
+        )
     # Not dropped silently: a lateral view the profile does not take, and a study the node never got.
-    lateral = synthetic_image(root / "src" / "lateral.dcm", modality="DX", sop_class=DigitalXRayImageStorageForPresentation,
-                              view="LL", body_part="CHEST", age=60, study_uid=generate_uid(), patient_id="EVAL-LL",
-                              rows=64, cols=64)
+    lateral = synthetic_image(
+        root / "src" / "lateral.dcm",
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view="LL",
+        body_part="CHEST",
+        age=60,
+        study_uid=generate_uid(),
+        patient_id="EVAL-LL",
+        rows=64,
+        cols=64,
+    )
     lateral_uid = str(pydicom.dcmread(lateral, stop_before_pixels=True).StudyInstanceUID)
     files.append(lateral)
-    rows += [{"study_instance_uid": lateral_uid, "pneumothorax": 1, "pleural_effusion": 0, "site": "north"},
-             {"study_instance_uid": generate_uid(), "pneumothorax": 0, "pleural_effusion": 0, "site": "south"}]
+    rows += [
+        {"study_instance_uid": lateral_uid, "pneumothorax": 1, "pleural_effusion": 0, "site": "north"},
+        {"study_instance_uid": generate_uid(), "pneumothorax": 0, "pleural_effusion": 0, "site": "south"},
+    ]
     results = send(files, Destination(NODE_AE, "127.0.0.1", cfg.port), calling_ae=SCU_AE)
     assert all(r.status == 0 for r in results)
     labels = root / "labels.csv"
@@ -111,8 +137,14 @@ def cohort(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, modul
 
 
 def evaluate_cli(cfg: NodeConfig, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*cli_command(), "evaluate", "--config", str(cfg.config_path), *args],
-                          capture_output=True, text=True, env=node_env(), cwd=cfg.root, timeout=timeout)
+    proc = subprocess.run(
+        [*cli_command(), "evaluate", "--config", str(cfg.config_path), *args],
+        capture_output=True,
+        text=True,
+        env=node_env(),
+        cwd=cfg.root,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -132,10 +164,16 @@ def scores_in_sr(path: Path) -> dict[str, float]:
     def walk(items) -> None:  # type: ignore[no-untyped-def]
         for group in items:
             inner = group.get("ContentSequence", [])
-            finding = [i.ConceptCodeSequence[0].CodeValue for i in inner
-                       if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"]
-            score = [float(i.MeasuredValueSequence[0].NumericValue) for i in inner if i.ValueType == "NUM"
-                     and i.ConceptNameCodeSequence[0].CodeValue == codes.SCORE.value]
+            finding = [
+                i.ConceptCodeSequence[0].CodeValue
+                for i in inner
+                if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"
+            ]
+            score = [
+                float(i.MeasuredValueSequence[0].NumericValue)
+                for i in inner
+                if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeValue == codes.SCORE.value
+            ]
             if finding and score:
                 out[finding[0]] = score[0]
             walk(inner)
@@ -168,8 +206,22 @@ def sr_scores(cohort: Cohort) -> dict[tuple[str, str], float]:
 @pytest.fixture(scope="module")
 def first_run(cohort: Cohort) -> tuple[dict, Path]:
     out = cohort.root / "eval-1"
-    proc = evaluate_cli(cohort.cfg, "--labels", str(cohort.labels), "--out", str(out), "--by", "site",
-                        "--bootstrap", "200", "--seed", "7", "--target-sensitivity", "0.9", "--json")
+    proc = evaluate_cli(
+        cohort.cfg,
+        "--labels",
+        str(cohort.labels),
+        "--out",
+        str(out),
+        "--by",
+        "site",
+        "--bootstrap",
+        "200",
+        "--seed",
+        "7",
+        "--target-sensitivity",
+        "0.9",
+        "--json",
+    )
     return json.loads(proc.stdout), out
 
 
@@ -227,8 +279,7 @@ def test_evaluate_json_matches_sklearn_and_the_srs(cohort: Cohort, first_run: tu
     assert any("too few positives" in w for w in metrics["warnings"])  # 24 positives < 30: loud warning
 
 
-def test_report_plots_render_in_headless_chromium(first_run: tuple[dict, Path], tmp_path: Path,
-                                                  require_tools) -> None:  # type: ignore[no-untyped-def]
+def test_report_plots_render_in_headless_chromium(first_run: tuple[dict, Path], tmp_path: Path, require_tools) -> None:  # type: ignore[no-untyped-def]
     require_tools("chromium")  # scripts/test.sh installs it; under CI a missing one fails
     chromium = shutil.which("chromium")
     _, out = first_run
@@ -237,12 +288,29 @@ def test_report_plots_render_in_headless_chromium(first_run: tuple[dict, Path], 
     assert html.count('src="data:image/png;base64,') >= 2 * len(FINDINGS)
     # The report has no script; a copy gets one that records, after load, whether every image decoded.
     probe = tmp_path / "probe.html"
-    probe.write_text(html.replace("</body>", "<script>window.addEventListener('load', () => {"
-                                  "const imgs = Array.from(document.images);"
-                                  "document.title = 'decoded ' + imgs.filter(i => i.complete && i.naturalWidth > 0)"
-                                  ".length + ' of ' + imgs.length;});</script></body>"))
-    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
-                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    probe.write_text(
+        html.replace(
+            "</body>",
+            "<script>window.addEventListener('load', () => {"
+            "const imgs = Array.from(document.images);"
+            "document.title = 'decoded ' + imgs.filter(i => i.complete && i.naturalWidth > 0)"
+            ".length + ' of ' + imgs.length;});</script></body>",
+        )
+    )
+    proc = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import re
 
@@ -257,9 +325,18 @@ def test_same_seed_same_numbers(cohort: Cohort, first_run: tuple[dict, Path]) ->
 
     _, out1 = first_run
     out2 = cohort.root / "eval-2"
-    run_evaluation(cohort.cfg.settings(), EvaluationOptions(
-        labels=cohort.labels, out_dir=out2, by=["site"], bootstrap=200, seed=7, target_sensitivity=0.9,
-        progress=False))
+    run_evaluation(
+        cohort.cfg.settings(),
+        EvaluationOptions(
+            labels=cohort.labels,
+            out_dir=out2,
+            by=["site"],
+            bootstrap=200,
+            seed=7,
+            target_sensitivity=0.9,
+            progress=False,
+        ),
+    )
     assert (out2 / "metrics.json").read_bytes() == (out1 / "metrics.json").read_bytes()
     assert (out2 / "scores.csv").read_bytes() == (out1 / "scores.csv").read_bytes()
 
@@ -280,14 +357,20 @@ def test_prompt_change_rescored_without_an_image_pass(cohort: Cohort, first_run:
     assert 'present_prompts = ["apical pneumothorax"]' in text
     candidate = cohort.root / "candidate" / "cxr.toml"
     candidate.parent.mkdir()
-    candidate.write_text(text.replace('present_prompts = ["apical pneumothorax"]',
-                                      'present_prompts = ["large pneumothorax"]'))
+    candidate.write_text(
+        text.replace('present_prompts = ["apical pneumothorax"]', 'present_prompts = ["large pneumothorax"]')
+    )
     settings = cohort.cfg.settings()
     out = cohort.root / "eval-prompt"
-    run_evaluation(settings, EvaluationOptions(labels=cohort.labels, out_dir=out, profile_file=candidate,
-                                               bootstrap=50, progress=False), model_loader=counting_loader)
+    run_evaluation(
+        settings,
+        EvaluationOptions(labels=cohort.labels, out_dir=out, profile_file=candidate, bootstrap=50, progress=False),
+        model_loader=counting_loader,
+    )
     assert calls["vision"] == 0
-    before = {(r["study_instance_uid"], r["finding"]): float(r["score"]) for r in read_scores(first_run[1] / "scores.csv")}
+    before = {
+        (r["study_instance_uid"], r["finding"]): float(r["score"]) for r in read_scores(first_run[1] / "scores.csv")
+    }
     after = {(r["study_instance_uid"], r["finding"]): float(r["score"]) for r in read_scores(out / "scores.csv")}
     assert before.keys() == after.keys()
     moved = [k for k in after if abs(after[k] - before[k]) > 1e-9]
@@ -295,16 +378,30 @@ def test_prompt_change_rescored_without_an_image_pass(cohort: Cohort, first_run:
 
     # --no-embed names the studies lacking embeddings of a version instead of embedding them.
     named = cohort.root / "eval-no-embed"
-    metrics = run_evaluation(settings, EvaluationOptions(labels=cohort.labels, out_dir=named, bootstrap=20,
-                                                         preprocessing=["google-dicom-1"], no_embed=True,
-                                                         progress=False), model_loader=counting_loader)
+    metrics = run_evaluation(
+        settings,
+        EvaluationOptions(
+            labels=cohort.labels,
+            out_dir=named,
+            bootstrap=20,
+            preprocessing=["google-dicom-1"],
+            no_embed=True,
+            progress=False,
+        ),
+        model_loader=counting_loader,
+    )
     assert calls["vision"] == 0 and metrics["n_studies"] == 0
     assert metrics["not_eligible"]["embedding-missing"] == N_STUDIES
     assert len((named / "missing_embeddings.csv").read_text().splitlines()) == N_STUDIES + 1
 
     # The counter does count: a new preprocessing version embeds the cohort once, then never again.
-    opts = EvaluationOptions(labels=cohort.labels, out_dir=cohort.root / "eval-google", bootstrap=50,
-                             preprocessing=["google-dicom-1", "tn-pre-1"], progress=False)
+    opts = EvaluationOptions(
+        labels=cohort.labels,
+        out_dir=cohort.root / "eval-google",
+        bootstrap=50,
+        preprocessing=["google-dicom-1", "tn-pre-1"],
+        progress=False,
+    )
     metrics = run_evaluation(settings, opts, model_loader=counting_loader)
     assert calls["vision"] > 0
     first_pass = calls["vision"]
@@ -336,8 +433,9 @@ def current_sr(cfg: NodeConfig, db, uid: str) -> Path:  # type: ignore[no-untype
     return cfg.storage / rel
 
 
-def test_tuned_profile_is_served_and_its_srs_say_calibrated(cohort: Cohort, first_run: tuple[dict, Path],
-                                                            tiny_model_dir: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_tuned_profile_is_served_and_its_srs_say_calibrated(
+    cohort: Cohort, first_run: tuple[dict, Path], tiny_model_dir: Path, node_factory
+) -> None:  # type: ignore[no-untyped-def]
     import hashlib
 
     import httpx
@@ -355,26 +453,53 @@ def test_tuned_profile_is_served_and_its_srs_say_calibrated(cohort: Cohort, firs
     db.dispose()
     assert read_triage_sr(pydicom.dcmread(untuned)).algorithm.calibration == NOT_CALIBRATED_TEXT
     assert sr_texts(untuned).count(NOT_CALIBRATED_TEXT) == 13  # next to each finding's threshold
-    listed = subprocess.run([*cli_command(), "worklist", "--config", str(cohort.cfg.config_path), "--json"],
-                            capture_output=True, text=True, env=node_env(), timeout=120)
+    listed = subprocess.run(
+        [*cli_command(), "worklist", "--config", str(cohort.cfg.config_path), "--json"],
+        capture_output=True,
+        text=True,
+        env=node_env(),
+        timeout=120,
+    )
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     assert rows and all(r["calibrated"] is False and r["calibration"] == NOT_CALIBRATED_TEXT for r in rows)
 
     tuned_dir = cohort.root / "profiles-tuned"
     tuned_dir.mkdir()
-    proc = subprocess.run([*cli_command(), "profile", "tune", "--config", str(cohort.cfg.config_path),
-                           "--evaluation", str(out / "metrics.json"), "--profile", "cxr",
-                           "--out", str(tuned_dir / "cxr.toml"), "--min-positives", "5"],
-                          capture_output=True, text=True, env=node_env(), cwd=cohort.root, timeout=120)
+    proc = subprocess.run(
+        [
+            *cli_command(),
+            "profile",
+            "tune",
+            "--config",
+            str(cohort.cfg.config_path),
+            "--evaluation",
+            str(out / "metrics.json"),
+            "--profile",
+            "cxr",
+            "--out",
+            str(tuned_dir / "cxr.toml"),
+            "--min-positives",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        env=node_env(),
+        cwd=cohort.root,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     sha = hashlib.sha256((out / "metrics.json").read_bytes()).hexdigest()
     tuned = load_profile(tuned_dir / "cxr.toml")
     suggested = metrics["findings"]["pneumothorax"]["suggested"]["threshold"]
     assert tuned.finding("pneumothorax").threshold == round(suggested, 4)
 
-    cfg = node_config(cohort.root / "tuned-node", tiny_model_dir, triage={"profiles_dir": tuned_dir},
-                      http={"enabled": True, "host": "127.0.0.1", "port": 0})
+    cfg = node_config(
+        cohort.root / "tuned-node",
+        tiny_model_dir,
+        triage={"profiles_dir": tuned_dir},
+        http={"enabled": True, "host": "127.0.0.1", "port": 0},
+    )
     node = node_factory(cfg)
     assert node.calibration_warnings == []
     (cohort.root / "src-tuned").mkdir()

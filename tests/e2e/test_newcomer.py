@@ -20,19 +20,24 @@ from tests.support.serve import cli_command, node_env
 
 
 @pytest.mark.slow
-def test_without_weights_one_clear_line_naming_the_remedies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            serve_factory) -> None:  # type: ignore[no-untyped-def]
+def test_without_weights_one_clear_line_naming_the_remedies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serve_factory
+) -> None:  # type: ignore[no-untyped-def]
     # A hub that refuses connections (loopback, nothing listening): what a machine without
     # network access sees, without depending on this machine's DNS.
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
-    cfg = node_config(tmp_path / "n", None, model={"id": "google/medsiglip-448", "offline": False,
-                                                    "retry_load_seconds": 3600})
+    cfg = node_config(
+        tmp_path / "n", None, model={"id": "google/medsiglip-448", "offline": False, "retry_load_seconds": 3600}
+    )
     serve = serve_factory(cfg)
     started = time.monotonic()
     serve.start()
     try:
-        line = wait_until(lambda: next((json.loads(x) for x in serve.output().splitlines()
-                                        if '"model_unavailable"' in x), None), 40, "the model_unavailable line")
+        line = wait_until(
+            lambda: next((json.loads(x) for x in serve.output().splitlines() if '"model_unavailable"' in x), None),
+            40,
+            "the model_unavailable line",
+        )
         # ~5 s on an idle machine (the hub connect deadline); the bound leaves room for a loaded CI
         # machine while still refusing half a minute of hub retries on top of start-up
         assert time.monotonic() - started < 30
@@ -50,8 +55,18 @@ def test_send_and_echo_without_aet_explain_the_refused_calling_ae_title(tmp_path
 
     cfg = node_config(tmp_path / "n", tmp_path / "no-model")  # allowed_peers: the tests' SCU only
     node_factory(cfg)
-    image = synthetic_image(tmp_path / "a.dcm", modality="DX", sop_class="1.2.840.10008.5.1.4.1.1.1.1", view="PA",
-                            body_part="CHEST", age=50, study_uid="1.2.3.4", patient_id="NEW1", rows=32, cols=32)
+    image = synthetic_image(
+        tmp_path / "a.dcm",
+        modality="DX",
+        sop_class="1.2.840.10008.5.1.4.1.1.1.1",
+        view="PA",
+        body_part="CHEST",
+        age=50,
+        study_uid="1.2.3.4",
+        patient_id="NEW1",
+        rows=32,
+        cols=32,
+    )
     to = f"TRIAGE_NODE@127.0.0.1:{cfg.port}"
     for args in (["send", str(image), "--to", to], ["echo", "--to", to]):
         out = subprocess.run([*cli_command(), *args], capture_output=True, text=True, timeout=60, env=node_env())

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -138,15 +138,22 @@ class Shared:
     def db_url(self) -> str:
         return f"sqlite:///{self.data / 'index.db'}"
 
-    def config(self, name: str, *, mode: str = "present", model_path: Path | str | None = None,
-               **sections: dict[str, Any]) -> NodeConfig:
+    def config(
+        self, name: str, *, mode: str = "present", model_path: Path | str | None = None, **sections: dict[str, Any]
+    ) -> NodeConfig:
         model_section = {"path": str(model_path or self.tiny), **sections.pop("model", {})}
         return node_config(
-            self.root / name, model_section["path"],
-            node={"data_dir": self.data}, storage={"path": self.data / "storage"},
-            database={"url": self.db_url}, audit={"path": self.data / "audit.jsonl"},
+            self.root / name,
+            model_section["path"],
+            node={"data_dir": self.data},
+            storage={"path": self.data / "storage"},
+            database={"url": self.db_url},
+            audit={"path": self.data / "audit.jsonl"},
             triage={"profiles_dir": write_profile(self.root / name / "profiles", mode), "poll_seconds": 0.2},
-            http={"enabled": True, "host": "127.0.0.1", "port": 0}, model=model_section, **sections)
+            http={"enabled": True, "host": "127.0.0.1", "port": 0},
+            model=model_section,
+            **sections,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -161,14 +168,32 @@ def running(cfg: NodeConfig) -> Iterator[Any]:
         yield nodes.start(cfg)
 
 
-def chest(path: Path, *, study_uid: str, series_uid: str, number: int = 1, patient_id: str = "PRIO",
-          order: dict[str, Any] | None = None) -> Path:
+def chest(
+    path: Path,
+    *,
+    study_uid: str,
+    series_uid: str,
+    number: int = 1,
+    patient_id: str = "PRIO",
+    order: dict[str, Any] | None = None,
+) -> Path:
     from pydicom.uid import DigitalXRayImageStorageForPresentation
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    synthetic_image(path, modality="DX", sop_class=DigitalXRayImageStorageForPresentation, view="PA",
-                    body_part="CHEST", age=54, study_uid=study_uid, patient_id=patient_id, number=number,
-                    series_uid=series_uid, rows=96, cols=96)
+    synthetic_image(
+        path,
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view="PA",
+        body_part="CHEST",
+        age=54,
+        study_uid=study_uid,
+        patient_id=patient_id,
+        number=number,
+        series_uid=series_uid,
+        rows=96,
+        cols=96,
+    )
     if order:
         ds = pydicom.dcmread(path)
         for keyword, value in order.items():
@@ -187,8 +212,14 @@ def jobs_done(db_url: str, study_uid: str, n: int) -> bool:
 
 
 def worklist_json(cfg: NodeConfig) -> list[dict[str, Any]]:
-    out = subprocess.run([*cli_command(), "worklist", "--config", str(cfg.config_path), "--json"],
-                         capture_output=True, text=True, timeout=60, env=node_env(), check=True)
+    out = subprocess.run(
+        [*cli_command(), "worklist", "--config", str(cfg.config_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=node_env(),
+        check=True,
+    )
     rows = json.loads(out.stdout)
     for row in rows:  # every timestamp names its zone (UTC), on SQLite as on PostgreSQL (issue 8)
         for key in ("queued_at", "triaged_at"):
@@ -216,8 +247,11 @@ def ups_priority(port: int, study_uid: str) -> str:
         query.StudyInstanceUID = study_uid
         query.ScheduledProcedureStepPriority = ""
         query.SOPInstanceUID = ""
-        found = [ident for status, ident in assoc.send_c_find(query, UnifiedProcedureStepPull)
-                 if status and status.Status in (0xFF00, 0xFF01)]
+        found = [
+            ident
+            for status, ident in assoc.send_c_find(query, UnifiedProcedureStepPull)
+            if status and status.Status in (0xFF00, 0xFF01)
+        ]
     finally:
         assoc.release()
         ae.shutdown()
@@ -225,12 +259,30 @@ def ups_priority(port: int, study_uid: str) -> str:
     return str(found[0].ScheduledProcedureStepPriority)
 
 
-def triage_once(shared: Shared, cfg: NodeConfig, study_uid: str, series_uid: str, tmp: Path, *,
-                number: int, order: dict[str, Any] | None = None) -> None:
+def triage_once(
+    shared: Shared,
+    cfg: NodeConfig,
+    study_uid: str,
+    series_uid: str,
+    tmp: Path,
+    *,
+    number: int,
+    order: dict[str, Any] | None = None,
+) -> None:
     """Send one instance of the study to ``cfg``'s running node and wait for its job to be done."""
     before = len(study_jobs(open_db(shared.db_url), study_uid))
-    send_files(cfg.port, [chest(tmp / f"{study_uid}-{number}.dcm", study_uid=study_uid, series_uid=series_uid,
-                              number=number, order=order)])
+    send_files(
+        cfg.port,
+        [
+            chest(
+                tmp / f"{study_uid}-{number}.dcm",
+                study_uid=study_uid,
+                series_uid=series_uid,
+                number=number,
+                order=order,
+            )
+        ],
+    )
     wait_until(lambda: jobs_done(shared.db_url, study_uid, before + 1), WAIT_S, f"triage job {before + 1}")
 
 
@@ -267,14 +319,19 @@ def variant_config(shared: Shared, variant: str, tmp: Path) -> NodeConfig:
     return shared.config(variant, mode="lower")
 
 
-EXPECTED_REASON = {"model-unavailable": "model-unavailable", "model-error": "model-error",
-                   "model-timeout": "model-timeout", "urgent-indeterminate": "urgent-finding-indeterminate",
-                   "lower-score": ""}
+EXPECTED_REASON = {
+    "model-unavailable": "model-unavailable",
+    "model-error": "model-error",
+    "model-timeout": "model-timeout",
+    "urgent-indeterminate": "urgent-finding-indeterminate",
+    "lower-score": "",
+}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_raised_study_stays_high_when_retriage_cannot_assess_or_assesses_lower(
-        shared: Shared, raised: dict[str, tuple[str, str, str]], variant: str, tmp_path: Path) -> None:
+    shared: Shared, raised: dict[str, tuple[str, str, str]], variant: str, tmp_path: Path
+) -> None:
     study_uid, series_uid, first_sr = raised[variant]
     cfg = variant_config(shared, variant, tmp_path)
     with running(cfg):
@@ -290,22 +347,44 @@ def test_a_raised_study_stays_high_when_retriage_cannot_assess_or_assesses_lower
     result = read_triage_sr(sr)
     assert result.priority == "HIGH" and result.priority_kept_from == first_sr
     assert (not result.assist) == (variant != "lower-score")
-    texts = [item.TextValue for group in sr.ContentSequence if "ContentSequence" in group
-             for sub in group.ContentSequence if "ContentSequence" in sub
-             for item in sub.ContentSequence if item.ValueType == "TEXT"]
+    texts = [
+        item.TextValue
+        for group in sr.ContentSequence
+        if "ContentSequence" in group
+        for sub in group.ContentSequence
+        if "ContentSequence" in sub
+        for item in sub.ContentSequence
+        if item.ValueType == "TEXT"
+    ]
     assert any(f"Priority kept HIGH from the earlier assessment {first_sr}" in t for t in texts), texts
     if variant == "lower-score":
         assert [f.state for f in result.findings if f.urgent] == [FindingState.NOT_DETECTED]
 
 
 def test_worklist_clear_lowers_a_kept_raise_and_is_audited(
-        shared: Shared, raised: dict[str, tuple[str, str, str]], tmp_path: Path) -> None:
+    shared: Shared, raised: dict[str, tuple[str, str, str]], tmp_path: Path
+) -> None:
     study_uid, series_uid, first_sr = raised["model-unavailable"]
     cfg = shared.config("clear", mode="lower")
     with running(cfg):  # the node is live and writing to the same audit file while a person clears
-        out = subprocess.run([*cli_command(), "worklist", "clear", study_uid, "--config", str(cfg.config_path),
-                              "--by", "Dr. Reader", "--reason", "pneumothorax ruled out on review"],
-                             capture_output=True, text=True, timeout=60, env=node_env())
+        out = subprocess.run(
+            [
+                *cli_command(),
+                "worklist",
+                "clear",
+                study_uid,
+                "--config",
+                str(cfg.config_path),
+                "--by",
+                "Dr. Reader",
+                "--reason",
+                "pneumothorax ruled out on review",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=node_env(),
+        )
         assert out.returncode == 0, out.stderr
         assert "HIGH -> MEDIUM" in out.stdout
         row = row_of(cfg, study_uid)
@@ -324,8 +403,13 @@ def test_worklist_clear_lowers_a_kept_raise_and_is_audited(
     details = clears[0]["objects"][0]
     assert details["id"] == study_uid and details["details"]["reason"] == "pneumothorax ruled out on review"
     assert details["details"]["cleared_raise"] == first_sr
-    verify = subprocess.run([*cli_command(), "audit", "verify", "--config", str(cfg.config_path)],
-                            capture_output=True, text=True, timeout=60, env=node_env())
+    verify = subprocess.run(
+        [*cli_command(), "audit", "verify", "--config", str(cfg.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=node_env(),
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -341,8 +425,11 @@ def test_ups_completed_clears_a_raise(shared: Shared, raised: dict[str, tuple[st
         try:
             query = Dataset()
             query.StudyInstanceUID, query.SOPInstanceUID = study_uid, ""
-            found = [str(i.SOPInstanceUID) for s, i in assoc.send_c_find(query, UnifiedProcedureStepPull)
-                     if s and s.Status in (0xFF00, 0xFF01)]  # read every response before the next request
+            found = [
+                str(i.SOPInstanceUID)
+                for s, i in assoc.send_c_find(query, UnifiedProcedureStepPull)
+                if s and s.Status in (0xFF00, 0xFF01)
+            ]  # read every response before the next request
             (ups_uid,) = found
             txn = generate_uid()
             for state in ("IN PROGRESS", "COMPLETED"):
@@ -362,14 +449,19 @@ def test_ups_completed_clears_a_raise(shared: Shared, raised: dict[str, tuple[st
 
 # --------------------------------------------------------------------------- the order's own priority
 
-@pytest.mark.parametrize(("mode", "order", "expected", "sr_priority"), [
-    ("lower", {"RequestedProcedurePriority": "STAT"}, "HIGH", "MEDIUM"),
-    ("present", {"RequestedProcedurePriority": "ROUTINE"}, "HIGH", "HIGH"),
-    ("lower", {"ScheduledProcedureStepPriority": "LOW"}, "LOW", "MEDIUM"),
-    ("lower", {}, "MEDIUM", "MEDIUM"),
-])
+
+@pytest.mark.parametrize(
+    ("mode", "order", "expected", "sr_priority"),
+    [
+        ("lower", {"RequestedProcedurePriority": "STAT"}, "HIGH", "MEDIUM"),
+        ("present", {"RequestedProcedurePriority": "ROUTINE"}, "HIGH", "HIGH"),
+        ("lower", {"ScheduledProcedureStepPriority": "LOW"}, "LOW", "MEDIUM"),
+        ("lower", {}, "MEDIUM", "MEDIUM"),
+    ],
+)
 def test_the_order_priority_counts_and_the_model_only_raises(
-        shared: Shared, tmp_path: Path, mode: str, order: dict[str, str], expected: str, sr_priority: str) -> None:
+    shared: Shared, tmp_path: Path, mode: str, order: dict[str, str], expected: str, sr_priority: str
+) -> None:
     cfg = shared.config(f"order-{mode}-{len(order)}-{expected}", mode=mode)
     study_uid, series_uid = generate_uid(), generate_uid()
     with running(cfg):
@@ -382,6 +474,7 @@ def test_the_order_priority_counts_and_the_model_only_raises(
 
 
 # --------------------------------------------------------------------------- every decision traceable
+
 
 def test_an_urgent_indeterminate_no_assist_sr_holds_every_computed_score(shared: Shared, tmp_path: Path) -> None:
     cfg = shared.config("indeterminate-fresh", mode="indeterminate")
@@ -440,7 +533,7 @@ def test_the_image_size_comes_from_a_model_loaded_after_start(shared: Shared, tm
 
 
 def test_a_requeued_job_has_no_finished_at(tmp_path: Path) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from node.db.engine import Database
     from node.db.models import TriageJob
@@ -449,7 +542,7 @@ def test_a_requeued_job_has_no_finished_at(tmp_path: Path) -> None:
 
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
     with db.write() as session:
-        queue_study(session, "1.2.3", instance_count=1, now=datetime.now(timezone.utc))
+        queue_study(session, "1.2.3", instance_count=1, now=datetime.now(UTC))
     (job,) = claim_jobs(db, "w1", 1)
     requeue_job(db, job.id, "OSError: disk full")
     with db.session() as session:

@@ -39,9 +39,18 @@ def make_image(path: Path, *, index: int, positive: bool, manufacturer: str = "A
     """A PA chest DX of one stream; positives carry a large bright disc (the label, in the pixels);
     ``drifted`` inverts the grey levels and adds strong noise (a detector software update gone wrong)."""
     rng = np.random.default_rng(index)
-    synthetic_image(path, modality="DX", sop_class=DigitalXRayImageStorageForPresentation, view="PA",
-                    body_part="CHEST", age=40, study_uid=generate_uid(), patient_id=f"P9{index:04d}",
-                    rows=128, cols=128)
+    synthetic_image(
+        path,
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view="PA",
+        body_part="CHEST",
+        age=40,
+        study_uid=generate_uid(),
+        patient_id=f"P9{index:04d}",
+        rows=128,
+        cols=128,
+    )
     ds = pydicom.dcmread(path)
     ds.Manufacturer, ds.ManufacturerModelName, ds.StationName = manufacturer, "Model A", "ROOM1"
     ds.SoftwareVersions = "1.0"
@@ -80,10 +89,13 @@ def send_and_wait(node, cfg: NodeConfig, files: list[Path]) -> list[str]:  # typ
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, module_node_factory) -> Archive:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("issue9")
-    cfg = node_config(root / "node", tiny_model_dir,
-                      http={"enabled": True, "port": 0, "token": TOKEN},
-                      search={"refresh_seconds": 0.5},
-                      drift={"interval_seconds": 0.5, "reference_size": 20, "recent_size": 15, "min_recent": 12})
+    cfg = node_config(
+        root / "node",
+        tiny_model_dir,
+        http={"enabled": True, "port": 0, "token": TOKEN},
+        search={"refresh_seconds": 0.5},
+        drift={"interval_seconds": 0.5, "reference_size": 20, "recent_size": 15, "min_recent": 12},
+    )
     node = module_node_factory(cfg)
     (root / "src").mkdir()
     files = [make_image(root / "src" / f"a{i:03d}.dcm", index=i, positive=i % 2 == 0) for i in range(N_COHORT)]
@@ -99,8 +111,14 @@ def archive(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, modu
 
 
 def cli(cfg: NodeConfig, *args: str, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*cli_command(), *args, "--config", str(cfg.config_path)], capture_output=True, text=True,
-                          env=node_env(), cwd=cfg.root, timeout=timeout)
+    proc = subprocess.run(
+        [*cli_command(), *args, "--config", str(cfg.config_path)],
+        capture_output=True,
+        text=True,
+        env=node_env(),
+        cwd=cfg.root,
+        timeout=timeout,
+    )
     if ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -175,8 +193,20 @@ def test_http_search_needs_the_token(archive: Archive) -> None:
 @pytest.fixture(scope="module")
 def probe(archive: Archive) -> tuple[dict, Path]:
     out = archive.root / "profiles" / "probes" / "pneumothorax.json"
-    proc = cli(archive.cfg, "probe", "train", "--labels", str(archive.labels), "--finding", "pneumothorax",
-               "--out", str(out), "--bootstrap", "200", "--json")
+    proc = cli(
+        archive.cfg,
+        "probe",
+        "train",
+        "--labels",
+        str(archive.labels),
+        "--finding",
+        "pneumothorax",
+        "--out",
+        str(out),
+        "--bootstrap",
+        "200",
+        "--json",
+    )
     assert "random test model" in proc.stderr
     return json.loads(proc.stdout), out
 
@@ -209,9 +239,13 @@ def probe_profile(folder: Path, probe_ref: str) -> Path:
     return path
 
 
-def test_profile_with_the_probe_scores_srs_as_the_probe_by_hand(archive: Archive, probe: tuple[dict, Path],
-                                                                 tiny_model_dir: Path, node_factory,  # type: ignore[no-untyped-def]
-                                                                 tmp_path: Path) -> None:
+def test_profile_with_the_probe_scores_srs_as_the_probe_by_hand(
+    archive: Archive,
+    probe: tuple[dict, Path],
+    tiny_model_dir: Path,
+    node_factory,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     from node.probes.probe import load_probe
     from node.triage.profiles import load_profile
 
@@ -243,18 +277,32 @@ def test_profile_with_the_probe_scores_srs_as_the_probe_by_hand(archive: Archive
     from node.evaluate.run import EvaluationOptions, run_evaluation
     from node.evaluate.tune import tune_profile
 
-    metrics = run_evaluation(archive.cfg.settings(), EvaluationOptions(
-        labels=archive.labels, out_dir=tmp_path / "eval", profile_file=profiles / "cxr.toml", bootstrap=50,
-        progress=False))
+    metrics = run_evaluation(
+        archive.cfg.settings(),
+        EvaluationOptions(
+            labels=archive.labels,
+            out_dir=tmp_path / "eval",
+            profile_file=profiles / "cxr.toml",
+            bootstrap=50,
+            progress=False,
+        ),
+    )
     assert metrics["findings"]["pneumothorax"]["auroc"] > 0.9
-    tuned = tune_profile(archive.cfg.settings(), tmp_path / "eval" / "metrics.json", "cxr", profiles / "tuned.toml",
-                         source=profiles / "cxr.toml", min_positives=10)
+    tuned = tune_profile(
+        archive.cfg.settings(),
+        tmp_path / "eval" / "metrics.json",
+        "cxr",
+        profiles / "tuned.toml",
+        source=profiles / "cxr.toml",
+        min_positives=10,
+    )
     assert "pneumothorax" in tuned.tuned
     assert load_profile(profiles / "tuned.toml").finding("pneumothorax").probe.version == p.version
 
 
-def test_a_probe_for_other_weights_or_preprocessing_is_refused(archive: Archive, probe: tuple[dict, Path],
-                                                               tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_a_probe_for_other_weights_or_preprocessing_is_refused(
+    archive: Archive, probe: tuple[dict, Path], tiny_model_dir: Path, tmp_path: Path
+) -> None:
     from node.config import ConfigError
     from node.service import Node
     from node.triage.profiles import ProfileError, load_profile
@@ -263,7 +311,9 @@ def test_a_probe_for_other_weights_or_preprocessing_is_refused(archive: Archive,
     doc = json.loads(path.read_text())
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "other.json").write_text(json.dumps({**doc, "weights_sha256": "0" * 64}))
-    cfg = node_config(tmp_path / "n", tiny_model_dir, triage={"profiles_dir": probe_profile(tmp_path / "p", "other.json").parent})
+    cfg = node_config(
+        tmp_path / "n", tiny_model_dir, triage={"profiles_dir": probe_profile(tmp_path / "p", "other.json").parent}
+    )
     with pytest.raises(ConfigError, match="other.json"):
         Node(cfg.settings())
     (tmp_path / "q").mkdir()
@@ -316,8 +366,7 @@ def test_drift_alerts_on_changed_images_only(archive: Archive, tmp_path: Path) -
 
     # the same modality and manufacturer after a "software update" that inverts and adds noise: alert
     raised_before = len(audit_lines(cfg, "drift alert raised"))
-    drifted = [make_image(tmp_path / f"d{i}.dcm", index=2000 + i, positive=i % 2 == 0, drifted=True)
-               for i in range(15)]
+    drifted = [make_image(tmp_path / f"d{i}.dcm", index=2000 + i, positive=i % 2 == 0, drifted=True) for i in range(15)]
     send_and_wait(node, cfg, drifted)
     s = drift_json(cfg)[STREAM]
     assert s["alert"] is True and s["p_value"] < 0.01
@@ -325,14 +374,18 @@ def test_drift_alerts_on_changed_images_only(archive: Archive, tmp_path: Path) -
     wait_until(lambda: metric_value(node, "triage_node_drift_alert", STREAM) == 1.0, 30, "the drift gauge at 1")
     wait_until(lambda: len(audit_lines(cfg, "drift alert raised")) > raised_before, 30, "the audit event")
     runs = metric_total(node, "triage_node_drift_runs_total")
-    wait_until(lambda: metric_total(node, "triage_node_drift_runs_total") >= runs + 3, 30,
-               "three more background runs with the alert standing ...")
+    wait_until(
+        lambda: metric_total(node, "triage_node_drift_runs_total") >= runs + 3,
+        30,
+        "three more background runs with the alert standing ...",
+    )
     assert metric_value(node, "triage_node_drift_alert", STREAM) == 1.0
     assert len(audit_lines(cfg, "drift alert raised")) == raised_before + 1  # ... and no second event
 
     # a new manufacturer is a new stream, reported as such
-    other = [make_image(tmp_path / f"n{i}.dcm", index=3000 + i, positive=False, manufacturer="Initech")
-             for i in range(3)]
+    other = [
+        make_image(tmp_path / f"n{i}.dcm", index=3000 + i, positive=False, manufacturer="Initech") for i in range(3)
+    ]
     send_and_wait(node, cfg, other)
     n = drift_json(cfg)["DX|Initech|Model A|ROOM1"]
     assert n["new_stream"] is True and n["alert"] is False and n["n_reference"] == 3

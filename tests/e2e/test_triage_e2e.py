@@ -48,13 +48,33 @@ N_CXR_FINDINGS = 13
 WAIT_S = 120  # generous bound; each wait normally ends within a few seconds
 
 
-def chest_image(path: Path, *, patient_id: str, study_uid: str | None = None, series_uid: str | None = None,
-                number: int = 1, photometric: str = "MONOCHROME2", size: int = 256) -> Path:
+def chest_image(
+    path: Path,
+    *,
+    patient_id: str,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    number: int = 1,
+    photometric: str = "MONOCHROME2",
+    size: int = 256,
+) -> Path:
     """An adult PA chest DX (For Presentation), via the demo's synthetic image."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return synthetic_image(path, modality="DX", sop_class=DigitalXRayImageStorageForPresentation, view="PA",
-                           body_part="CHEST", age=54, study_uid=study_uid or generate_uid(), patient_id=patient_id,
-                           number=number, series_uid=series_uid, photometric=photometric, rows=size, cols=size)
+    return synthetic_image(
+        path,
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view="PA",
+        body_part="CHEST",
+        age=54,
+        study_uid=study_uid or generate_uid(),
+        patient_id=patient_id,
+        number=number,
+        series_uid=series_uid,
+        photometric=photometric,
+        rows=size,
+        cols=size,
+    )
 
 
 def compress(src: Path, dst: Path, transfer_syntax: str) -> Path:
@@ -142,8 +162,11 @@ def healthy(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, modu
         "uncompressed": (sorted(demo["adult PA chest (DX)"].glob("*.dcm")), (), ExplicitVRLittleEndian),
         "rle": ([compress(raw_rle, src / "rle.dcm", RLELossless)], ("-xr",), RLELossless),
         "jpeg2000": ([compress(raw_j2k, src / "j2k.dcm", JPEG2000Lossless)], ("-xv",), JPEG2000Lossless),
-        "monochrome1": ([chest_image(src / "mono1.dcm", patient_id="E2E-MONO1", photometric="MONOCHROME1")], (),
-                        ExplicitVRLittleEndian),
+        "monochrome1": (
+            [chest_image(src / "mono1.dcm", patient_id="E2E-MONO1", photometric="MONOCHROME1")],
+            (),
+            ExplicitVRLittleEndian,
+        ),
     }
     for key, label in NO_ELIGIBLE.items():
         sends[key] = (sorted(demo[label].glob("*.dcm")), (), ExplicitVRLittleEndian)
@@ -161,8 +184,9 @@ def healthy(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, modu
 
 
 @pytest.mark.parametrize("variant", CHEST_VARIANTS)
-def test_chest_study_gets_an_sr_that_validates_and_names_the_weights(healthy: Healthy, variant: str,
-                                                                      e2e_tiny_sha: str) -> None:
+def test_chest_study_gets_an_sr_that_validates_and_names_the_weights(
+    healthy: Healthy, variant: str, e2e_tiny_sha: str
+) -> None:
     study = healthy.studies[variant]
     db = healthy.db
     images = [r for r in study_instances(db, study.study_uid) if r[0] != "SR"]
@@ -210,8 +234,14 @@ def test_lateral_child_and_ct_get_no_assist(healthy: Healthy, kind: str) -> None
 
 
 def test_worklist_cli_lists_every_study_most_urgent_first_never_low(healthy: Healthy) -> None:
-    proc = subprocess.run([*cli_command(), "worklist", "--json", "--config", str(healthy.cfg.config_path)],
-                          capture_output=True, text=True, timeout=120, env=node_env(), check=False)
+    proc = subprocess.run(
+        [*cli_command(), "worklist", "--json", "--config", str(healthy.cfg.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=node_env(),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     items = json.loads(proc.stdout)
     by_study = {item["study_instance_uid"]: item for item in items}
@@ -238,16 +268,23 @@ def test_late_instance_leads_to_a_superseding_sr(healthy: Healthy, tmp_path: Pat
     first_sr = row["sr_sop_instance_uid"]
     first_path = sr_path(cfg, db, study_uid)
 
-    late = chest_image(tmp_path / "late.dcm", patient_id="E2E-LATE", study_uid=study_uid, series_uid=series_uid,
-                       number=2)
+    late = chest_image(
+        tmp_path / "late.dcm", patient_id="E2E-LATE", study_uid=study_uid, series_uid=series_uid, number=2
+    )
     send_files(cfg.port, [late])
-    row = wait_until(lambda: (r := worklist_row(db, study_uid)) and r["sr_sop_instance_uid"] != first_sr and r,
-                     WAIT_S, "a superseding SR")
+    row = wait_until(
+        lambda: (r := worklist_row(db, study_uid)) and r["sr_sop_instance_uid"] != first_sr and r,
+        WAIT_S,
+        "a superseding SR",
+    )
     second_sr = row["sr_sop_instance_uid"]
 
     # The row is written before the job is marked done: wait for that, do not race it.
-    jobs = wait_until(lambda: (js := study_jobs(db, study_uid)) and [j.state for j in js] == ["done", "done"]
-                      and js, WAIT_S, "both jobs done")
+    wait_until(
+        lambda: (js := study_jobs(db, study_uid)) and [j.state for j in js] == ["done", "done"] and js,
+        WAIT_S,
+        "both jobs done",
+    )
     srs = sr_instances(db, study_uid)
     assert sorted(r[1] for r in srs) == sorted([first_sr, second_sr])  # the first SR is kept
     assert first_path.is_file()
@@ -258,7 +295,10 @@ def test_late_instance_leads_to_a_superseding_sr(healthy: Healthy, tmp_path: Pat
     first_ds = pydicom.dcmread(first_path)
     assert predecessor is not None
     assert (predecessor.study_instance_uid, predecessor.series_instance_uid, predecessor.sop_instance_uid) == (
-        study_uid, str(first_ds.SeriesInstanceUID), first_sr)
+        study_uid,
+        str(first_ds.SeriesInstanceUID),
+        first_sr,
+    )
     assert read_predecessor(first_ds) is None
     result = read_triage_sr(second)
     late_uid = uid_of(late)[1]
@@ -269,8 +309,7 @@ def test_late_instance_leads_to_a_superseding_sr(healthy: Healthy, tmp_path: Pat
 
 
 # =========================================================================== a model that cannot load
-def test_model_failing_to_load_gives_no_assist_srs_and_a_running_node(
-        tmp_path: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_model_failing_to_load_gives_no_assist_srs_and_a_running_node(tmp_path: Path, node_factory) -> None:  # type: ignore[no-untyped-def]
     garbage = tmp_path / "garbage-model"
     garbage.mkdir()
     (garbage / "config.json").write_text("{ this is not a model config")
@@ -278,9 +317,16 @@ def test_model_failing_to_load_gives_no_assist_srs_and_a_running_node(
     cfg = node_config(tmp_path / "node", garbage)
     node = node_factory(cfg)
     chest = chest_image(tmp_path / "src" / "chest.dcm", patient_id="E2E-NOMODEL")
-    lateral = synthetic_image(tmp_path / "src" / "lateral.dcm", modality="DX",
-                              sop_class=DigitalXRayImageStorageForPresentation, view="LL", body_part="CHEST",
-                              age=60, study_uid=generate_uid(), patient_id="E2E-NOMODEL-LAT")
+    lateral = synthetic_image(
+        tmp_path / "src" / "lateral.dcm",
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view="LL",
+        body_part="CHEST",
+        age=60,
+        study_uid=generate_uid(),
+        patient_id="E2E-NOMODEL-LAT",
+    )
     send_files(cfg.port, [chest, lateral])
     chest_uid, lateral_uid = uid_of(chest)[0], uid_of(lateral)[0]
     db = node.db
@@ -311,8 +357,7 @@ def _slow_study(folder: Path, n: int) -> list[Path]:
     """One PA chest study of ``n`` large JPEG 2000 images: decoding them keeps the job running for
     seconds (one image is encoded, the others are copies with their own UIDs)."""
     study_uid, series_uid = generate_uid(), generate_uid()
-    raw = chest_image(folder / "raw.dcm", patient_id="E2E-KILL", study_uid=study_uid, series_uid=series_uid,
-                      size=2048)
+    raw = chest_image(folder / "raw.dcm", patient_id="E2E-KILL", study_uid=study_uid, series_uid=series_uid, size=2048)
     ds = pydicom.dcmread(raw)
     ds.compress(JPEG2000Lossless)
     raw.unlink()
@@ -327,7 +372,8 @@ def _slow_study(folder: Path, n: int) -> list[Path]:
 
 @pytest.mark.slow
 def test_kill_during_a_job_then_restart_completes_it_exactly_once(
-        tmp_path: Path, tiny_model_dir: Path, serve_factory) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, tiny_model_dir: Path, serve_factory
+) -> None:  # type: ignore[no-untyped-def]
     cfg = node_config(tmp_path / "node", tiny_model_dir)
     server = serve_factory(cfg)
     server.start()
@@ -340,8 +386,12 @@ def test_kill_during_a_job_then_restart_completes_it_exactly_once(
         send_files(cfg.port, files, "-xv")
         study_uid = uid_of(files[0])[0]
         sent.append(study_uid)
-        job = wait_until(lambda: next((j for j in study_jobs(db, study_uid) if j.state in ("running", "done")), None),
-                         WAIT_S, "the triage job to start", interval=0.02)
+        job = wait_until(
+            lambda: next((j for j in study_jobs(db, study_uid) if j.state in ("running", "done")), None),
+            WAIT_S,
+            "the triage job to start",
+            interval=0.02,
+        )
         if job.state == "running":
             server.kill()
             caught = job.id
@@ -355,8 +405,11 @@ def test_kill_during_a_job_then_restart_completes_it_exactly_once(
 
     server.start()  # the restart takes back the dead worker's job
     for study_uid in sent:
-        wait_until(lambda: [j.state for j in study_jobs(db, study_uid)] == ["done"], WAIT_S,
-                   f"the job to complete after the restart\n{server.output()}")
+        wait_until(
+            lambda: [j.state for j in study_jobs(db, study_uid)] == ["done"],
+            WAIT_S,
+            f"the job to complete after the restart\n{server.output()}",
+        )
     assert server.stop() == 0
 
     for study_uid in sent:
@@ -366,8 +419,11 @@ def test_kill_during_a_job_then_restart_completes_it_exactly_once(
             assert job.attempts == 2
         srs = sr_instances(db, study_uid)
         assert len(srs) == 1, srs
-        on_disk = [p for p in (cfg.storage / study_uid).rglob("*.dcm")
-                   if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR"]
+        on_disk = [
+            p
+            for p in (cfg.storage / study_uid).rglob("*.dcm")
+            if pydicom.dcmread(p, stop_before_pixels=True).Modality == "SR"
+        ]
         assert [p.stem for p in on_disk] == [srs[0][1]]
         items = [i for i in _worklist(db) if i["study_instance_uid"] == study_uid]
         assert len(items) == 1 and items[0]["sr_sop_instance_uid"] == srs[0][1]
@@ -378,8 +434,15 @@ def test_kill_during_a_job_then_restart_completes_it_exactly_once(
 # =========================================================================== the demo
 @pytest.mark.slow
 def test_demo_runs_and_says_its_model_is_random(tmp_path: Path) -> None:
-    proc = subprocess.run([*cli_command(), "demo"], capture_output=True, text=True, timeout=300,
-                          env=node_env(TMPDIR=str(tmp_path)), cwd=tmp_path, check=False)
+    proc = subprocess.run(
+        [*cli_command(), "demo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=node_env(TMPDIR=str(tmp_path)),
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RANDOM TEST MODEL" in proc.stdout
     assert "MEAN NOTHING" in proc.stdout

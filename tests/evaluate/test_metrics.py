@@ -121,12 +121,15 @@ def test_too_few_positives_is_loud() -> None:
     assert m["suggested"]["warning"] == "too few positives to set a threshold"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("uid,pneumothorax\n1.2,1\n", "study_instance_uid or accession_number"),
-    ("study_instance_uid,site\n1.2,a\n", "no column for any finding"),
-    ("study_instance_uid,pneumothorax\n1.2,yes\n", "line 2, column pneumothorax: 'yes' is not 1, 0 or empty"),
-    ("study_instance_uid,pneumothorax\n1.2,1\n1.2,0\n", "already on line 2"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("uid,pneumothorax\n1.2,1\n", "study_instance_uid or accession_number"),
+        ("study_instance_uid,site\n1.2,a\n", "no column for any finding"),
+        ("study_instance_uid,pneumothorax\n1.2,yes\n", "line 2, column pneumothorax: 'yes' is not 1, 0 or empty"),
+        ("study_instance_uid,pneumothorax\n1.2,1\n1.2,0\n", "already on line 2"),
+    ],
+)
 def test_bad_labels_are_named(tmp_path, text: str, message: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "labels.csv"
     path.write_text(text)

@@ -22,16 +22,39 @@ def fake_metrics(tmp_path: Path, *, n_pos: int = 40, version: str | None = None)
     profile = load_profile(CXR)
 
     def finding(threshold: float, band: list[float]) -> dict:
-        return {"n_pos": n_pos, "n_neg": 200, "auroc": 0.81234567, "auroc_ci": [0.75, 0.86],
-                "suggested": {"method": "target-sensitivity", "threshold": threshold, "indeterminate_band": band,
-                              "target_sensitivity": 0.95, "sensitivity": 0.95, "specificity": 0.4}}
+        return {
+            "n_pos": n_pos,
+            "n_neg": 200,
+            "auroc": 0.81234567,
+            "auroc_ci": [0.75, 0.86],
+            "suggested": {
+                "method": "target-sensitivity",
+                "threshold": threshold,
+                "indeterminate_band": band,
+                "target_sensitivity": 0.95,
+                "sensitivity": 0.95,
+                "specificity": 0.4,
+            },
+        }
 
-    block = {"n_studies": 240, "not_eligible": {"out-of-domain": 3},
-             "findings": {"pneumothorax": finding(0.31234567, [0.29, 0.335]),
-                          "pleural_effusion": finding(0.7, [0.66, 0.74])}}
-    metrics = {"profile": "cxr", "profile_version": version or profile.version, "weights_sha256": "c" * 64,
-               "preprocessing_version": "tn-pre-1", "target_sensitivity": 0.95, "n_studies": 240,
-               "findings": block["findings"], "preprocessing": {"tn-pre-1": block}}
+    block = {
+        "n_studies": 240,
+        "not_eligible": {"out-of-domain": 3},
+        "findings": {
+            "pneumothorax": finding(0.31234567, [0.29, 0.335]),
+            "pleural_effusion": finding(0.7, [0.66, 0.74]),
+        },
+    }
+    metrics = {
+        "profile": "cxr",
+        "profile_version": version or profile.version,
+        "weights_sha256": "c" * 64,
+        "preprocessing_version": "tn-pre-1",
+        "target_sensitivity": 0.95,
+        "n_studies": 240,
+        "findings": block["findings"],
+        "preprocessing": {"tn-pre-1": block},
+    }
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps(metrics))
     return path
@@ -40,8 +63,13 @@ def fake_metrics(tmp_path: Path, *, n_pos: int = 40, version: str | None = None)
 def tune(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "node.toml"
     config.write_text(f'[triage]\nprofiles_dir = "{CXR.parent}"\n')
-    return subprocess.run([sys.executable, "-m", "node.cli", "profile", "tune", "--config", str(config), *args],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", "profile", "tune", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
 
 
 def test_tune_writes_a_new_calibrated_profile(tmp_path: Path) -> None:
@@ -90,7 +118,9 @@ def test_calibration_table_is_checked(tmp_path: Path) -> None:
     from node.triage.profiles import ProfileError
 
     path = tmp_path / "cxr.toml"
-    path.write_text(CXR.read_text() + '\n[calibration]\nevaluation_sha256 = "x"\ndate = "d"\ncohort_size = -1\n'
-                    'target_sensitivity = 0.9\nweights_sha256 = "w"\npreprocessing_version = "tn-pre-1"\n')
+    path.write_text(
+        CXR.read_text() + '\n[calibration]\nevaluation_sha256 = "x"\ndate = "d"\ncohort_size = -1\n'
+        'target_sensitivity = 0.9\nweights_sha256 = "w"\npreprocessing_version = "tn-pre-1"\n'
+    )
     with pytest.raises(ProfileError, match="calibration.cohort_size"):
         load_profile(path)

@@ -32,8 +32,9 @@ pytestmark = [pytest.mark.dcmtk, needs_tools("Orthanc", "storescu")]
 
 
 # --------------------------------------------------------------------------- tests
-def test_sr_reaches_orthanc_without_manual_step(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
-                                                node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_sr_reaches_orthanc_without_manual_step(
+    tmp_path: Path, tiny_model_dir: Path, orthanc_factory, node_factory
+) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()
     orthanc.start()
     cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send="sr")
@@ -58,11 +59,13 @@ def test_sr_reaches_orthanc_without_manual_step(tmp_path: Path, tiny_model_dir: 
     assert outbox_json(cfg) == []  # nothing pending, nothing dead
 
 
-def test_sr_waits_in_outbox_while_orthanc_is_down(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
-                                                  node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_sr_waits_in_outbox_while_orthanc_is_down(
+    tmp_path: Path, tiny_model_dir: Path, orthanc_factory, node_factory
+) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()  # configured, not started: its DICOM port refuses connections
-    cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send="sr",
-                          initial_backoff_seconds=0.3, max_backoff_seconds=1.0)
+    cfg = forwarding_node(
+        tmp_path / "node", tiny_model_dir, orthanc, send="sr", initial_backoff_seconds=0.3, max_backoff_seconds=1.0
+    )
     node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "FWD-DOWN")
     sr = sr_uid(node, study_uid)
@@ -74,8 +77,7 @@ def test_sr_waits_in_outbox_while_orthanc_is_down(tmp_path: Path, tiny_model_dir
     assert item["state"] == "pending" and item["attempts"] >= 1
     assert item["destination"] == f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     assert item["last_error"] and item["next_attempt_at"]
-    assert set(item) >= {"id", "destination", "sop_instance_uid", "state", "attempts", "last_error",
-                         "next_attempt_at"}
+    assert set(item) >= {"id", "destination", "sop_instance_uid", "state", "attempts", "last_error", "next_attempt_at"}
 
     orthanc.start()
     wait_until(lambda: orthanc.has_instance(sr), WAIT_S, "the SR in Orthanc after it came back")
@@ -85,11 +87,17 @@ def test_sr_waits_in_outbox_while_orthanc_is_down(tmp_path: Path, tiny_model_dir
     assert failed, "failed attempts are audited too"
 
 
-def test_dead_letter_is_listed_and_retried(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
-                                           node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_dead_letter_is_listed_and_retried(tmp_path: Path, tiny_model_dir: Path, orthanc_factory, node_factory) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()
-    cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send="sr",
-                          initial_backoff_seconds=0.1, max_backoff_seconds=0.2, max_age_seconds=1.0)
+    cfg = forwarding_node(
+        tmp_path / "node",
+        tiny_model_dir,
+        orthanc,
+        send="sr",
+        initial_backoff_seconds=0.1,
+        max_backoff_seconds=0.2,
+        max_age_seconds=1.0,
+    )
     node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "FWD-DEAD")
     sr = sr_uid(node, study_uid)
@@ -112,13 +120,13 @@ def test_dead_letter_is_listed_and_retried(tmp_path: Path, tiny_model_dir: Path,
     assert outbox_json(cfg) == []
     from node import metrics
 
-    dead = metrics.REGISTRY.get_sample_value("triage_node_forward_dead_letters_total",
-                                             {"destination": item["destination"]})
+    dead = metrics.REGISTRY.get_sample_value(
+        "triage_node_forward_dead_letters_total", {"destination": item["destination"]}
+    )
     assert dead and dead >= 1
 
 
-def test_send_both_forwards_the_images_too(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
-                                           node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_send_both_forwards_the_images_too(tmp_path: Path, tiny_model_dir: Path, orthanc_factory, node_factory) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()
     orthanc.start()
     cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send="both")
@@ -128,10 +136,14 @@ def test_send_both_forwards_the_images_too(tmp_path: Path, tiny_model_dir: Path,
 
     for uid in [*image_uids, sr]:
         wait_until(lambda uid=uid: orthanc.has_instance(uid), WAIT_S, f"instance {uid} in Orthanc")
-    rows = wait_until(lambda: (lambda rs: rs if rs and all(r.state == "sent" for r in rs) else None)(
-        outbox_rows(node, study_uid)), WAIT_S, "every row sent")
+    rows = wait_until(
+        lambda: (lambda rs: rs if rs and all(r.state == "sent" for r in rs) else None)(outbox_rows(node, study_uid)),
+        WAIT_S,
+        "every row sent",
+    )
     assert sorted((r.kind, r.sop_instance_uid) for r in rows) == sorted(
-        [("instance", u) for u in image_uids] + [("sr", sr)])
+        [("instance", u) for u in image_uids] + [("sr", sr)]
+    )
 
     from node.forward.outbox import enqueue_study
 

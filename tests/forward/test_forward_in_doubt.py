@@ -55,8 +55,11 @@ def test_in_doubt_row_is_not_sent_again_when_the_destination_holds_it(
         wait_until(lambda: all(r.state == SENT for r in rows().values()), 60, "both rows sent")
         # Orthanc counts a store after it acknowledged it: wait for the count of the one it did not hold
         # (sent in the same round), not for a guessed second, before reading the other's count
-        received = wait_until(lambda: (lambda got: got if got[not_delivered] >= 1 else None)(orthanc.received()), 30,
-                              "Orthanc to count the instance it did not hold")
+        received = wait_until(
+            lambda: (lambda got: got if got[not_delivered] >= 1 else None)(orthanc.received()),
+            30,
+            "Orthanc to count the instance it did not hold",
+        )
         assert received[delivered] == 1, "the instance Orthanc already held was sent again"
         assert received[not_delivered] == 1
         assert orthanc.index_count(delivered) == orthanc.index_count(not_delivered) == 1

@@ -3,7 +3,7 @@ sent, exponential backoff capped at max_backoff, dead after max_age, requeue of 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from node.config import ForwardingSection
 from node.db.engine import Database
@@ -22,9 +22,18 @@ POLICY = ForwardingSection(initial_backoff_seconds=1, max_backoff_seconds=4, max
 
 def _rows(db: Database, n: int, created: datetime) -> list[int]:
     with db.write() as session:
-        items = [OutboxItem(destination="PACS@127.0.0.1:104", kind="sr", study_instance_uid="1.2.3",
-                            sop_instance_uid=f"1.2.3.{i}", path=f"x/{i}.dcm", created_at=created,
-                            next_attempt_at=created) for i in range(n)]
+        items = [
+            OutboxItem(
+                destination="PACS@127.0.0.1:104",
+                kind="sr",
+                study_instance_uid="1.2.3",
+                sop_instance_uid=f"1.2.3.{i}",
+                path=f"x/{i}.dcm",
+                created_at=created,
+                next_attempt_at=created,
+            )
+            for i in range(n)
+        ]
         session.add_all(items)
         session.flush()
         return [i.id for i in items]
@@ -38,7 +47,7 @@ def test_backoff_doubles_and_is_capped() -> None:
 def test_claim_send_retry_dead_requeue(db_url: str) -> None:
     db = Database(db_url)
     try:
-        t0 = datetime.now(timezone.utc) - timedelta(seconds=1)
+        t0 = datetime.now(UTC) - timedelta(seconds=1)
         ids = _rows(db, 3, t0)
         first = claim_due(db, limit=2, lease_seconds=60)
         assert [c.id for c in first] == ids[:2]
@@ -46,7 +55,7 @@ def test_claim_send_retry_dead_requeue(db_url: str) -> None:
         assert claim_due(db, limit=10, lease_seconds=60) == []
 
         mark_sent(db, [ids[0]])
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         assert mark_failed(db, {ids[1]: "no C-STORE response"}, POLICY, now, jitter=False) == []
         listed = {i["id"]: i for i in list_items(db)}
         assert ids[0] not in listed  # sent rows are not listed
@@ -84,14 +93,25 @@ def test_enqueue_study_follows_send_and_is_idempotent(db_url: str, tmp_path) -> 
 
     db = Database(db_url)
     try:
-        ingestor = Ingestor(db, FileStore(tmp_path / "storage", fsync=False), max_dataset_bytes=10**8,
-                            min_free_bytes=0)
+        ingestor = Ingestor(db, FileStore(tmp_path / "storage", fsync=False), max_dataset_bytes=10**8, min_free_bytes=0)
         study_uid, series_uid = generate_uid(), generate_uid()
 
         def store(n: int) -> str:
-            path = synthetic_image(tmp_path / f"{n}.dcm", modality="DX", sop_class=DigitalXRayImageStorageForPresentation,
-                                   view="PA", body_part="CHEST", age=50, study_uid=study_uid, patient_id="Q",
-                                   number=n, series_uid=series_uid, photometric="MONOCHROME2", rows=16, cols=16)
+            path = synthetic_image(
+                tmp_path / f"{n}.dcm",
+                modality="DX",
+                sop_class=DigitalXRayImageStorageForPresentation,
+                view="PA",
+                body_part="CHEST",
+                age=50,
+                study_uid=study_uid,
+                patient_id="Q",
+                number=n,
+                series_uid=series_uid,
+                photometric="MONOCHROME2",
+                rows=16,
+                cols=16,
+            )
             ds = pydicom.dcmread(path)
             buf = DicomBytesIO()
             buf.is_little_endian, buf.is_implicit_VR = True, False
@@ -100,8 +120,10 @@ def test_enqueue_study_follows_send_and_is_idempotent(db_url: str, tmp_path) -> 
             return str(ds.SOPInstanceUID)
 
         sr, img1, img2 = store(1), store(2), store(3)  # the first plays the SR
-        dests = [ForwardDestination(ae_title=f"D{send}", host="127.0.0.1", port=104, send=send)
-                 for send in ("sr", "study", "both")]
+        dests = [
+            ForwardDestination(ae_title=f"D{send}", host="127.0.0.1", port=104, send=send)
+            for send in ("sr", "study", "both")
+        ]
 
         def enqueue() -> int:
             with db.write() as session:
@@ -115,8 +137,12 @@ def test_enqueue_study_follows_send_and_is_idempotent(db_url: str, tmp_path) -> 
             rows = session.execute(select(OutboxItem.destination, OutboxItem.kind, OutboxItem.sop_instance_uid)).all()
         got = sorted(tuple(r) for r in rows)
         sr_d, study_d, both_d = (destination_key(d) for d in dests)
-        assert got == sorted([(sr_d, "sr", sr)] + [(study_d, "instance", u) for u in (img1, img2, img3)]
-                             + [(both_d, "sr", sr)] + [(both_d, "instance", u) for u in (img1, img2, img3)])
+        assert got == sorted(
+            [(sr_d, "sr", sr)]
+            + [(study_d, "instance", u) for u in (img1, img2, img3)]
+            + [(both_d, "sr", sr)]
+            + [(both_d, "instance", u) for u in (img1, img2, img3)]
+        )
     finally:
         db.dispose()
 
@@ -128,7 +154,7 @@ def test_a_dead_forwarders_rows_are_due_again_after_the_lease(db_url: str) -> No
 
     db = Database(db_url)
     try:
-        t0 = datetime.now(timezone.utc) - timedelta(seconds=1)
+        t0 = datetime.now(UTC) - timedelta(seconds=1)
         ids = _rows(db, 2, t0)
         held = claim_due(db, limit=2, lease_seconds=30, now=t0)  # process A claims both, then dies
         assert [c.id for c in held] == ids

@@ -42,9 +42,21 @@ def flaky_scp():  # type: ignore[no-untyped-def]
 
 def test_missing_response_and_failure_are_retried_warning_counts_as_sent(tmp_path: Path, flaky_scp) -> None:  # type: ignore[no-untyped-def]
     port, plan, received = flaky_scp
-    path = synthetic_image(tmp_path / "dx.dcm", modality="DX", sop_class=DigitalXRayImageStorageForPresentation,
-                           view="PA", body_part="CHEST", age=50, study_uid=generate_uid(), patient_id="S",
-                           number=1, series_uid=generate_uid(), photometric="MONOCHROME2", rows=16, cols=16)
+    path = synthetic_image(
+        tmp_path / "dx.dcm",
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view="PA",
+        body_part="CHEST",
+        age=50,
+        study_uid=generate_uid(),
+        patient_id="S",
+        number=1,
+        series_uid=generate_uid(),
+        photometric="MONOCHROME2",
+        rows=16,
+        cols=16,
+    )
     dest = ForwardDestination(ae_title="FLAKY", host="127.0.0.1", port=port)
     plan.extend(["hang", 0xA700, 0xB007, 0x0000])
 
@@ -69,9 +81,9 @@ def test_missing_response_and_failure_are_retried_warning_counts_as_sent(tmp_pat
 
 _EXT = {
     "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-              "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     "client": "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-              "extendedKeyUsage=clientAuth\n",
+    "extendedKeyUsage=clientAuth\n",
 }
 
 
@@ -82,13 +94,43 @@ def _pki(d: Path) -> Path:
         subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
 
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=Fwd Test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Fwd Test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
     for name in ("server", "client"):
         openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=fwd-{name}")
         (d / f"{name}.ext").write_text(_EXT[name])
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
     return d
 
 
@@ -102,21 +144,47 @@ def test_tls_destination_with_client_certificate(tmp_path: Path, require_tools) 
     ae = AE(ae_title="TLSPACS")
     ae.add_supported_context(DXStorage, [ExplicitVRLittleEndian])
     port = free_port()
-    ctx = server_context(TlsSection(enabled=True, cert_file=pki / "server.crt", key_file=pki / "server.key",
-                                    ca_file=pki / "ca.crt"))  # client certificate required
-    server = ae.start_server(("127.0.0.1", port), block=False, ssl_context=ctx, evt_handlers=[
-        (evt.EVT_C_STORE, lambda event: received.append(str(event.request.AffectedSOPInstanceUID)) or 0x0000)])
+    ctx = server_context(
+        TlsSection(enabled=True, cert_file=pki / "server.crt", key_file=pki / "server.key", ca_file=pki / "ca.crt")
+    )  # client certificate required
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        ssl_context=ctx,
+        evt_handlers=[
+            (evt.EVT_C_STORE, lambda event: received.append(str(event.request.AffectedSOPInstanceUID)) or 0x0000)
+        ],
+    )
     try:
-        path = synthetic_image(tmp_path / "dx.dcm", modality="DX", sop_class=DigitalXRayImageStorageForPresentation,
-                               view="PA", body_part="CHEST", age=50, study_uid=generate_uid(), patient_id="T",
-                               number=1, series_uid=generate_uid(), photometric="MONOCHROME2", rows=16, cols=16)
-        with_cert = ForwardDestination(ae_title="TLSPACS", host="127.0.0.1", port=port, tls=RemoteTls(
-            enabled=True, ca_file=pki / "ca.crt", cert_file=pki / "client.crt", key_file=pki / "client.key"))
+        path = synthetic_image(
+            tmp_path / "dx.dcm",
+            modality="DX",
+            sop_class=DigitalXRayImageStorageForPresentation,
+            view="PA",
+            body_part="CHEST",
+            age=50,
+            study_uid=generate_uid(),
+            patient_id="T",
+            number=1,
+            series_uid=generate_uid(),
+            photometric="MONOCHROME2",
+            rows=16,
+            cols=16,
+        )
+        with_cert = ForwardDestination(
+            ae_title="TLSPACS",
+            host="127.0.0.1",
+            port=port,
+            tls=RemoteTls(
+                enabled=True, ca_file=pki / "ca.crt", cert_file=pki / "client.crt", key_file=pki / "client.key"
+            ),
+        )
         (r,) = send_batch(with_cert, [SendItem(1, path)], calling_ae="TRIAGE_NODE", timeout=5)
         assert r.ok, r.error
         assert len(received) == 1
-        no_cert = ForwardDestination(ae_title="TLSPACS", host="127.0.0.1", port=port,
-                                     tls=RemoteTls(enabled=True, ca_file=pki / "ca.crt"))
+        no_cert = ForwardDestination(
+            ae_title="TLSPACS", host="127.0.0.1", port=port, tls=RemoteTls(enabled=True, ca_file=pki / "ca.crt")
+        )
         (r,) = send_batch(no_cert, [SendItem(2, path)], calling_ae="TRIAGE_NODE", timeout=5)
         assert not r.ok and len(received) == 1
     finally:

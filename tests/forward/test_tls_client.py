@@ -11,8 +11,10 @@ from node.dimse.tls import client_tls_args
 
 def test_forwarding_and_move_destinations_share_the_client_context() -> None:
     tls = RemoteTls(enabled=True)
-    for peer in (ForwardDestination(ae_title="PACS", host="pacs.example", port=11112, tls=tls),
-                 RemoteNode(ae_title="VIEWER", host="viewer.example", port=104, tls=tls)):
+    for peer in (
+        ForwardDestination(ae_title="PACS", host="pacs.example", port=11112, tls=tls),
+        RemoteNode(ae_title="VIEWER", host="viewer.example", port=104, tls=tls),
+    ):
         args = client_tls_args(peer)
         assert args is not None
         ctx, host = args

@@ -3,7 +3,7 @@ raises leaves nothing behind, and the writer lock is free again either way."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from node.triage.jobs import queue_study
 
 def test_write_commits_or_rolls_back(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'index.db'}")
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with db.write() as session:
         job, created = queue_study(session, "1.2.3", instance_count=2, now=now)
     assert created

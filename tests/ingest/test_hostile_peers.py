@@ -57,10 +57,10 @@ def _legit_echo_and_store(node, dicom_factory) -> float:  # type: ignore[no-unty
 
 
 @pytest.mark.parametrize("count", [16, 200])
-def test_hostile_sockets_do_not_lock_out_legitimate_peers(count, tmp_path, make_settings, node_factory,
-                                                          dicom_factory) -> None:
-    node = node_factory(make_settings(tmp_path, dicom={"max_associations": 16,
-                                                       "handshake_timeout_seconds": HANDSHAKE}))
+def test_hostile_sockets_do_not_lock_out_legitimate_peers(
+    count, tmp_path, make_settings, node_factory, dicom_factory
+) -> None:
+    node = node_factory(make_settings(tmp_path, dicom={"max_associations": 16, "handshake_timeout_seconds": HANDSHAKE}))
     with ExitStack() as stack:
         for i in range(count):
             stack.callback(_hostile(node.listener.port, KINDS[i % len(KINDS)]).close)
@@ -89,8 +89,11 @@ def test_handshake_deadline_drops_a_stalled_connection_and_audits_it(tmp_path, m
     assert s.recv(100) == b""  # closed by the node
     assert time.monotonic() - start < 1 + 1
     s.close()
-    entries = wait_until(lambda: [e for e in audit_entries(node.settings.audit.path)
-                                if "association_timeout" in e["outcome_desc"]], 5, what="audit line")
+    entries = wait_until(
+        lambda: [e for e in audit_entries(node.settings.audit.path) if "association_timeout" in e["outcome_desc"]],
+        5,
+        what="audit line",
+    )
     assert entries[0]["event_id"]["code"] == "110113"
     assert entries[0]["participants"][0]["network_address"] == "127.0.0.1"
 
@@ -121,8 +124,7 @@ def _associate(port: int) -> AE:
     return assoc
 
 
-def test_half_sent_pdu_in_an_association_is_timed_out_and_frees_the_slot(tmp_path, make_settings,
-                                                                         node_factory) -> None:
+def test_half_sent_pdu_in_an_association_is_timed_out_and_frees_the_slot(tmp_path, make_settings, node_factory) -> None:
     node = node_factory(make_settings(tmp_path, dicom={"max_associations": 1, "network_timeout_seconds": 2}))
     assoc = _associate(node.listener.port)
     raw = assoc.dul.socket.socket
@@ -139,8 +141,11 @@ def test_pdu_larger_than_max_pdu_is_refused_before_it_is_buffered(tmp_path, make
     raw.sendall(struct.pack(">BBL", 0x04, 0, 0xFFFFFFFF) + b"\x00" * 1000)
     wait_until(lambda: node.listener.active_associations() == 0, 5, what="the association to be aborted")
     assoc.abort()
-    entries = wait_until(lambda: [e for e in audit_entries(node.settings.audit.path)
-                                if "pdu_refused" in e["outcome_desc"]], 5, what="audit line")
+    entries = wait_until(
+        lambda: [e for e in audit_entries(node.settings.audit.path) if "pdu_refused" in e["outcome_desc"]],
+        5,
+        what="audit line",
+    )
     assert "limit" in entries[0]["outcome_desc"]
     assert py_echo(node.listener.port) == 0
 

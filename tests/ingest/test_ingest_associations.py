@@ -17,13 +17,18 @@ from tests.support.polling import wait_until
 
 
 def echoscu(port: int, aet: str, aec: str = NODE_AE) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["echoscu", "-aet", aet, "-aec", aec, "-to", "10", "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["echoscu", "-aet", aet, "-aec", aec, "-to", "10", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def rejections(audit_path) -> list[dict]:  # type: ignore[no-untyped-def]
-    return [e for e in audit_entries(audit_path)
-            if e["event_id"]["code"] == "110113" and "rejected" in e["outcome_desc"]]
+    return [
+        e for e in audit_entries(audit_path) if e["event_id"]["code"] == "110113" and "rejected" in e["outcome_desc"]
+    ]
 
 
 def test_echo_with_our_scu_and_pynetdicom(running_node) -> None:
@@ -36,8 +41,11 @@ def test_echo_with_our_scu_and_pynetdicom(running_node) -> None:
 def test_echo_with_dcmtk_echoscu(running_node) -> None:
     result = echoscu(running_node.listener.port, "STORESCU")
     assert result.returncode == 0, result.stdout + result.stderr
-    accepted = [e for e in audit_entries(running_node.settings.audit.path)
-                if e["event_id"]["code"] == "110113" and e["outcome_desc"] == "association accepted"]
+    accepted = [
+        e
+        for e in audit_entries(running_node.settings.audit.path)
+        if e["event_id"]["code"] == "110113" and e["outcome_desc"] == "association accepted"
+    ]
     assert any(p["user_id"] == "STORESCU" for e in accepted for p in e["participants"])
 
 
@@ -95,8 +103,11 @@ def test_max_associations_is_enforced(tmp_path, make_settings, node_factory) -> 
             assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
             assert assoc.is_established
             held.append(assoc)
-        wait_until(lambda: len(node.listener.ae.active_associations) >= limit, 10,
-                 what="the node to count the held associations")
+        wait_until(
+            lambda: len(node.listener.ae.active_associations) >= limit,
+            10,
+            what="the node to count the held associations",
+        )
         extra = AE(ae_title="PYSCU")
         extra.add_requested_context(Verification)
         refused = extra.associate("127.0.0.1", port, ae_title=NODE_AE)

@@ -25,8 +25,9 @@ from tests.support.serve import run_cli
 def active_log(tmp_path, make_settings, node_factory, dicom_factory, capfd):  # type: ignore[no-untyped-def]
     """A node that has accepted, refused, stored and queued, then stopped. Returns (settings,
     config path, the sent CT paths, operational log text)."""
-    settings = make_settings(tmp_path, node={"log_level": "info"},
-                             stability={"quiet_seconds": 0.5, "tick_seconds": 0.1})
+    settings = make_settings(
+        tmp_path, node={"log_level": "info"}, stability={"quiet_seconds": 0.5, "tick_seconds": 0.1}
+    )
     node = node_factory(settings)
     from node import oplog
 
@@ -36,8 +37,11 @@ def active_log(tmp_path, make_settings, node_factory, dicom_factory, capfd):  # 
     assert py_echo(port, calling_ae="INTRUDER") is None
     ct = dicom_factory.ct_series(3, size=64)
     assert [r.status for r in send(ct, Destination(NODE_AE, "127.0.0.1", port), calling_ae="TRIAGE_SCU")] == [0] * 3
-    wait_until(lambda: any(e["outcome_desc"] == "triage job queued" for e in audit_entries(settings.audit.path)),
-             20, what="the job queued line")
+    wait_until(
+        lambda: any(e["outcome_desc"] == "triage job queued" for e in audit_entries(settings.audit.path)),
+        20,
+        what="the job queued line",
+    )
     node.stop()
     config = write_settings_toml(tmp_path / "node.toml", settings)
     return settings, config, ct, capfd.readouterr().err
@@ -74,8 +78,9 @@ def test_activity_is_audited_as_a_hash_chain(active_log) -> None:
     # the refusal says which rule, in the words of the setting to change (issue 8)
     assert "calling AE title 'INTRUDER' is not in dicom.allowed_peers" in rejected[0]["outcome_desc"], rejected
     assert "calling AE title 'INTRUDER' is not in dicom.allowed_peers" in oplog_text
-    assert all(p["network_address"] == "127.0.0.1" for e in accepted + rejected
-               for p in e["participants"] if p["is_requestor"])
+    assert all(
+        p["network_address"] == "127.0.0.1" for e in accepted + rejected for p in e["participants"] if p["is_requestor"]
+    )
 
     src = pydicom.dcmread(ct[0], stop_before_pixels=True)
     transferred = [e for e in entries if e["event_id"]["code"] == "110104"]
@@ -129,8 +134,17 @@ def test_verify_names_the_truncated_tail(active_log) -> None:
     assert re.search(rf"\bline {len(lines) - 2}\b", result.stderr), result.stderr
 
 
-@pytest.mark.parametrize("tamper", ["flip_one_byte", "swap_two_lines", "delete_middle_line",
-                                    "insert_forged_line", "replace_last_line_rehashed", "empty_line"])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "flip_one_byte",
+        "swap_two_lines",
+        "delete_middle_line",
+        "insert_forged_line",
+        "replace_last_line_rehashed",
+        "empty_line",
+    ],
+)
 def test_verify_fails_after_tampering(tamper, active_log, capfd) -> None:
     from node import cli
 
@@ -141,7 +155,7 @@ def test_verify_fails_after_tampering(tamper, active_log, capfd) -> None:
     expect_line = n + 1
     if tamper == "flip_one_byte":
         i = lines[n].index(b'"outcome":') + len(b'"outcome":')
-        lines[n] = lines[n][:i] + bytes([lines[n][i] ^ 0x01]) + lines[n][i + 1:]  # 0 -> 1 / 4 -> 5
+        lines[n] = lines[n][:i] + bytes([lines[n][i] ^ 0x01]) + lines[n][i + 1 :]  # 0 -> 1 / 4 -> 5
     elif tamper == "swap_two_lines":
         lines[n], lines[n + 1] = lines[n + 1], lines[n]
     elif tamper == "delete_middle_line":
@@ -183,7 +197,7 @@ def test_verify_refuses_a_correctly_chained_line_appended_after_the_head(active_
     last = json.loads(lines[-1])
     forged = dict(last, seq=last["seq"] + 1, prev_hash=last["hash"], outcome_desc="forged, well chained")
     forged["hash"] = entry_hash(forged)
-    _rewrite(path, lines + [_line(forged)])
+    _rewrite(path, [*lines, _line(forged)])
     result = verify(config)
     assert result.returncode != 0
     assert re.search(rf"\bline {len(lines) + 1}\b", result.stderr) and "not anchored" in result.stderr
@@ -202,16 +216,14 @@ log.record(EventCode.APPLICATION_ACTIVITY, outcome_desc="the last line before th
 """
 
 
-def test_a_line_whose_head_commit_was_cut_by_kill_9_verifies_and_is_anchored_at_start(
-        active_log, node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_a_line_whose_head_commit_was_cut_by_kill_9_verifies_and_is_anchored_at_start(active_log, node_factory) -> None:  # type: ignore[no-untyped-def]
     import subprocess
     import sys
 
     settings, config, _, _ = active_log
     path = Path(settings.audit.path)
     before = path.read_bytes().splitlines()
-    killed = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_LINE_AND_HEAD, str(config)], timeout=60,
-                            check=False)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_BETWEEN_LINE_AND_HEAD, str(config)], timeout=60, check=False)
     assert killed.returncode == -9
     lines = path.read_bytes().splitlines(keepends=True)
     assert len(lines) == len(before) + 1 and b"the last line before the kill" in lines[-1]
@@ -224,7 +236,7 @@ def test_a_line_whose_head_commit_was_cut_by_kill_9_verifies_and_is_anchored_at_
     last = json.loads(lines[-1])
     forged = dict(last, outcome_desc="forged in its place")
     forged["hash"] = entry_hash(forged)
-    _rewrite(path, lines[:-1] + [_line(forged)])
+    _rewrite(path, [*lines[:-1], _line(forged)])
     assert verify(config).returncode != 0
     _rewrite(path, lines)
 

@@ -35,16 +35,23 @@ def data_env(tmp_path: Path, port: int) -> dict[str, object]:
     }
 
 
-def serve_until_exit(tmp_path: Path, config_text: str, env: dict[str, object] | None = None,
-                     free_port: int = 0) -> subprocess.CompletedProcess[str]:
+def serve_until_exit(
+    tmp_path: Path, config_text: str, env: dict[str, object] | None = None, free_port: int = 0
+) -> subprocess.CompletedProcess[str]:
     """Run `triage-node serve` (a real process) on a config that must be refused: it has to exit
     on its own, quickly."""
     config = tmp_path / "node.toml"
     config.write_text(config_text, encoding="utf-8")
     overrides = {k: v for k, v in data_env(tmp_path, free_port).items() if not _set_in(config_text, k)}
     overrides.update(env or {})
-    return subprocess.run(cli_command("serve", "--config", str(config)), env=node_env(overrides), cwd=tmp_path,
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        cli_command("serve", "--config", str(config)),
+        env=node_env(overrides),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def _set_in(config_text: str, dotted: str) -> bool:
@@ -74,8 +81,7 @@ def main_in_process(tmp_path, monkeypatch, capsys):  # type: ignore[no-untyped-d
         if name.upper().startswith("TRIAGE_NODE__"):
             monkeypatch.delenv(name)
 
-    def run(args: list[str], config_text: str | None = None, env: dict[str, object] | None = None,
-            port: int = 0):  # type: ignore[no-untyped-def]
+    def run(args: list[str], config_text: str | None = None, env: dict[str, object] | None = None, port: int = 0):  # type: ignore[no-untyped-def]
         config = tmp_path / "node.toml"
         if config_text is not None:
             config.write_text(config_text, encoding="utf-8")
@@ -102,19 +108,24 @@ BAD_CONFIGS = [
     ("negative_quiet", "[stability]\nquiet_seconds = -1\n", ["stability.quiet_seconds"]),
     ("max_associations_zero", "[dicom]\nmax_associations = 0\n", ["dicom.max_associations"]),
     ("tls_without_files", "[dicom.tls]\nenabled = true\n", ["dicom.tls", "cert_file"]),
-    ("tls_missing_file", '[dicom.tls]\nenabled = true\ncert_file = "missing.pem"\nkey_file = "missing.key"\n',
-     ["dicom.tls", "cert_file", "missing.pem"]),
-    ("tls_not_a_certificate", '[dicom.tls]\nenabled = true\ncert_file = "junk.pem"\nkey_file = "junk.pem"\n',
-     ["dicom.tls.cert_file"]),
+    (
+        "tls_missing_file",
+        '[dicom.tls]\nenabled = true\ncert_file = "missing.pem"\nkey_file = "missing.key"\n',
+        ["dicom.tls", "cert_file", "missing.pem"],
+    ),
+    (
+        "tls_not_a_certificate",
+        '[dicom.tls]\nenabled = true\ncert_file = "junk.pem"\nkey_file = "junk.pem"\n',
+        ["dicom.tls.cert_file"],
+    ),
     ("not_toml", "this is = = not TOML\n", ["not valid TOML"]),
 ]
 
 
 @pytest.mark.parametrize(("name", "text", "expected"), BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_config_fails_at_start_naming_the_key(name, text, expected, tmp_path, free_port,
-                                                  main_in_process) -> None:
+def test_bad_config_fails_at_start_naming_the_key(name, text, expected, tmp_path, free_port, main_in_process) -> None:
     (tmp_path / "junk.pem").write_text("not a certificate\n")
-    rc, out, err = main_in_process(["serve", "--config", "{config}"], text, port=free_port)
+    rc, _out, err = main_in_process(["serve", "--config", "{config}"], text, port=free_port)
     assert rc != 0
     for fragment in expected:
         assert fragment in err, err
@@ -129,14 +140,17 @@ def test_bad_config_in_a_real_serve_process(tmp_path, free_port) -> None:
     assert "dicom.port" in result.stderr and "dicom.colour: unknown key" in result.stderr
 
 
-@pytest.mark.parametrize(("variable", "value", "expected"), [
-    ("dicom.max_associations", "abc", "dicom.max_associations"),
-    ("dicom.nope", "1", "dicom.nope: unknown key"),
-    ("storage.min_free_bytes", "-5", "storage.min_free_bytes"),
-    ("dicom.tls.enabled", "maybe", "dicom.tls.enabled"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("dicom.max_associations", "abc", "dicom.max_associations"),
+        ("dicom.nope", "1", "dicom.nope: unknown key"),
+        ("storage.min_free_bytes", "-5", "storage.min_free_bytes"),
+        ("dicom.tls.enabled", "maybe", "dicom.tls.enabled"),
+    ],
+)
 def test_bad_environment_override_names_the_key(variable, value, expected, free_port, main_in_process) -> None:
-    rc, out, err = main_in_process(["serve", "--config", "{config}"], "", env={variable: value}, port=free_port)
+    rc, _out, err = main_in_process(["serve", "--config", "{config}"], "", env={variable: value}, port=free_port)
     assert rc != 0
     assert expected in err, err
     # ... and names the variable that set it, the only place a newcomer can fix it
@@ -144,10 +158,10 @@ def test_bad_environment_override_names_the_key(variable, value, expected, free_
 
 
 def test_missing_config_file_and_other_commands(tmp_path, main_in_process) -> None:
-    rc, out, err = main_in_process(["serve", "--config", str(tmp_path / "nowhere.toml")])
+    rc, _out, err = main_in_process(["serve", "--config", str(tmp_path / "nowhere.toml")])
     assert rc != 0 and "does not exist" in err
     for args in (["status", "--json"], ["audit", "verify"]):
-        rc, out, err = main_in_process([*args, "--config", "{config}"], '[dicom]\nport = "abc"\n')
+        rc, _out, err = main_in_process([*args, "--config", "{config}"], '[dicom]\nport = "abc"\n')
         assert rc != 0, args
         assert "dicom.port" in err
 
@@ -156,7 +170,7 @@ def test_port_in_use_fails_with_a_message(main_in_process) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        rc, out, err = main_in_process(["serve", "--config", "{config}"], "", port=taken.getsockname()[1])
+        rc, _out, err = main_in_process(["serve", "--config", "{config}"], "", port=taken.getsockname()[1])
     assert rc != 0
     assert "dicom.port" in err and "in use" in err
 
@@ -164,22 +178,25 @@ def test_port_in_use_fails_with_a_message(main_in_process) -> None:
 def test_environment_overrides_win_over_the_file(tmp_path, settings_dict, serve_factory, free_port) -> None:
     data = settings_dict(tmp_path)
     file_port = data["dicom"]["port"]
-    node = serve_factory(data, env_overrides={"dicom.port": free_port, "dicom.allowed_peers": '["*"]',
-                                              "dicom.ae_title": "ENV_NODE"})
+    node = serve_factory(
+        data, env_overrides={"dicom.port": free_port, "dicom.allowed_peers": '["*"]', "dicom.ae_title": "ENV_NODE"}
+    )
     node.start()
     assert f"listening as ENV_NODE on 127.0.0.1:{free_port}" in node.output()
     assert py_echo(free_port, calling_ae="WHOEVER", called_ae="ENV_NODE") == 0  # ["*"] from the environment
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", file_port)) != 0  # the file's port is not used
     assert node.terminate() == 0
-    loaded = [e for e in audit_entries(Path(data["audit"]["path"]))
-              if e["event_type"] and e["event_type"]["code"] == "110131"]
+    loaded = [
+        e for e in audit_entries(Path(data["audit"]["path"])) if e["event_type"] and e["event_type"]["code"] == "110131"
+    ]
     assert loaded and str(node.config) in loaded[0]["outcome_desc"]
 
 
 def test_load_settings_environment_scheme(tmp_path) -> None:
-    config = write_toml(tmp_path / "n.toml", {"dicom": {"port": 1234, "ae_title": "FILE_AE"},
-                                               "stability": {"quiet_seconds": 10}})
+    config = write_toml(
+        tmp_path / "n.toml", {"dicom": {"port": 1234, "ae_title": "FILE_AE"}, "stability": {"quiet_seconds": 10}}
+    )
     environ = {
         env_name("dicom.port"): "4321",
         "triage_node__stability__quiet_seconds": "2.5",  # any case
@@ -199,13 +216,13 @@ def test_load_settings_environment_scheme(tmp_path) -> None:
     assert load_settings(config, environ={}).dicom.port == 1234
 
 
-def test_sigterm_exits_zero_and_audits_application_stop(tmp_path, settings_dict, serve_factory,
-                                                        dicom_factory) -> None:
+def test_sigterm_exits_zero_and_audits_application_stop(tmp_path, settings_dict, serve_factory, dicom_factory) -> None:
     data = settings_dict(tmp_path)
     node = serve_factory(data)
     node.start()
-    results = send(dicom_factory.mr_small(4), Destination(NODE_AE, "127.0.0.1", data["dicom"]["port"]),
-                   calling_ae="PYSCU")
+    results = send(
+        dicom_factory.mr_small(4), Destination(NODE_AE, "127.0.0.1", data["dicom"]["port"]), calling_ae="PYSCU"
+    )
     assert [r.status for r in results] == [0] * 4
     assert node.terminate(timeout=60) == 0
     assert "Traceback" not in node.output()

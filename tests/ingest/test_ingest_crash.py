@@ -33,8 +33,21 @@ class StorescuRun:
     """storescu -v in the background; its log is read line by line as it is written."""
 
     def __init__(self, port: int, files: list[Path]) -> None:
-        cmd = ["storescu", "-v", "-aet", "STORESCU", "-aec", NODE_AE, "-to", "10", "-ta", "10",
-               "127.0.0.1", str(port), *map(str, files)]
+        cmd = [
+            "storescu",
+            "-v",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            NODE_AE,
+            "-to",
+            "10",
+            "-ta",
+            "10",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines: list[str] = []
         self.acks = 0
@@ -73,7 +86,8 @@ def check_store_matches(db: Database, storage: Path, acked: dict[str, Path]) -> 
 
 @pytest.mark.dcmtk
 def test_five_kill9_cycles_during_a_200_slice_send_lose_no_acknowledged_instance(
-        tmp_path, settings_dict, serve_factory, dicom_factory) -> None:
+    tmp_path, settings_dict, serve_factory, dicom_factory
+) -> None:
     series = dicom_factory.ct_series(200, size=512)
     sop_of = {str(p): file_sop_uid(p) for p in series}
     data = settings_dict(tmp_path, stability={"quiet_seconds": 600}, node={"log_level": "info"})
@@ -94,14 +108,21 @@ def test_five_kill9_cycles_during_a_200_slice_send_lose_no_acknowledged_instance
         rng.shuffle(order)  # each cycle mixes instances already stored with new ones
         kill_after = rng.randint(50, 100)
         sender = StorescuRun(port, order)
-        wait_until(lambda: sender.acks >= kill_after or sender.proc.poll() is not None, 120,
-                   f"{kill_after} acknowledgements", interval=0.002)
+        wait_until(
+            lambda: sender.acks >= kill_after or sender.proc.poll() is not None,
+            120,
+            f"{kill_after} acknowledgements",
+            interval=0.002,
+        )
         if cycle % 2 == 0:
             # kill while an instance is being written (its temp file exists, nothing acknowledged)
             incoming = storage / ".incoming"
             deadline = time.monotonic() + 0.15  # bounded: late cycles have few new instances left
-            while (time.monotonic() < deadline and sender.proc.poll() is None
-                   and not any(n.endswith(".part") for n in os.listdir(incoming))):
+            while (
+                time.monotonic() < deadline
+                and sender.proc.poll() is None
+                and not any(n.endswith(".part") for n in os.listdir(incoming))
+            ):
                 pass
         else:
             time.sleep(rng.uniform(0, 0.03))  # anywhere in the next instance: receive, write, commit
@@ -135,14 +156,18 @@ def test_five_kill9_cycles_during_a_200_slice_send_lose_no_acknowledged_instance
     assert (status["studies"], status["series"], status["instances"]) == (1, 1, 200)
 
 
-def test_kill9_during_quiet_period_job_appears_at_restart(tmp_path, settings_dict, serve_factory,
-                                                          dicom_factory) -> None:
+def test_kill9_during_quiet_period_job_appears_at_restart(
+    tmp_path, settings_dict, serve_factory, dicom_factory
+) -> None:
     quiet = 3.0
     data = settings_dict(tmp_path, stability={"quiet_seconds": quiet, "tick_seconds": 0.2})
     node = serve_factory(data)
     node.start()
-    results = send(dicom_factory.ct_series(5, size=64),
-                   Destination(NODE_AE, "127.0.0.1", data["dicom"]["port"]), calling_ae="PYSCU")
+    results = send(
+        dicom_factory.ct_series(5, size=64),
+        Destination(NODE_AE, "127.0.0.1", data["dicom"]["port"]),
+        calling_ae="PYSCU",
+    )
     assert [r.status for r in results] == [0] * 5
     node.kill()
     killed_at = time.monotonic()

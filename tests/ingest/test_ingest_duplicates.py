@@ -27,8 +27,9 @@ def duplicate_lines(audit_path: Path) -> list[dict]:
     return lines
 
 
-def test_same_instance_twice_is_success_once_stored(db_url, tmp_path, make_settings, node_factory,
-                                                    dicom_factory) -> None:
+def test_same_instance_twice_is_success_once_stored(
+    db_url, tmp_path, make_settings, node_factory, dicom_factory
+) -> None:
     node = node_factory(make_settings(tmp_path, database={"url": db_url}))
     dest = Destination(NODE_AE, "127.0.0.1", node.listener.port)
     path = dicom_factory.ct_series(1, size=128)[0]
@@ -48,8 +49,11 @@ def test_same_instance_twice_is_success_once_stored(db_url, tmp_path, make_setti
     assert list(snap["instances"]) == [sop]
     assert next(iter(snap["studies"].values()))["instance_count"] == 1
 
-    dupes = wait_until(lambda: len(duplicate_lines(node.settings.audit.path)) >= 2 and
-                     duplicate_lines(node.settings.audit.path), 10, what="two audit lines with duplicates")
+    dupes = wait_until(
+        lambda: len(duplicate_lines(node.settings.audit.path)) >= 2 and duplicate_lines(node.settings.audit.path),
+        10,
+        what="two audit lines with duplicates",
+    )
     assert all("duplicate" in e["outcome_desc"] for e in dupes)
     counts = sorted(o["details"]["duplicates"] for e in dupes for o in e["objects"] if o["type"] == "study")
     assert counts == [1, 2]

@@ -81,7 +81,8 @@ BAD_UIDS = [
 
 @pytest.mark.parametrize(("keyword", "value"), BAD_UIDS)
 def test_unsafe_or_malformed_uid_is_refused_and_nothing_written(
-        keyword, value, tmp_path, running_node, dicom_factory) -> None:
+    keyword, value, tmp_path, running_node, dicom_factory
+) -> None:
     crafted = bad_uid_file(dicom_factory, tmp_path, keyword=keyword, value=value)
     before = all_files(tmp_path)
     status = send_file_as_is(running_node.listener.port, crafted)
@@ -93,8 +94,13 @@ def test_unsafe_or_malformed_uid_is_refused_and_nothing_written(
 
 def test_sop_instance_uid_differing_from_the_request_is_refused(tmp_path, running_node, dicom_factory) -> None:
     src = dicom_factory.ct_series(1, size=64)[0]
-    crafted = write_raw_part10(tmp_path / "mismatch.dcm", sop_class=CT, sop_uid="1.2.3.999.1",
-                               transfer_syntax=EXPLICIT_LE, body=dataset_bytes(src))
+    crafted = write_raw_part10(
+        tmp_path / "mismatch.dcm",
+        sop_class=CT,
+        sop_uid="1.2.3.999.1",
+        transfer_syntax=EXPLICIT_LE,
+        body=dataset_bytes(src),
+    )
     before = all_files(tmp_path)
     assert send_file_as_is(running_node.listener.port, crafted) == 0xA900
     assert_nothing_stored(running_node, tmp_path, before)
@@ -103,8 +109,13 @@ def test_sop_instance_uid_differing_from_the_request_is_refused(tmp_path, runnin
 
 def test_sop_class_differing_from_the_request_is_refused(tmp_path, running_node, dicom_factory) -> None:
     src = dicom_factory.ct_series(1, size=64)[0]
-    crafted = write_raw_part10(tmp_path / "mismatch-class.dcm", sop_class="1.2.840.10008.5.1.4.1.1.4",
-                               sop_uid=file_sop_uid(src), transfer_syntax=EXPLICIT_LE, body=dataset_bytes(src))
+    crafted = write_raw_part10(
+        tmp_path / "mismatch-class.dcm",
+        sop_class="1.2.840.10008.5.1.4.1.1.4",
+        sop_uid=file_sop_uid(src),
+        transfer_syntax=EXPLICIT_LE,
+        body=dataset_bytes(src),
+    )
     before = all_files(tmp_path)
     assert send_file_as_is(running_node.listener.port, crafted) == 0xA900
     assert_nothing_stored(running_node, tmp_path, before)
@@ -134,13 +145,19 @@ def _truncations(body: bytes) -> list[tuple[str, bytes]]:
     ]
 
 
-@pytest.mark.parametrize("cut", ["mid_pixel_data", "pixel_data_minus_one_byte", "mid_header_value",
-                                 "mid_element_header"])
+@pytest.mark.parametrize(
+    "cut", ["mid_pixel_data", "pixel_data_minus_one_byte", "mid_header_value", "mid_element_header"]
+)
 def test_truncated_data_set_is_refused_and_node_still_serves(cut, tmp_path, running_node, dicom_factory) -> None:
     src = dicom_factory.ct_series(1, size=64)[0]
     body = dict(_truncations(dataset_bytes(src)))[cut]
-    crafted = write_raw_part10(tmp_path / f"truncated-{cut}.dcm", sop_class=CT, sop_uid=file_sop_uid(src),
-                               transfer_syntax=EXPLICIT_LE, body=body)
+    crafted = write_raw_part10(
+        tmp_path / f"truncated-{cut}.dcm",
+        sop_class=CT,
+        sop_uid=file_sop_uid(src),
+        transfer_syntax=EXPLICIT_LE,
+        body=body,
+    )
     before = all_files(tmp_path)
     assert send_file_as_is(running_node.listener.port, crafted) == 0xC000
     assert_nothing_stored(running_node, tmp_path, before)
@@ -160,8 +177,9 @@ def test_garbage_data_set_is_refused_and_node_still_serves(kind, tmp_path, runni
         "little_endian_labelled_big_endian": dataset_bytes(src),
     }
     ts = "1.2.840.10008.1.2.2" if kind == "little_endian_labelled_big_endian" else EXPLICIT_LE  # big endian
-    crafted = write_raw_part10(tmp_path / f"garbage-{kind}.dcm", sop_class=CT, sop_uid=file_sop_uid(src),
-                               transfer_syntax=ts, body=bodies[kind])
+    crafted = write_raw_part10(
+        tmp_path / f"garbage-{kind}.dcm", sop_class=CT, sop_uid=file_sop_uid(src), transfer_syntax=ts, body=bodies[kind]
+    )
     before = all_files(tmp_path)
     status = send_file_as_is(running_node.listener.port, crafted)
     assert status is not None and status in (0xC000, 0xA900), f"status 0x{status:04X}"
@@ -199,12 +217,23 @@ def test_refused_c_stores_are_audited_with_their_statuses(tmp_path, running_node
     """A refusal before the data set yields identifiers is still counted in the association's
     110104 line, by status (it used to count 0: failures carried no header)."""
     src = dicom_factory.ct_series(1, size=64)[0]
-    garbage = write_raw_part10(tmp_path / "garbage.dcm", sop_class=CT, sop_uid=file_sop_uid(src),
-                               transfer_syntax=EXPLICIT_LE, body=b"this is not a DICOM data set\n" * 20)
+    garbage = write_raw_part10(
+        tmp_path / "garbage.dcm",
+        sop_class=CT,
+        sop_uid=file_sop_uid(src),
+        transfer_syntax=EXPLICIT_LE,
+        body=b"this is not a DICOM data set\n" * 20,
+    )
     assert send_file_as_is(running_node.listener.port, garbage) == 0xC000
-    lines = wait_until(lambda: [e for e in audit_entries(running_node.settings.audit.path)
-                              if e["event_id"]["code"] == "110104" and e["outcome"] != 0], 10,
-                     what="the 110104 line of the refused C-STORE")
+    lines = wait_until(
+        lambda: [
+            e
+            for e in audit_entries(running_node.settings.audit.path)
+            if e["event_id"]["code"] == "110104" and e["outcome"] != 0
+        ],
+        10,
+        what="the 110104 line of the refused C-STORE",
+    )
     details = lines[-1]["objects"][-1]["details"]
     assert details["failures"] == 1 and details["failure_statuses"] == {"0xC000": 1}
     assert "0xC000 x1" in lines[-1]["outcome_desc"]

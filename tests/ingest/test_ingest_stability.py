@@ -4,7 +4,7 @@ the clock lives in the database, so a restart during the quiet period still yiel
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import update
 
@@ -31,13 +31,14 @@ def _send(node, paths) -> None:  # type: ignore[no-untyped-def]
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def test_job_queued_after_quiet_period(db_url, tmp_path, make_settings, node_factory, dicom_factory) -> None:
     quiet = 2.0
-    node = node_factory(make_settings(tmp_path, database={"url": db_url},
-                                      stability={"quiet_seconds": quiet, "tick_seconds": 0.2}))
+    node = node_factory(
+        make_settings(tmp_path, database={"url": db_url}, stability={"quiet_seconds": quiet, "tick_seconds": 0.2})
+    )
     series = dicom_factory.ct_series(5, size=64)
     _send(node, series)
     sent_at = time.monotonic()
@@ -64,9 +65,11 @@ def test_job_queued_after_quiet_period(db_url, tmp_path, make_settings, node_fac
 
 
 def test_late_instance_reopens_the_study_and_leads_to_a_second_job(
-        db_url, tmp_path, make_settings, node_factory, dicom_factory) -> None:
-    node = node_factory(make_settings(tmp_path, database={"url": db_url},
-                                      stability={"quiet_seconds": 1.0, "tick_seconds": 0.2}))
+    db_url, tmp_path, make_settings, node_factory, dicom_factory
+) -> None:
+    node = node_factory(
+        make_settings(tmp_path, database={"url": db_url}, stability={"quiet_seconds": 1.0, "tick_seconds": 0.2})
+    )
     first = dicom_factory.ct_series(3, size=64)
     import pydicom
 
@@ -79,8 +82,15 @@ def test_late_instance_reopens_the_study_and_leads_to_a_second_job(
     with node.db.session() as session, session.begin():
         session.execute(update(TriageJob).where(TriageJob.id == jobs[0]["id"]).values(state="done"))
 
-    late = dicom_factory.ct_series(1, size=64, out_dir="late", patient=dicom_factory.patient_of(first[0]), study_uid=ref.StudyInstanceUID,
-                                   series_uid=ref.SeriesInstanceUID, start=4)
+    late = dicom_factory.ct_series(
+        1,
+        size=64,
+        out_dir="late",
+        patient=dicom_factory.patient_of(first[0]),
+        study_uid=ref.StudyInstanceUID,
+        series_uid=ref.SeriesInstanceUID,
+        start=4,
+    )
     _send(node, late)
     study = _study(node)
     assert study["instance_count"] == 4
@@ -93,30 +103,46 @@ def test_late_instance_reopens_the_study_and_leads_to_a_second_job(
 
 
 def test_late_instance_while_job_still_queued_updates_that_job(
-        db_url, tmp_path, make_settings, node_factory, dicom_factory) -> None:
+    db_url, tmp_path, make_settings, node_factory, dicom_factory
+) -> None:
     """A job nobody has started yet already covers late instances: no second queued job."""
-    node = node_factory(make_settings(tmp_path, database={"url": db_url},
-                                      stability={"quiet_seconds": 1.0, "tick_seconds": 0.2}))
+    node = node_factory(
+        make_settings(tmp_path, database={"url": db_url}, stability={"quiet_seconds": 1.0, "tick_seconds": 0.2})
+    )
     first = dicom_factory.ct_series(2, size=64)
     import pydicom
 
     ref = pydicom.dcmread(first[0], stop_before_pixels=True)
     _send(node, first)
     wait_until(lambda: _jobs(node), 20, what="the first job")
-    _send(node, dicom_factory.ct_series(2, size=64, out_dir="late", study_uid=ref.StudyInstanceUID,
-                                        patient=dicom_factory.patient_of(first[0]),
-                                        series_uid=ref.SeriesInstanceUID, start=3))
-    wait_until(lambda: _study(node)["stability_state"] == "stable" and _study(node)["instance_count"] == 4, 20,
-             what="the study to be stable again")
+    _send(
+        node,
+        dicom_factory.ct_series(
+            2,
+            size=64,
+            out_dir="late",
+            study_uid=ref.StudyInstanceUID,
+            patient=dicom_factory.patient_of(first[0]),
+            series_uid=ref.SeriesInstanceUID,
+            start=3,
+        ),
+    )
+    wait_until(
+        lambda: _study(node)["stability_state"] == "stable" and _study(node)["instance_count"] == 4,
+        20,
+        what="the study to be stable again",
+    )
     jobs = wait_until(lambda: [j for j in _jobs(node) if j["instance_count"] == 4], 10, what="job updated")
     assert len(_jobs(node)) == 1 and jobs[0]["state"] == "queued"
 
 
 def test_restart_during_quiet_period_queues_the_job_at_start(
-        db_url, tmp_path, make_settings, node_factory, dicom_factory) -> None:
+    db_url, tmp_path, make_settings, node_factory, dicom_factory
+) -> None:
     quiet = 2.0
-    settings = make_settings(tmp_path, database={"url": db_url},
-                             stability={"quiet_seconds": quiet, "tick_seconds": 0.2})
+    settings = make_settings(
+        tmp_path, database={"url": db_url}, stability={"quiet_seconds": quiet, "tick_seconds": 0.2}
+    )
     node = node_factory(settings)
     _send(node, dicom_factory.ct_series(4, size=64))
     node.stop()  # inside the quiet period

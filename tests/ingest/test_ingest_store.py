@@ -89,7 +89,8 @@ def assert_stored_as_sent(node, sent: list[Path], calling_ae: str | None = None)
 
 @pytest.mark.parametrize("sender", SENDERS)
 def test_ct_series_stored_identically_indexed_and_counted(
-        sender, db_url, tmp_path, make_settings, node_factory, dicom_factory) -> None:
+    sender, db_url, tmp_path, make_settings, node_factory, dicom_factory
+) -> None:
     node = node_factory(make_settings(tmp_path, database={"url": db_url}))
     series = dicom_factory.ct_series(30, size=256)
     send_with(sender, node, series)
@@ -101,8 +102,13 @@ def test_ct_series_stored_identically_indexed_and_counted(
     assert study["modalities"] == "CT"
 
     # `status --json` as an operator runs it: a config file, the database named by the environment
-    config = write_toml(tmp_path / "status.toml", {"node": {"data_dir": str(tmp_path / "elsewhere")},
-                                                   "database": {"url": "sqlite:///" + str(tmp_path / "wrong.db")}})
+    config = write_toml(
+        tmp_path / "status.toml",
+        {
+            "node": {"data_dir": str(tmp_path / "elsewhere")},
+            "database": {"url": "sqlite:///" + str(tmp_path / "wrong.db")},
+        },
+    )
     status = status_json(config, env=node_env({"database.url": db_url}))
     assert (status["studies"], status["series"], status["instances"]) == (1, 1, 30)
     assert not (tmp_path / "wrong.db").exists()
@@ -147,7 +153,8 @@ def _make_compressed(how, factory) -> Path:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("sender", ["our_scu", "storescu"])
 @pytest.mark.parametrize(("name", "how", "flag", "expected_ts"), COMPRESSED, ids=[c[0] for c in COMPRESSED])
 def test_compressed_images_stored_without_transcoding(
-        name, how, flag, expected_ts, sender, running_node, dicom_factory) -> None:
+    name, how, flag, expected_ts, sender, running_node, dicom_factory
+) -> None:
     path = _make_compressed(how, dicom_factory)
     assert file_transfer_syntax(path) == expected_ts  # the test data really is compressed
     send_with(sender, running_node, [path], storescu_flags=(flag,))

@@ -21,9 +21,9 @@ from tests.support.polling import wait_until
 
 EXT = {
     "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
-              "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     "client": "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-              "extendedKeyUsage=clientAuth\n",
+    "extendedKeyUsage=clientAuth\n",
 }
 
 
@@ -37,14 +37,45 @@ def pki(tmp_path_factory: pytest.TempPathFactory, require_tools) -> Path:  # typ
     require_tools("openssl")
     d = tmp_path_factory.mktemp("pki")
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=Triage Test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Triage Test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
     for name in ("server", "client"):
         _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=triage-{name}", cwd=d)
         (d / f"{name}.ext").write_text(EXT[name])
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
     return d
 
 
@@ -56,8 +87,12 @@ def client_context(pki: Path, with_cert: bool = False) -> ssl.SSLContext:
 
 
 def tls_settings(pki: Path, *, require_client_cert: bool = False, handshake_timeout: float = 30) -> dict:
-    tls = {"enabled": True, "cert_file": str(pki / "server.crt"), "key_file": str(pki / "server.key"),
-           "handshake_timeout_seconds": handshake_timeout}
+    tls = {
+        "enabled": True,
+        "cert_file": str(pki / "server.crt"),
+        "key_file": str(pki / "server.key"),
+        "handshake_timeout_seconds": handshake_timeout,
+    }
     if require_client_cert:
         tls["ca_file"] = str(pki / "ca.crt")
     return {"tls": tls}
@@ -85,12 +120,20 @@ def test_dcmtk_echoscu_and_storescu_over_tls(pki, tmp_path, make_settings, node_
     node = node_factory(make_settings(tmp_path, dicom=tls_settings(pki, require_client_cert=True)))
     port = str(node.listener.port)
     tls = ["+tls", str(pki / "client.key"), str(pki / "client.crt"), "+cf", str(pki / "ca.crt")]
-    echo = subprocess.run(["echoscu", *tls, "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", port],
-                          capture_output=True, text=True, timeout=60)
+    echo = subprocess.run(
+        ["echoscu", *tls, "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert echo.returncode == 0, echo.stdout + echo.stderr
     paths = dicom_factory.ct_series(3, size=64)
-    store = subprocess.run(["storescu", *tls, "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", port,
-                            *map(str, paths)], capture_output=True, text=True, timeout=60)
+    store = subprocess.run(
+        ["storescu", *tls, "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", port, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert store.returncode == 0, store.stdout + store.stderr
     assert len(index_snapshot(node.db)["instances"]) == 3
 
@@ -103,8 +146,9 @@ def test_silent_tcp_clients_do_not_stall_the_accept_loop(pki, tmp_path, make_set
         for _ in range(3):  # connect, send nothing, hold the connection open
             s = socket.create_connection(("127.0.0.1", port), timeout=5)
             silent.append(s)
-        wait_until(lambda: node.listener.pending_connections() >= len(silent), 10,
-                   "the node to accept the silent clients")
+        wait_until(
+            lambda: node.listener.pending_connections() >= len(silent), 10, "the node to accept the silent clients"
+        )
         started = time.monotonic()
         assert py_echo(port, tls_args=(client_context(pki), "127.0.0.1")) == 0
         assert py_echo(port, tls_args=(client_context(pki), "127.0.0.1")) == 0
@@ -114,7 +158,7 @@ def test_silent_tcp_clients_do_not_stall_the_accept_loop(pki, tmp_path, make_set
         silent[0].settimeout(0.1)
         try:
             assert silent[0].recv(1) != b""
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             pass
     finally:
         for s in silent:

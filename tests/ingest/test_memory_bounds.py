@@ -71,8 +71,9 @@ def _deflate_bomb(inflated: int) -> bytes:
 
 
 def test_no_input_of_16_mib_raises_rss_beyond_the_limit(tmp_path, settings_dict, serve_factory) -> None:
-    data = settings_dict(tmp_path, dicom={"allowed_peers": ["*"], "network_timeout_seconds": 5},
-                         storage={"max_dataset_bytes": LIMIT})
+    data = settings_dict(
+        tmp_path, dicom={"allowed_peers": ["*"], "network_timeout_seconds": 5}, storage={"max_dataset_bytes": LIMIT}
+    )
     node = serve_factory(data).start()
     port = data["dicom"]["port"]
     pid = node.proc.pid  # type: ignore[union-attr]

@@ -64,12 +64,16 @@ def test_library_messages_are_json_and_redacted(capfd) -> None:
     assert any(e["event"] == "uncaught_exception_in_thread" and e["error"] == "RuntimeError" for e in events)
 
 
-def test_serve_stderr_under_attack_is_json_without_identifiers(tmp_path, settings_dict, serve_factory,
-                                                               dicom_factory, require_tools) -> None:
+def test_serve_stderr_under_attack_is_json_without_identifiers(
+    tmp_path, settings_dict, serve_factory, dicom_factory, require_tools
+) -> None:
     require_tools("storescu")
-    data = settings_dict(tmp_path, node={"log_level": "info"},
-                         dicom={"allowed_peers": ["STORESCU", "PYSCU"], "handshake_timeout_seconds": 1},
-                         http={"enabled": True, "port": 0, "token": "t0ken"})
+    data = settings_dict(
+        tmp_path,
+        node={"log_level": "info"},
+        dicom={"allowed_peers": ["STORESCU", "PYSCU"], "handshake_timeout_seconds": 1},
+        http={"enabled": True, "port": 0, "token": "t0ken"},
+    )
     node = serve_factory(data).start()
     port = data["dicom"]["port"]
     ct = dicom_factory.ct_series(2, size=64)
@@ -83,8 +87,13 @@ def test_serve_stderr_under_attack_is_json_without_identifiers(tmp_path, setting
             s.sendall(payload)
     # a garbage data set with the patient's identifiers in it
     body = (b"\x10\x00\x10\x00PN\x08\x00" + str(src.PatientName).encode().ljust(8)[:8]) * 3 + b"\xff" * 5
-    bad = write_raw_part10(tmp_path / "bad.dcm", sop_class=str(src.SOPClassUID), sop_uid=str(src.SOPInstanceUID),
-                           transfer_syntax="1.2.840.10008.1.2.1", body=body)
+    bad = write_raw_part10(
+        tmp_path / "bad.dcm",
+        sop_class=str(src.SOPClassUID),
+        sop_uid=str(src.SOPInstanceUID),
+        transfer_syntax="1.2.840.10008.1.2.1",
+        body=body,
+    )
     assert send_file_as_is(port, bad) == 0xC000
     http_port = wait_until(lambda: _http_port(node.output()), 10, what="the HTTP port")
     assert httpx.get(f"http://127.0.0.1:{http_port}/dicomweb/studies").status_code == 401
@@ -93,12 +102,21 @@ def test_serve_stderr_under_attack_is_json_without_identifiers(tmp_path, setting
         wait_until(lambda: "association_timeout" in node.output(), 10, what="the stalled connection timed out")
     assert node.terminate() == 0
     # the two banner lines go to stdout (merged into this output): everything else must be JSON
-    stderr = "\n".join(line for line in node.output().splitlines()
-                       if not line.startswith(("triage-node listening", "operator console:")))
+    stderr = "\n".join(
+        line
+        for line in node.output().splitlines()
+        if not line.startswith(("triage-node listening", "operator console:"))
+    )
     events = _json_lines(stderr)
     assert len(events) > 5
-    for secret in (src.PatientID, str(src.PatientName), src.StudyInstanceUID, src.SOPInstanceUID,
-                   src.SeriesInstanceUID, src.AccessionNumber):
+    for secret in (
+        src.PatientID,
+        str(src.PatientName),
+        src.StudyInstanceUID,
+        src.SOPInstanceUID,
+        src.SeriesInstanceUID,
+        src.AccessionNumber,
+    ):
         assert secret not in stderr, secret
 
 

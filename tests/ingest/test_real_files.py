@@ -35,9 +35,16 @@ DCMTK_CANNOT_SEND = {
 }
 # storescu proposes uncompressed syntaxes unless told which compressed one to propose.
 STORESCU_TS_OPTION = {
-    U.RLELossless: "-xr", U.JPEGLosslessSV1: "-xs", U.JPEGBaseline8Bit: "-xy", U.JPEGExtended12Bit: "-xx",
-    U.JPEG2000Lossless: "-xv", U.JPEG2000: "-xw", U.JPEGLSLossless: "-xt", U.JPEGLSNearLossless: "-xu",
-    U.DeflatedExplicitVRLittleEndian: "-xd", U.ExplicitVRBigEndian: "-xb",
+    U.RLELossless: "-xr",
+    U.JPEGLosslessSV1: "-xs",
+    U.JPEGBaseline8Bit: "-xy",
+    U.JPEGExtended12Bit: "-xx",
+    U.JPEG2000Lossless: "-xv",
+    U.JPEG2000: "-xw",
+    U.JPEGLSLossless: "-xt",
+    U.JPEGLSNearLossless: "-xu",
+    U.DeflatedExplicitVRLittleEndian: "-xd",
+    U.ExplicitVRBigEndian: "-xb",
 }
 IDENTIFIERS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
@@ -53,7 +60,7 @@ def _candidates() -> tuple[Path, ...]:
         for name in sorted(bundled):
             try:
                 ds = pydicom.dcmread(name, stop_before_pixels=True)
-            except Exception:  # noqa: BLE001 - not a Part-10 file
+            except Exception:
                 continue
             if all(k in ds for k in IDENTIFIERS) and "TransferSyntaxUID" in ds.file_meta:
                 out.append(Path(name))
@@ -93,7 +100,7 @@ def _normalised(ds: pydicom.Dataset) -> pydicom.Dataset:
 
 
 def _without_group_lengths(ds: pydicom.Dataset) -> pydicom.Dataset:
-    for tag in [t for t in ds.keys() if t.element == 0]:
+    for tag in [t for t in ds if t.element == 0]:
         del ds[tag]
     for elem in ds:
         if elem.VR == "SQ":
@@ -126,8 +133,9 @@ def _pynetdicom_send(port: int, path: Path) -> int | None:
         assoc.release()
 
 
-def test_pydicom_test_files_are_stored_and_read_back_equal(tmp_path, make_settings, node_factory,
-                                                          require_tools) -> None:
+def test_pydicom_test_files_are_stored_and_read_back_equal(
+    tmp_path, make_settings, node_factory, require_tools
+) -> None:
     require_tools("storescu")
     files = [p for p in _candidates() if p.name not in BROKEN]
     assert len(files) > 40
@@ -142,9 +150,22 @@ def test_pydicom_test_files_are_stored_and_read_back_equal(tmp_path, make_settin
             by_option[STORESCU_TS_OPTION.get(ts, "-x=")].append(path)
         for option, paths in by_option.items():  # one association per proposed syntax family
             result = subprocess.run(
-                ["storescu", option, "-R", "-aet", "STORESCU", "-aec", NODE_AE,
-                 "127.0.0.1", str(dcmtk_node.listener.port), *map(str, paths)],
-                capture_output=True, text=True, timeout=120)
+                [
+                    "storescu",
+                    option,
+                    "-R",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    NODE_AE,
+                    "127.0.0.1",
+                    str(dcmtk_node.listener.port),
+                    *map(str, paths),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert result.returncode == 0, f"{[p.name for p in paths]}: {result.stdout}{result.stderr}"
         _assert_stored_equal(dcmtk_node, dcmtk_files, "storescu")
         for path in group:
@@ -169,8 +190,22 @@ def test_retired_ultrasound_storage_is_accepted(tmp_path, running_node, dicom_fa
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = retired_us
     ds.Modality = "US"
     ds.save_as(path, enforce_file_format=True)
-    result = subprocess.run(["storescu", "-R", "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1",
-                             str(running_node.listener.port), str(path)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            "storescu",
+            "-R",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            NODE_AE,
+            "127.0.0.1",
+            str(running_node.listener.port),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     stored = stored_files(running_node.settings.storage.path)
     assert str(ds.SOPInstanceUID) in stored

@@ -13,8 +13,7 @@ from node.db.engine import Database
 from node.demo import synthetic_image
 from node.store.files import FileStore
 from node.store.ingest import Ingestor, encode_own_instance
-from node.store.read import (StoredFiles, instances_by_uid, instances_of_studies, instances_of_study,
-                             study_headers)
+from node.store.read import StoredFiles, instances_by_uid, instances_of_studies, instances_of_study, study_headers
 
 
 def _store(ingestor: Ingestor, path: Path) -> str:
@@ -26,9 +25,20 @@ def _store(ingestor: Ingestor, path: Path) -> str:
 
 
 def _image(folder: Path, study: str, series: str, number: int, series_number: int) -> Path:
-    path = synthetic_image(folder / f"{series[-6:]}-{number}.dcm", modality="DX",
-                           sop_class=DigitalXRayImageStorageForPresentation, view="PA", body_part="CHEST", age=50,
-                           study_uid=study, patient_id="P1", rows=32, cols=32, number=number, series_uid=series)
+    path = synthetic_image(
+        folder / f"{series[-6:]}-{number}.dcm",
+        modality="DX",
+        sop_class=DigitalXRayImageStorageForPresentation,
+        view="PA",
+        body_part="CHEST",
+        age=50,
+        study_uid=study,
+        patient_id="P1",
+        rows=32,
+        cols=32,
+        number=number,
+        series_uid=series,
+    )
     ds = pydicom.dcmread(path)
     ds.SeriesNumber = series_number
     ds.save_as(path, enforce_file_format=True)

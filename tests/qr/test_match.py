@@ -22,8 +22,12 @@ def ingest(node, paths: list[Path]) -> None:  # type: ignore[no-untyped-def]
 
 
 def uids(session, level: str, **criteria) -> list[str]:  # type: ignore[no-untyped-def]
-    key = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
-           "IMAGE": "SOPInstanceUID"}[level]
+    key = {
+        "PATIENT": "PatientID",
+        "STUDY": "StudyInstanceUID",
+        "SERIES": "SeriesInstanceUID",
+        "IMAGE": "SOPInstanceUID",
+    }[level]
     return sorted(m.values[key] for m in find(session, level, criteria))
 
 

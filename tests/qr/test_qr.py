@@ -34,9 +34,19 @@ def findscu(node: QRNode, out: Path, *keys: str, patient_root: bool = False) -> 
 
 
 def study_level(node: QRNode, out: Path, *keys: str) -> list[pydicom.Dataset]:
-    return findscu(node, out, "QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientName", "PatientID",
-                   "StudyDate", "ModalitiesInStudy", "NumberOfStudyRelatedInstances",
-                   "NumberOfStudyRelatedSeries", *keys)
+    return findscu(
+        node,
+        out,
+        "QueryRetrieveLevel=STUDY",
+        "StudyInstanceUID",
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "ModalitiesInStudy",
+        "NumberOfStudyRelatedInstances",
+        "NumberOfStudyRelatedSeries",
+        *keys,
+    )
 
 
 def audit_lines(node: QRNode) -> list[dict]:
@@ -44,13 +54,21 @@ def audit_lines(node: QRNode) -> list[dict]:
 
 
 def test_series_level_returns_dx_and_sr(qr_node: QRNode, tmp_path: Path) -> None:
-    rsp = findscu(qr_node, tmp_path, "QueryRetrieveLevel=SERIES", f"StudyInstanceUID={qr_node.chest_study}",
-                  "SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances", "SeriesNumber")
+    rsp = findscu(
+        qr_node,
+        tmp_path,
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={qr_node.chest_study}",
+        "SeriesInstanceUID",
+        "Modality",
+        "NumberOfSeriesRelatedInstances",
+        "SeriesNumber",
+    )
     mods = sorted(str(ds.Modality) for ds in rsp)
     assert mods == ["DX", "SR"], mods
     by_mod = {str(ds.Modality): ds for ds in rsp}
     assert int(by_mod["DX"].NumberOfSeriesRelatedInstances) == 2
-    (sr,) = sr_instances(qr_node.db, qr_node.chest_study)[-1:]
+    (_sr,) = sr_instances(qr_node.db, qr_node.chest_study)[-1:]
     assert int(by_mod["SR"].NumberOfSeriesRelatedInstances) == len(sr_instances(qr_node.db, qr_node.chest_study))
     assert all(ds.StudyInstanceUID == qr_node.chest_study for ds in rsp)
     assert all(ds.RetrieveAETitle == NODE_AE for ds in rsp)
@@ -74,8 +92,9 @@ def test_study_level_keys_wildcards_ranges(qr_node: QRNode, tmp_path: Path) -> N
         assert [ds.StudyInstanceUID for ds in got] == [qr_node.chest_study], rng
     assert study_level(qr_node, tmp_path / "e", "StudyDate=19900101-19991231") == []
     # UID list
-    got = study_level(qr_node, tmp_path / "f",
-                      f"StudyInstanceUID={qr_node.chest_study}\\{qr_node.lateral_study}\\1.2.3.4")
+    got = study_level(
+        qr_node, tmp_path / "f", f"StudyInstanceUID={qr_node.chest_study}\\{qr_node.lateral_study}\\1.2.3.4"
+    )
     assert sorted(ds.StudyInstanceUID for ds in got) == sorted([qr_node.chest_study, qr_node.lateral_study])
     # ModalitiesInStudy: any-of match
     assert len(study_level(qr_node, tmp_path / "g", "ModalitiesInStudy=SR", "PatientID=QRPAT*")) == 2
@@ -84,17 +103,32 @@ def test_study_level_keys_wildcards_ranges(qr_node: QRNode, tmp_path: Path) -> N
 
 
 def test_image_level_and_patient_root(qr_node: QRNode, tmp_path: Path) -> None:
-    rsp = findscu(qr_node, tmp_path / "img", "QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={qr_node.chest_study}",
-                  "Modality=SR", "SOPInstanceUID", "SOPClassUID")
+    rsp = findscu(
+        qr_node,
+        tmp_path / "img",
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={qr_node.chest_study}",
+        "Modality=SR",
+        "SOPInstanceUID",
+        "SOPClassUID",
+    )
     row = worklist_row(qr_node.db, qr_node.chest_study)
     assert row is not None
     assert row["sr_sop_instance_uid"] in [ds.SOPInstanceUID for ds in rsp]
     # Patient Root: PATIENT level, then the patient's studies
-    pats = findscu(qr_node, tmp_path / "p", "QueryRetrieveLevel=PATIENT", "PatientID=QRPAT1", "PatientName",
-                   "NumberOfPatientRelatedStudies", patient_root=True)
+    pats = findscu(
+        qr_node,
+        tmp_path / "p",
+        "QueryRetrieveLevel=PATIENT",
+        "PatientID=QRPAT1",
+        "PatientName",
+        "NumberOfPatientRelatedStudies",
+        patient_root=True,
+    )
     assert [(str(ds.PatientName), int(ds.NumberOfPatientRelatedStudies)) for ds in pats] == [("DEMO^QRPAT1", 1)]
-    studies = findscu(qr_node, tmp_path / "ps", "QueryRetrieveLevel=STUDY", "PatientID=QRPAT1", "StudyInstanceUID",
-                      patient_root=True)
+    studies = findscu(
+        qr_node, tmp_path / "ps", "QueryRetrieveLevel=STUDY", "PatientID=QRPAT1", "StudyInstanceUID", patient_root=True
+    )
     assert [ds.StudyInstanceUID for ds in studies] == [qr_node.chest_study]
     # PATIENT level is not part of Study Root: refused, nothing returned
     assert findscu(qr_node, tmp_path / "bad", "QueryRetrieveLevel=PATIENT", "PatientID=QRPAT1") == []
@@ -108,10 +142,30 @@ def test_getscu_retrieves_series(qr_node: QRNode, tmp_path: Path) -> None:
     src_series = str(pydicom.dcmread(qr_node.chest_files[0], stop_before_pixels=True).SeriesInstanceUID)
     out = tmp_path / "get"
     out.mkdir()
-    proc = subprocess.run(["getscu", "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-od", str(out),
-                           "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={qr_node.chest_study}",
-                           "-k", f"SeriesInstanceUID={src_series}", "127.0.0.1", str(qr_node.port)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [
+            "getscu",
+            "-S",
+            "-aet",
+            SCU_AE,
+            "-aec",
+            NODE_AE,
+            "-od",
+            str(out),
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={qr_node.chest_study}",
+            "-k",
+            f"SeriesInstanceUID={src_series}",
+            "127.0.0.1",
+            str(qr_node.port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in out.iterdir()}
     sent = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in qr_node.chest_files}
@@ -122,35 +176,81 @@ def test_getscu_retrieves_series(qr_node: QRNode, tmp_path: Path) -> None:
     row = worklist_row(qr_node.db, qr_node.chest_study)
     out_sr = tmp_path / "get_sr"
     out_sr.mkdir()
-    subprocess.run(["getscu", "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-od", str(out_sr),
-                    "-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={qr_node.chest_study}",
-                    "-k", f"SOPInstanceUID={row['sr_sop_instance_uid']}", "127.0.0.1", str(qr_node.port)],
-                   capture_output=True, text=True, timeout=60, check=True)
+    subprocess.run(
+        [
+            "getscu",
+            "-S",
+            "-aet",
+            SCU_AE,
+            "-aec",
+            NODE_AE,
+            "-od",
+            str(out_sr),
+            "-k",
+            "QueryRetrieveLevel=IMAGE",
+            "-k",
+            f"StudyInstanceUID={qr_node.chest_study}",
+            "-k",
+            f"SOPInstanceUID={row['sr_sop_instance_uid']}",
+            "127.0.0.1",
+            str(qr_node.port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     (sr_file,) = list(out_sr.iterdir())
     assert pydicom.dcmread(sr_file).Modality == "SR"
     lines = [e for e in audit_lines(qr_node) if e["event_id"]["code"] == "110104" and e["action"] == "R"]
-    assert any("C-GET" in e["outcome_desc"] and any(o["id"] == qr_node.chest_study for o in e["objects"])
-               for e in lines)
+    assert any(
+        "C-GET" in e["outcome_desc"] and any(o["id"] == qr_node.chest_study for o in e["objects"]) for e in lines
+    )
 
 
 def test_movescu_to_configured_destination(qr_node: QRNode, tmp_path: Path) -> None:
     out = tmp_path / "moved"
     out.mkdir()
-    scp = subprocess.Popen(["storescp", "-aet", MOVE_DEST_AE, "-od", str(out), str(qr_node.move_port)],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    scp = subprocess.Popen(
+        ["storescp", "-aet", MOVE_DEST_AE, "-od", str(out), str(qr_node.move_port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_until(lambda: port_open(qr_node.move_port), 20, "storescp to listen")
-        proc = subprocess.run(["movescu", "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-aem", MOVE_DEST_AE,
-                               "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={qr_node.chest_study}",
-                               "127.0.0.1", str(qr_node.port)], capture_output=True, text=True, timeout=60,
-                              check=False)
+        proc = subprocess.run(
+            [
+                "movescu",
+                "-S",
+                "-aet",
+                SCU_AE,
+                "-aec",
+                NODE_AE,
+                "-aem",
+                MOVE_DEST_AE,
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={qr_node.chest_study}",
+                "127.0.0.1",
+                str(qr_node.port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         expected = {r[1] for r in sr_instances(qr_node.db, qr_node.chest_study)} | {
-            str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in qr_node.chest_files}
+            str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in qr_node.chest_files
+        }
 
         def moved() -> set[str]:
-            return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()
-                    if p.is_file() and p.stat().st_size > 0}
+            return {
+                str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
+                for p in out.iterdir()
+                if p.is_file() and p.stat().st_size > 0
+            }
 
         wait_until(lambda: moved() == expected, 20, "the moved instances in storescp's folder", interval=0.2)
     finally:
@@ -159,9 +259,29 @@ def test_movescu_to_configured_destination(qr_node: QRNode, tmp_path: Path) -> N
 
 
 def test_unknown_move_destination_refused(qr_node: QRNode) -> None:
-    proc = subprocess.run(["movescu", "-v", "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-aem", "NOBODY",
-                           "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={qr_node.chest_study}",
-                           "127.0.0.1", str(qr_node.port)], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [
+            "movescu",
+            "-v",
+            "-S",
+            "-aet",
+            SCU_AE,
+            "-aec",
+            NODE_AE,
+            "-aem",
+            "NOBODY",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={qr_node.chest_study}",
+            "127.0.0.1",
+            str(qr_node.port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     text = proc.stdout + proc.stderr
     assert "MoveDestinationUnknown" in text or "a801" in text.lower(), text
 
@@ -194,8 +314,12 @@ def test_cancel_ends_find_and_get_with_fe00(qr_node: QRNode) -> None:
     requestor = SimpleNamespace(ae_title=SCU_AE, address="127.0.0.1")
 
     def event(sop_class: str) -> SimpleNamespace:
-        return SimpleNamespace(request=SimpleNamespace(AffectedSOPClassUID=sop_class), identifier=ident,
-                               is_cancelled=True, assoc=SimpleNamespace(requestor=requestor))
+        return SimpleNamespace(
+            request=SimpleNamespace(AffectedSOPClassUID=sop_class),
+            identifier=ident,
+            is_cancelled=True,
+            assoc=SimpleNamespace(requestor=requestor),
+        )
 
     assert [s for s, _ in qr.on_find(event(StudyRootQueryRetrieveInformationModelFind))] == [0xFE00]
     got = list(qr.on_get(event(StudyRootQueryRetrieveInformationModelGet)))

@@ -35,10 +35,20 @@ def assoc(qr_node: QRNode) -> Iterator[object]:
 
 def ups_find(assoc, **keys) -> list[Dataset]:  # type: ignore[no-untyped-def]
     query = Dataset()
-    for k, v in {"SOPInstanceUID": "", "ScheduledProcedureStepPriority": "", "ProcedureStepState": "",
-                 "WorklistLabel": "", "ScheduledProcedureStepStartDateTime": "", "PatientID": "",
-                 "StudyInstanceUID": "", "ReferencedRequestSequence": [], "InputInformationSequence": [],
-                 "ReferencedInstanceSequence": [], "InputReadinessState": "", **keys}.items():
+    for k, v in {
+        "SOPInstanceUID": "",
+        "ScheduledProcedureStepPriority": "",
+        "ProcedureStepState": "",
+        "WorklistLabel": "",
+        "ScheduledProcedureStepStartDateTime": "",
+        "PatientID": "",
+        "StudyInstanceUID": "",
+        "ReferencedRequestSequence": [],
+        "InputInformationSequence": [],
+        "ReferencedInstanceSequence": [],
+        "InputReadinessState": "",
+        **keys,
+    }.items():
         setattr(query, k, v)
     out, final = [], None
     for status, ident in assoc.send_c_find(query, UnifiedProcedureStepPull):
@@ -82,8 +92,9 @@ def test_c_find_one_workitem_per_triaged_study(qr_node: QRNode, assoc) -> None: 
     assert ups_find(assoc, PatientID="QRPAT*", ScheduledProcedureStepPriority="LOW") == []
     # the query was audited
     lines = [json.loads(x) for x in qr_node.cfg.audit_path.read_text().splitlines() if x.strip()]
-    assert any(e["event_id"]["code"] == "110112" and e["objects"][0]["id"] == str(UnifiedProcedureStepPull)
-               for e in lines)
+    assert any(
+        e["event_id"]["code"] == "110112" and e["objects"][0]["id"] == str(UnifiedProcedureStepPull) for e in lines
+    )
 
 
 def test_n_get_and_state_machine(qr_node: QRNode, assoc) -> None:  # type: ignore[no-untyped-def]

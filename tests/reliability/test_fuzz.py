@@ -25,11 +25,22 @@ from node.query.match import InvalidQuery, find
 from node.store.header import BadDataset, parse_header
 
 EXAMPLES = int(os.environ.get("RELIABILITY_FUZZ_EXAMPLES", "150"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
-TS = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
-      "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.5", "9.9.9"]
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
+TS = [
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.5",
+    "9.9.9",
+]
 LIMIT = 4 * 1024 * 1024
 
 
@@ -68,22 +79,28 @@ def test_header_parser_on_random_bytes(data: bytes, ts: str) -> None:
 
 
 @FUZZ
-@given(cut=st.integers(min_value=0, max_value=400), flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)),
-                                                                max_size=6), implicit=st.booleans())
+@given(
+    cut=st.integers(min_value=0, max_value=400),
+    flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+    implicit=st.booleans(),
+)
 def test_header_parser_on_mutated_valid_data_sets(cut: int, flips: list[tuple[int, int]], implicit: bool) -> None:
     body = bytearray(_valid_body(implicit))
     for pos, value in flips:
         if pos < len(body):
             body[pos] = value
-    body = body[:max(0, len(body) - cut)] if cut else body
+    body = body[: max(0, len(body) - cut)] if cut else body
     ts = "1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1"
     _check_parse(bytes(body), ts)
     _check_parse(zlib.compress(bytes(body))[2:-4], "1.2.840.10008.1.2.1.99")
 
 
 @FUZZ
-@given(length=st.integers(min_value=0, max_value=0xFFFFFFFF), tag=st.integers(0, 0xFFFFFFFF),
-       vr=st.sampled_from([b"OB", b"SQ", b"UN", b"UT", b"PN", b"\x00\x00", b"ZZ"]))
+@given(
+    length=st.integers(min_value=0, max_value=0xFFFFFFFF),
+    tag=st.integers(0, 0xFFFFFFFF),
+    vr=st.sampled_from([b"OB", b"SQ", b"UN", b"UT", b"PN", b"\x00\x00", b"ZZ"]),
+)
 def test_header_parser_on_lying_lengths(length: int, tag: int, vr: bytes) -> None:
     head = _valid_body(False)
     group, element = tag >> 16, tag & 0xFFFF
@@ -104,13 +121,22 @@ def test_multipart_parser_on_random_bodies(body: bytes, boundary: str) -> None:
 
 
 @FUZZ
-@given(parts=st.lists(st.tuples(st.text(max_size=40), st.binary(max_size=200)), max_size=5),
-       boundary=st.text(alphabet="abcXYZ0123456789-_", min_size=1, max_size=40),
-       garble=st.integers(0, 3))
+@given(
+    parts=st.lists(st.tuples(st.text(max_size=40), st.binary(max_size=200)), max_size=5),
+    boundary=st.text(alphabet="abcXYZ0123456789-_", min_size=1, max_size=40),
+    garble=st.integers(0, 3),
+)
 def test_multipart_parser_on_near_valid_bodies(parts: list[tuple[str, bytes]], boundary: str, garble: int) -> None:
     b = boundary.encode()
-    body = b"".join(b"--" + b + b"\r\nContent-Type: " + ct.encode("utf-8", "replace") + b"\r\n\r\n" + data + b"\r\n"
-                    for ct, data in parts) + b"--" + b + b"--\r\n"
+    body = (
+        b"".join(
+            b"--" + b + b"\r\nContent-Type: " + ct.encode("utf-8", "replace") + b"\r\n\r\n" + data + b"\r\n"
+            for ct, data in parts
+        )
+        + b"--"
+        + b
+        + b"--\r\n"
+    )
     if garble == 1:
         body = body[: len(body) // 2]
     elif garble == 2:
@@ -123,12 +149,32 @@ def test_multipart_parser_on_near_valid_bodies(parts: list[tuple[str, bytes]], b
         pass
 
 
-KEYWORDS = ["PatientID", "PatientName", "StudyDate", "StudyTime", "StudyInstanceUID", "SeriesInstanceUID",
-            "SOPInstanceUID", "Modality", "ModalitiesInStudy", "AccessionNumber", "StudyDescription",
-            "SeriesNumber", "InstanceNumber", "PatientBirthDate", "NoSuchKeyword", "QueryRetrieveLevel"]
-VALUES = st.one_of(st.none(), st.text(max_size=30),
-                   st.text(alphabet="0123456789-.*?\\", max_size=30),
-                   st.lists(st.text(max_size=10), max_size=3), st.integers(), st.binary(max_size=10))
+KEYWORDS = [
+    "PatientID",
+    "PatientName",
+    "StudyDate",
+    "StudyTime",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Modality",
+    "ModalitiesInStudy",
+    "AccessionNumber",
+    "StudyDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+    "PatientBirthDate",
+    "NoSuchKeyword",
+    "QueryRetrieveLevel",
+]
+VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=30),
+    st.text(alphabet="0123456789-.*?\\", max_size=30),
+    st.lists(st.text(max_size=10), max_size=3),
+    st.integers(),
+    st.binary(max_size=10),
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +188,10 @@ def index_session(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 
 @FUZZ
-@given(level=st.sampled_from(["PATIENT", "STUDY", "SERIES", "IMAGE", "BOGUS"]),
-       criteria=st.dictionaries(st.sampled_from(KEYWORDS), VALUES, max_size=6))
+@given(
+    level=st.sampled_from(["PATIENT", "STUDY", "SERIES", "IMAGE", "BOGUS"]),
+    criteria=st.dictionaries(st.sampled_from(KEYWORDS), VALUES, max_size=6),
+)
 def test_cfind_matching_on_random_identifiers(index_session, level: str, criteria: dict) -> None:  # type: ignore[type-arg]
     try:
         list(find(index_session, level, criteria, limit=10))

@@ -39,8 +39,9 @@ pytestmark = [pytest.mark.dcmtk, pytest.mark.slow, needs_tools("chromium", "npm"
 
 @pytest.fixture(scope="module")
 def ohif_dist() -> Path:
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "ohif.sh")], capture_output=True, text=True, timeout=600,
-                          check=False)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "ohif.sh")], capture_output=True, text=True, timeout=600, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     return Path(proc.stdout.strip().splitlines()[-1])
 
@@ -51,10 +52,21 @@ def ohif_server(ohif_dist: Path, tmp_path: Path) -> Iterator[Any]:
 
     def start(node_url: str) -> str:
         port = free_port()
-        proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "ohif_serve.py"), "--dist", str(ohif_dist),
-                                 "--node", node_url, "--port", str(port)],
-                                env={**os.environ, "TRIAGE_NODE_TOKEN": TOKEN}, stdout=subprocess.PIPE,
-                                stderr=(tmp_path / "ohif.log").open("wb"))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "ohif_serve.py"),
+                "--dist",
+                str(ohif_dist),
+                "--node",
+                node_url,
+                "--port",
+                str(port),
+            ],
+            env={**os.environ, "TRIAGE_NODE_TOKEN": TOKEN},
+            stdout=subprocess.PIPE,
+            stderr=(tmp_path / "ohif.log").open("wb"),
+        )
         procs.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().startswith(b"OHIF on")
         return f"http://127.0.0.1:{port}"
@@ -74,12 +86,17 @@ def _not_blank(png: bytes) -> float:
     return float(pixels.std())
 
 
-def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_model_dir: Path, node_factory,
-                                                             ohif_server) -> None:  # type: ignore[no-untyped-def]
+def test_ohif_shows_the_triaged_study_its_image_and_its_sr(
+    tmp_path: Path, tiny_model_dir: Path, node_factory, ohif_server
+) -> None:  # type: ignore[no-untyped-def]
     from playwright.sync_api import sync_playwright
 
-    cfg = node_config(tmp_path / "node", tiny_model_dir, http={"enabled": True, "port": 0, "token": TOKEN},
-                      results={"summary_card": True})
+    cfg = node_config(
+        tmp_path / "node",
+        tiny_model_dir,
+        http={"enabled": True, "port": 0, "token": TOKEN},
+        results={"summary_card": True},
+    )
     node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "OHIF-DEMO", images=1)
     sr = sr_uid(node, study_uid)
@@ -91,13 +108,18 @@ def test_ohif_shows_the_triaged_study_its_image_and_its_sr(tmp_path: Path, tiny_
     shots = DOCS if UPDATE_DOCS else tmp_path
     shots.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
+        )
         page = browser.new_page(viewport={"width": 1920, "height": 1080})
         page.on("console", lambda m: problems.append(f"console error: {m.text}") if m.type == "error" else None)
         page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url}")
-                if "/dicomweb" in r.url and r.status >= 400 else None)
+        page.on(
+            "response",
+            lambda r: problems.append(f"HTTP {r.status} {r.url}") if "/dicomweb" in r.url and r.status >= 400 else None,
+        )
         page.on("requestfailed", lambda r: problems.append(f"request failed {r.url}: {r.failure}"))
 
         # the study list shows the triaged study

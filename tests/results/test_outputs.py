@@ -39,9 +39,11 @@ def _instances_of_class(node: Any, study_uid: str, sop_class: str) -> list[tuple
 
     with node.db.session() as session:
         rows = session.execute(
-            select(Instance.sop_instance_uid, Instance.path).join(Series, Instance.series_pk == Series.id)
+            select(Instance.sop_instance_uid, Instance.path)
+            .join(Series, Instance.series_pk == Series.id)
             .join(Study, Series.study_pk == Study.id)
-            .where(Study.study_instance_uid == study_uid, Instance.sop_class_uid == sop_class)).all()
+            .where(Study.study_instance_uid == study_uid, Instance.sop_class_uid == sop_class)
+        ).all()
     return [(uid, Path(node.settings.storage.path) / rel) for uid, rel in rows]
 
 
@@ -53,8 +55,7 @@ class Peer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, *self.args], stdout=subprocess.PIPE,
-                                     stderr=self.log.open("ab"))
+        self.proc = subprocess.Popen([sys.executable, *self.args], stdout=subprocess.PIPE, stderr=self.log.open("ab"))
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # "listening" once the socket is bound
         assert line.strip() == b"listening", self.log.read_text()
@@ -75,8 +76,9 @@ def peers() -> Iterator[list[Peer]]:
 
 # --------------------------------------------------------------------------- summary card and PDF
 @needs_tools("Orthanc")
-def test_card_and_pdf_are_stored_forwarded_and_valid(tmp_path: Path, tiny_model_dir: Path, orthanc_factory,
-                                                     node_factory) -> None:  # type: ignore[no-untyped-def]
+def test_card_and_pdf_are_stored_forwarded_and_valid(
+    tmp_path: Path, tiny_model_dir: Path, orthanc_factory, node_factory
+) -> None:  # type: ignore[no-untyped-def]
     orthanc = orthanc_factory()
     orthanc.start()
     cfg = forwarding_node(tmp_path / "node", tiny_model_dir, orthanc, send=["sr", "sc", "pdf"])
@@ -101,9 +103,12 @@ def test_card_and_pdf_are_stored_forwarded_and_valid(tmp_path: Path, tiny_model_
         assert report.ok, (path.name, report.errors)
     sc = pydicom.dcmread(sc_path)
     assert (sc.StudyInstanceUID, sc.PatientID, sc.Modality) == (study_uid, "CARD-1", "OT")
-    assert sc.SeriesInstanceUID != pydicom.dcmread(_instances_of_class(node, study_uid,
-                                                                         "1.2.840.10008.5.1.4.1.1.88.34")[0][1]
-                                                     ).SeriesInstanceUID
+    assert (
+        sc.SeriesInstanceUID
+        != pydicom.dcmread(
+            _instances_of_class(node, study_uid, "1.2.840.10008.5.1.4.1.1.88.34")[0][1]
+        ).SeriesInstanceUID
+    )
     pixels = sc.pixel_array
     assert pixels.shape[1:] == (1024, 3) and pixels.shape[0] >= 768
     from PIL import Image
@@ -111,7 +116,7 @@ def test_card_and_pdf_are_stored_forwarded_and_valid(tmp_path: Path, tiny_model_
     if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":  # the README's picture of the card
         Image.fromarray(pixels).save(Path(__file__).resolve().parents[2] / "docs" / "summary-card.png")
     assert (pixels[10:50, 10:200, 0] > 150).mean() > 0.5, "the red research-use banner is missing"
-    assert pixels[80:400, 1024 - 344:1024 - 24].std() > 5, "the evaluated image thumbnail is blank"
+    assert pixels[80:400, 1024 - 344 : 1024 - 24].std() > 5, "the evaluated image thumbnail is blank"
     pdf = pydicom.dcmread(pdf_path)
     assert pdf.MIMETypeOfEncapsulatedDocument == "application/pdf"
     assert bytes(pdf.EncapsulatedDocument).startswith(b"%PDF")
@@ -119,25 +124,37 @@ def test_card_and_pdf_are_stored_forwarded_and_valid(tmp_path: Path, tiny_model_
 
 
 # --------------------------------------------------------------------------- HL7 over MLLP
-def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model_dir: Path, node_factory,
-                                                      peers: list[Peer]) -> None:  # type: ignore[no-untyped-def]
+def test_hl7_oru_reaches_the_ris_once_after_an_outage(
+    tmp_path: Path, tiny_model_dir: Path, node_factory, peers: list[Peer]
+) -> None:  # type: ignore[no-untyped-def]
     from hl7apy.parser import parse_message
 
     port = free_port()
     received = tmp_path / "ris.jsonl"
     listener = Peer([str(HERE / "peers" / "mllp_listener.py"), str(port), str(received)], tmp_path / "ris.log")
     peers.append(listener)
-    cfg = node_config(tmp_path / "node", tiny_model_dir,
-                      forwarding={"initial_backoff_seconds": 0.3, "max_backoff_seconds": 0.6,
-                                  "max_age_seconds": 600, "poll_seconds": 0.2, "timeout_seconds": 5},
-                      hl7=[{"host": "127.0.0.1", "port": port, "receiving_application": "RIS", "timeout_seconds": 5}])
+    cfg = node_config(
+        tmp_path / "node",
+        tiny_model_dir,
+        forwarding={
+            "initial_backoff_seconds": 0.3,
+            "max_backoff_seconds": 0.6,
+            "max_age_seconds": 600,
+            "poll_seconds": 0.2,
+            "timeout_seconds": 5,
+        },
+        hl7=[{"host": "127.0.0.1", "port": port, "receiving_application": "RIS", "timeout_seconds": 5}],
+    )
     node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "HL7-1")
     sr = sr_uid(node, study_uid)
 
     # the RIS is down: the message waits in the outbox with the reason
-    row = wait_until(lambda: next((r for r in outbox_rows(node, study_uid) if r.kind == "hl7-oru" and r.attempts >= 2),
-                                  None), WAIT_S, "failed HL7 attempts while the RIS is down")
+    row = wait_until(
+        lambda: next((r for r in outbox_rows(node, study_uid) if r.kind == "hl7-oru" and r.attempts >= 2), None),
+        WAIT_S,
+        "failed HL7 attempts while the RIS is down",
+    )
     assert row.state == "pending" and "Connection refused" in row.last_error, row.last_error
     listener.start()
     wait_until(lambda: all(r.state == "sent" for r in outbox_rows(node, study_uid)), WAIT_S, "the ORU ACKed")
@@ -152,7 +169,9 @@ def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model
     assert parsed.pid.pid_3.value.split("^")[0] == "HL7-1"
     obx = [seg for seg in er7.split("\r") if seg.startswith("OBX|")]
     fields = [seg.split("|") for seg in obx]
-    result = read_triage_sr(pydicom.dcmread(_instances_of_class(node, study_uid, "1.2.840.10008.5.1.4.1.1.88.34")[0][1]))
+    result = read_triage_sr(
+        pydicom.dcmread(_instances_of_class(node, study_uid, "1.2.840.10008.5.1.4.1.1.88.34")[0][1])
+    )
     assert result.findings, "a chest study gets findings"
     for n, finding in enumerate(result.findings, start=1):
         state_obx = next(f for f in fields if f[2] == "CWE" and f[4] == str(n))
@@ -168,23 +187,35 @@ def test_hl7_oru_reaches_the_ris_once_after_an_outage(tmp_path: Path, tiny_model
     assert "Research use only" in er7
 
 
-def test_a_refused_hl7_message_becomes_a_dead_letter(tmp_path: Path, tiny_model_dir: Path, node_factory,
-                                                    peers: list[Peer]) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_hl7_message_becomes_a_dead_letter(
+    tmp_path: Path, tiny_model_dir: Path, node_factory, peers: list[Peer]
+) -> None:  # type: ignore[no-untyped-def]
     """A RIS answering AE is not a delivery: retried, then a dead letter naming the ACK code."""
     port = free_port()
     received = tmp_path / "ris.jsonl"
     listener = Peer([str(HERE / "peers" / "mllp_listener.py"), str(port), str(received), "AE"], tmp_path / "ris.log")
     peers.append(listener)
     listener.start()
-    cfg = node_config(tmp_path / "node", tiny_model_dir,
-                      forwarding={"initial_backoff_seconds": 0.2, "max_backoff_seconds": 0.4,
-                                  "max_age_seconds": 3, "poll_seconds": 0.2, "timeout_seconds": 5},
-                      hl7=[{"host": "127.0.0.1", "port": port}])
+    cfg = node_config(
+        tmp_path / "node",
+        tiny_model_dir,
+        forwarding={
+            "initial_backoff_seconds": 0.2,
+            "max_backoff_seconds": 0.4,
+            "max_age_seconds": 3,
+            "poll_seconds": 0.2,
+            "timeout_seconds": 5,
+        },
+        hl7=[{"host": "127.0.0.1", "port": port}],
+    )
     node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "HL7-AE")
     sr_uid(node, study_uid)
-    row = wait_until(lambda: next((r for r in outbox_rows(node, study_uid) if r.state == "dead"), None), WAIT_S,
-                     "the refused ORU as a dead letter")
+    row = wait_until(
+        lambda: next((r for r in outbox_rows(node, study_uid) if r.state == "dead"), None),
+        WAIT_S,
+        "the refused ORU as a dead letter",
+    )
     assert row.kind == "hl7-oru" and row.attempts >= 1
     assert "answered AE" in row.last_error and "refused for the test" not in row.last_error
     assert len(received.read_text().splitlines()) == row.attempts  # each attempt reached the RIS
@@ -200,8 +231,15 @@ def test_hl7_priority_update_only_raises(tmp_path: Path) -> None:
 
     image = ImageRef("1.2.840.10008.5.1.4.1.1.1.1", "1.2.3.4", "1.2.3")
     alg = AlgorithmInfo("n", "1", "m", "r", "0" * 64, "cxr", "sha256:1", "tn-pre-1", "d", is_test_model=True)
-    high = TriageResult(True, "HIGH", None, None, (FindingResult(Code("36118008", "SCT", "Pneumothorax"), "present",
-                                                                 0.9, 0.5, True, (image,)),), (image,), alg)
+    high = TriageResult(
+        True,
+        "HIGH",
+        None,
+        None,
+        (FindingResult(Code("36118008", "SCT", "Pneumothorax"), "present", 0.9, 0.5, True, (image,)),),
+        (image,),
+        alg,
+    )
     facts = StudyFacts("P1", "", "Doe^Jo", "", "", "ACC9", "1.2.3", "1.2.3.9")
     er7 = build_priority_update(high, facts, Hl7Destination(host="127.0.0.1", port=2575), "TN7")
     msg = parse_message(er7.split("\rZDS")[0], find_groups=False)
@@ -219,8 +257,15 @@ def test_hl7_priority_update_only_raises(tmp_path: Path) -> None:
         dests = (Hl7Destination(host="127.0.0.1", port=2575, priority_update=True),)
         for n, raises in enumerate((True, False)):  # this SR raised the priority / it did not (or kept a raise)
             with db.write() as session:
-                enqueue_study(session, (), study_uid=f"1.2.{n}", sr_sop_instance_uid=f"1.2.{n}.9", sr_path="x.dcm",
-                              hl7=dests, raises_priority=raises)
+                enqueue_study(
+                    session,
+                    (),
+                    study_uid=f"1.2.{n}",
+                    sr_sop_instance_uid=f"1.2.{n}.9",
+                    sr_path="x.dcm",
+                    hl7=dests,
+                    raises_priority=raises,
+                )
         with db.session() as session:
             kinds = {(r.study_instance_uid, r.kind) for r in session.execute(select(OutboxItem)).scalars()}
         assert kinds == {("1.2.0", "hl7-oru"), ("1.2.0", "hl7-priority"), ("1.2.1", "hl7-oru")}
@@ -229,8 +274,9 @@ def test_hl7_priority_update_only_raises(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- FHIR
-def test_fhir_diagnostic_report_reaches_the_server(tmp_path: Path, tiny_model_dir: Path, node_factory,
-                                                   peers: list[Peer]) -> None:  # type: ignore[no-untyped-def]
+def test_fhir_diagnostic_report_reaches_the_server(
+    tmp_path: Path, tiny_model_dir: Path, node_factory, peers: list[Peer]
+) -> None:  # type: ignore[no-untyped-def]
     from fhir.resources.bundle import Bundle
 
     port = free_port()
@@ -238,21 +284,41 @@ def test_fhir_diagnostic_report_reaches_the_server(tmp_path: Path, tiny_model_di
     server = Peer([str(HERE / "peers" / "fhir_endpoint.py"), str(port), "s3cret", str(received)], tmp_path / "fhir.log")
     peers.append(server)
     server.start()
-    cfg = node_config(tmp_path / "node", tiny_model_dir,
-                      forwarding={"initial_backoff_seconds": 0.3, "max_backoff_seconds": 0.6,
-                                  "max_age_seconds": 600, "poll_seconds": 0.2, "timeout_seconds": 5},
-                      fhir=[{"url": f"http://127.0.0.1:{port}/fhir", "token": "s3cret"},
-                            {"url": f"http://127.0.0.1:{port}/wrong-token", "token": "nope"}])
+    cfg = node_config(
+        tmp_path / "node",
+        tiny_model_dir,
+        forwarding={
+            "initial_backoff_seconds": 0.3,
+            "max_backoff_seconds": 0.6,
+            "max_age_seconds": 600,
+            "poll_seconds": 0.2,
+            "timeout_seconds": 5,
+        },
+        fhir=[
+            {"url": f"http://127.0.0.1:{port}/fhir", "token": "s3cret"},
+            {"url": f"http://127.0.0.1:{port}/wrong-token", "token": "nope"},
+        ],
+    )
     node = node_factory(cfg)
     study_uid, _ = send_chest_study(tmp_path / "src", cfg.port, "FHIR-1")
     sr = sr_uid(node, study_uid)
 
     def by_url() -> dict[str, Any]:
         return {r.destination: r for r in outbox_rows(node, study_uid)}
-    wait_until(lambda: by_url().get(f"fhir:http://127.0.0.1:{port}/fhir", None) is not None
-               and by_url()[f"fhir:http://127.0.0.1:{port}/fhir"].state == "sent", WAIT_S, "the Bundle accepted")
-    refused = wait_until(lambda: (lambda r: r if r.attempts >= 1 else None)(
-        by_url()[f"fhir:http://127.0.0.1:{port}/wrong-token"]), WAIT_S, "the wrong token refused")
+
+    wait_until(
+        lambda: (
+            by_url().get(f"fhir:http://127.0.0.1:{port}/fhir", None) is not None
+            and by_url()[f"fhir:http://127.0.0.1:{port}/fhir"].state == "sent"
+        ),
+        WAIT_S,
+        "the Bundle accepted",
+    )
+    refused = wait_until(
+        lambda: (lambda r: r if r.attempts >= 1 else None)(by_url()[f"fhir:http://127.0.0.1:{port}/wrong-token"]),
+        WAIT_S,
+        "the wrong token refused",
+    )
     assert refused.state == "pending" and "HTTP 401" in refused.last_error
 
     (line,) = received.read_text().splitlines()
@@ -261,7 +327,9 @@ def test_fhir_diagnostic_report_reaches_the_server(tmp_path: Path, tiny_model_di
     (report,) = [r for r in resources if r.__resource_type__ == "DiagnosticReport"]
     observations = [r for r in resources if r.__resource_type__ == "Observation"]
     (device,) = [r for r in resources if r.__resource_type__ == "Device"]
-    result = read_triage_sr(pydicom.dcmread(_instances_of_class(node, study_uid, "1.2.840.10008.5.1.4.1.1.88.34")[0][1]))
+    result = read_triage_sr(
+        pydicom.dcmread(_instances_of_class(node, study_uid, "1.2.840.10008.5.1.4.1.1.88.34")[0][1])
+    )
     assert report.status == "preliminary" and report.identifier[0].value == f"urn:oid:{sr}"
     assert len(observations) == len(result.findings) == len(report.result)
     for obs, finding in zip(observations, result.findings):
@@ -269,7 +337,9 @@ def test_fhir_diagnostic_report_reaches_the_server(tmp_path: Path, tiny_model_di
         assert obs.code.coding[0].code == finding.finding.value
         state = STATE_CODES[finding.state]
         assert (obs.valueCodeableConcept.coding[0].system, obs.valueCodeableConcept.coding[0].code) == (
-            "http://snomed.info/sct", state.value)
+            "http://snomed.info/sct",
+            state.value,
+        )
         assert abs(float(obs.component[0].valueQuantity.value) - round(finding.score, 4)) < 1e-9
         assert result.algorithm.model_id in obs.method.text and result.algorithm.profile_version in obs.method.text
         assert obs.device.reference == f"Device/{device.id}"
@@ -290,11 +360,13 @@ def test_a_no_assist_result_offers_no_assessment_in_hl7_or_fhir() -> None:
 
     image = ImageRef("1.2.840.10008.5.1.4.1.1.1.1", "1.2.3.4", "1.2.3")
     alg = AlgorithmInfo("n", "1", "m", "r", "0" * 64, "cxr", "sha256:1", "tn-pre-1", "d", is_test_model=True)
-    in_band = FindingResult(Code("36118008", "SCT", "Pneumothorax"), "indeterminate", 0.55, 0.6, True, (image,),
-                            band_low=0.4, band_high=0.6)
+    in_band = FindingResult(
+        Code("36118008", "SCT", "Pneumothorax"), "indeterminate", 0.55, 0.6, True, (image,), band_low=0.4, band_high=0.6
+    )
     reason = Code("URGINDET", "99TRIAGE", "Urgent finding indeterminate")
-    result = TriageResult(False, "MEDIUM", reason, "No AI assessment: an urgent finding is indeterminate.",
-                          (in_band,), (image,), alg)
+    result = TriageResult(
+        False, "MEDIUM", reason, "No AI assessment: an urgent finding is indeterminate.", (in_band,), (image,), alg
+    )
 
     facts = StudyFacts("P1", "", "Doe^Jo", "", "", "ACC9", "1.2.3", "1.2.3.9")
     er7 = build_oru(result, facts, Hl7Destination(host="127.0.0.1", port=2575), "TN8")

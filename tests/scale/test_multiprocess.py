@@ -50,14 +50,23 @@ def cluster(tmp_path: Path, postgres_url: str, tiny_model_dir: Path) -> Iterator
 
     def make(name: str, roles: list[str]) -> Member:
         sections = triage_sections(tiny_model_dir, batch_size=4)
-        sections["triage"].update({"profiles_dir": str(PROFILES_DIR), "poll_seconds": 0.1,
-                                   "stale_job_seconds": LEASE_SECONDS, "heartbeat_seconds": 0.5})
-        cfg = write_node_config(tmp_path / name, **sections,
-                                node={"roles": roles},
-                                dicom={"allowed_peers": [SCU_AE]},
-                                storage={"path": str(shared_storage)},
-                                database={"url": postgres_url},
-                                stability={"quiet_seconds": 1.5, "tick_seconds": 0.2})
+        sections["triage"].update(
+            {
+                "profiles_dir": str(PROFILES_DIR),
+                "poll_seconds": 0.1,
+                "stale_job_seconds": LEASE_SECONDS,
+                "heartbeat_seconds": 0.5,
+            }
+        )
+        cfg = write_node_config(
+            tmp_path / name,
+            **sections,
+            node={"roles": roles},
+            dicom={"allowed_peers": [SCU_AE]},
+            storage={"path": str(shared_storage)},
+            database={"url": postgres_url},
+            stability={"quiet_seconds": 1.5, "tick_seconds": 0.2},
+        )
         made.append(Member(cfg, name))  # one audit file per process (per host): each under its own data dir
         return made[-1]
 
@@ -144,8 +153,14 @@ def test_two_receivers_one_worker_killed_mid_job(cluster, dicom_factory, tmp_pat
             return list(conn.execute(text(sql), params).all())
 
     # catch the worker while it holds the running job, then SIGKILL it
-    running = wait_until(lambda: rows("SELECT id, worker FROM triage_job WHERE study_instance_uid = :u "
-                                      "AND state = 'running'", u=study_uid), 60, "the job to run", interval=0.01)
+    running = wait_until(
+        lambda: rows(
+            "SELECT id, worker FROM triage_job WHERE study_instance_uid = :u AND state = 'running'", u=study_uid
+        ),
+        60,
+        "the job to run",
+        interval=0.01,
+    )
     job_id, dead_worker = running[0]
     w1.kill()
     killed_at = time.monotonic()
@@ -154,16 +169,20 @@ def test_two_receivers_one_worker_killed_mid_job(cluster, dicom_factory, tmp_pat
 
     # another worker process (another slot, as on another host) retakes it after the lease
     w2 = cluster("worker2", ["triage"]).start(timeout=90)
-    wait_until(lambda: rows("SELECT 1 FROM triage_job WHERE id = :i AND state = 'done'", i=job_id), 60,
-               "the retaken job to finish")
+    wait_until(
+        lambda: rows("SELECT 1 FROM triage_job WHERE id = :i AND state = 'done'", i=job_id),
+        60,
+        "the retaken job to finish",
+    )
     assert time.monotonic() - killed_at >= LEASE_SECONDS - 0.5, "retaken before the lease ran out"
 
     # invariants: one study, one job done once, exactly one current SR, rows == files, no temp files
     assert rows("SELECT instance_count FROM study WHERE study_instance_uid = :u", u=study_uid) == [(len(paths) + 1,)]
     jobs = rows("SELECT id, state, attempts, worker FROM triage_job")
     assert len(jobs) == 1 and jobs[0][:3] == (job_id, "done", 2) and jobs[0][3] != dead_worker, jobs
-    srs = rows("SELECT i.sop_instance_uid, i.path FROM instance i JOIN series s ON i.series_pk = s.id "
-               "WHERE s.modality = 'SR'")
+    srs = rows(
+        "SELECT i.sop_instance_uid, i.path FROM instance i JOIN series s ON i.series_pk = s.id WHERE s.modality = 'SR'"
+    )
     assert len(srs) == 1, srs
     expected_sr = generate_uid(entropy_srcs=["triage-node-sr", study_uid, str(job_id)])
     assert srs[0][0] == expected_sr
@@ -180,8 +199,13 @@ def test_two_receivers_one_worker_killed_mid_job(cluster, dicom_factory, tmp_pat
     for p in (r1, r2, w2):
         p.stop()
     exe = Path(sys.executable).with_name("triage-node")
-    verify = subprocess.run([str(exe), "audit", "verify", "--config", str(r1.config)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    verify = subprocess.run(
+        [str(exe), "audit", "verify", "--config", str(r1.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "4 audit files checked, 0 with a problem" in verify.stdout, verify.stdout
     for p in (r1, r2, w1, w2):
@@ -189,7 +213,12 @@ def test_two_receivers_one_worker_killed_mid_job(cluster, dicom_factory, tmp_pat
 
     # a deleted audit file of another process is found from here
     (w1.root / "data" / "audit.jsonl").unlink()
-    verify = subprocess.run([str(exe), "audit", "verify", "--config", str(r1.config)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    verify = subprocess.run(
+        [str(exe), "audit", "verify", "--config", str(r1.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert verify.returncode == 1 and "does not exist" in verify.stderr, verify.stderr
     engine.dispose()

@@ -15,7 +15,7 @@ def test_roles_are_checked_at_start(tmp_path: Path) -> None:
     config.write_text('[node]\nroles = ["receive", "decode"]\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"node\.roles"):
         load_settings(config, {})
-    config.write_text('[node]\nroles = []\n', encoding="utf-8")
+    config.write_text("[node]\nroles = []\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="at least one role"):
         load_settings(config, {})
     settings = load_settings(config, {"TRIAGE_NODE__NODE__ROLES": '["receive", "http"]'})

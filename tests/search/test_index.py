@@ -32,7 +32,7 @@ def test_ivf_built_incrementally_finds_what_exact_search_finds(tmp_path: Path) -
     data, mods = clustered(2000, 1), np.where(np.arange(2000) % 4 == 0, "CT", "DX")
     index = VectorIndex(DIM, exact_max=300, nprobe=8)
     for start in range(0, 2000, 250):  # incremental adds, as images are embedded
-        index.add(np.arange(start, start + 250) + 1, data[start:start + 250], mods[start:start + 250])
+        index.add(np.arange(start, start + 250) + 1, data[start : start + 250], mods[start : start + 250])
     assert index.mode == "faiss-ivf" and len(index) == 2000 and index.needs_rebuild  # trained on 500 < 2000 / 4
     queries = clustered(50, 2)
     recall = []
@@ -64,7 +64,11 @@ def test_node_indexes_catch_up_persist_and_rebuild_when_missing(tmp_path: Path) 
         out = []
         for _ in range(n):
             ds = Dataset()
-            ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid(), generate_uid()
+            ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = (
+                generate_uid(),
+                generate_uid(),
+                generate_uid(),
+            )
             ds.Modality = "DX"
             out.append(ds)
         return out

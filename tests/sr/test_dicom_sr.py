@@ -79,8 +79,14 @@ def test_assist_sr_with_13_findings_round_trips_and_validates(study: Study, tmp_
         if item.ConceptNameCodeSequence[0].CodeValue == "111002"  # Algorithm Parameters
     ]
     algorithm = result.algorithm
-    for needle in (algorithm.model_id, algorithm.model_revision, algorithm.weights_sha256,
-                   algorithm.profile_name, algorithm.profile_version, algorithm.preprocessing_version):
+    for needle in (
+        algorithm.model_id,
+        algorithm.model_revision,
+        algorithm.weights_sha256,
+        algorithm.profile_name,
+        algorithm.profile_version,
+        algorithm.preprocessing_version,
+    ):
         assert any(needle in p for p in params), needle
 
 
@@ -276,28 +282,58 @@ def _traceable_no_assist(study: Study, *, kept_from: str | None) -> TriageResult
     """An urgent-indeterminate no-assist result with its scores, bands and per-image facts."""
     evaluated = (image_ref(study.pa),)
     findings = (
-        FindingResult(finding=Code("36118008", "SCT", "Pneumothorax"), state=FindingState.INDETERMINATE,
-                      score=0.55, threshold=0.6, urgent=True, source_images=evaluated, band_low=0.4, band_high=0.6),
-        FindingResult(finding=Code("60046008", "SCT", "Pleural effusion"), state=FindingState.NOT_DETECTED,
-                      score=0.1, threshold=0.7, urgent=False, source_images=evaluated, band_low=0.3, band_high=0.7),
+        FindingResult(
+            finding=Code("36118008", "SCT", "Pneumothorax"),
+            state=FindingState.INDETERMINATE,
+            score=0.55,
+            threshold=0.6,
+            urgent=True,
+            source_images=evaluated,
+            band_low=0.4,
+            band_high=0.6,
+        ),
+        FindingResult(
+            finding=Code("60046008", "SCT", "Pleural effusion"),
+            state=FindingState.NOT_DETECTED,
+            score=0.1,
+            threshold=0.7,
+            urgent=False,
+            source_images=evaluated,
+            band_low=0.3,
+            band_high=0.7,
+        ),
     )
     images = (
-        ImageAssessment(image=image_ref(study.pa), preprocessing="tn-pre-1: window(center=2048, width=4096)",
-                        evaluated=True, domain_score=0.93),
-        ImageAssessment(image=image_ref(study.lateral), preprocessing="tn-pre-1: window(center=2000, width=4000)",
-                        evaluated=False, domain_score=0.12),
+        ImageAssessment(
+            image=image_ref(study.pa),
+            preprocessing="tn-pre-1: window(center=2048, width=4096)",
+            evaluated=True,
+            domain_score=0.93,
+        ),
+        ImageAssessment(
+            image=image_ref(study.lateral),
+            preprocessing="tn-pre-1: window(center=2000, width=4000)",
+            evaluated=False,
+            domain_score=0.12,
+        ),
     )
     return TriageResult(
-        assist=False, priority="HIGH" if kept_from else "MEDIUM",
+        assist=False,
+        priority="HIGH" if kept_from else "MEDIUM",
         no_assist_reason=Code("urgent-finding-indeterminate", "99TRIAGE", "Urgent finding indeterminate"),
         no_assist_text="No AI assessment: the score of an urgent finding is in its indeterminate band.",
-        findings=findings, evaluated_images=evaluated, algorithm=algorithm_info(), images=images,
-        priority_kept_from=kept_from)
+        findings=findings,
+        evaluated_images=evaluated,
+        algorithm=algorithm_info(),
+        images=images,
+        priority_kept_from=kept_from,
+    )
 
 
 @pytest.mark.parametrize("kept_from", [None, "1.2.826.0.1.3680043.8.498.123456789"])
 def test_no_assist_sr_keeps_every_score_band_domain_score_and_a_kept_high(
-        study: Study, tmp_path: Path, kept_from: str | None) -> None:
+    study: Study, tmp_path: Path, kept_from: str | None
+) -> None:
     result = _traceable_no_assist(study, kept_from=kept_from)
     path, ds = save_and_reread(build_sr(result, study, study.images), tmp_path)
     assert_dciodvfy_clean(path)
@@ -306,13 +342,17 @@ def test_no_assist_sr_keeps_every_score_band_domain_score_and_a_kept_high(
     assert [(f.band_low, f.band_high, f.threshold) for f in back.findings] == [(0.4, 0.6, 0.6), (0.3, 0.7, 0.7)]
     assert [f.score for f in back.findings] == pytest.approx([0.55, 0.1])
     assert [(a.image.sop_instance_uid, a.evaluated) for a in back.images] == [
-        (study.pa.SOPInstanceUID, True), (study.lateral.SOPInstanceUID, False)]
+        (study.pa.SOPInstanceUID, True),
+        (study.lateral.SOPInstanceUID, False),
+    ]
     assert [a.domain_score for a in back.images] == pytest.approx([0.93, 0.12])
     assert [a.preprocessing for a in back.images] == [a.preprocessing for a in result.images]
     texts = sr_texts(ds)
     if kept_from:
-        assert f"Priority kept HIGH from the earlier assessment {kept_from}: only a person clears a raised priority." \
+        assert (
+            f"Priority kept HIGH from the earlier assessment {kept_from}: only a person clears a raised priority."
             in texts
+        )
     else:
         assert not any("Priority kept" in t for t in texts)
 

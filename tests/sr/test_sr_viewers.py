@@ -47,8 +47,10 @@ def test_image_level_groups_reference_the_images_that_drove_each_finding(study: 
     assert set(by_image) == {study.pa.SOPInstanceUID, study.lateral.SOPInstanceUID}
 
     pa = by_image[study.pa.SOPInstanceUID]
-    scores = {(m.name.value, m.name.scheme_designator): (float(m.value), (m.unit.value, m.unit.scheme_designator))
-              for m in pa.get_measurements()}
+    scores = {
+        (m.name.value, m.name.scheme_designator): (float(m.value), (m.unit.value, m.unit.scheme_designator))
+        for m in pa.get_measurements()
+    }
     assert len(scores) == len(result.findings)
     for finding in result.findings:
         value, unit = scores[(finding.finding.value, finding.finding.scheme)]
@@ -74,8 +76,9 @@ def test_requested_procedure_evidence_and_referenced_request(study: Study, tmp_p
     _, ds = save_and_reread(build_sr(result, study, study.images), tmp_path)
     (evidence,) = ds.CurrentRequestedProcedureEvidenceSequence
     assert evidence.StudyInstanceUID == study.pa.StudyInstanceUID
-    listed = {s.ReferencedSOPInstanceUID for series in evidence.ReferencedSeriesSequence
-              for s in series.ReferencedSOPSequence}
+    listed = {
+        s.ReferencedSOPInstanceUID for series in evidence.ReferencedSeriesSequence for s in series.ReferencedSOPSequence
+    }
     assert listed == {study.pa.SOPInstanceUID, study.lateral.SOPInstanceUID}
     (request,) = ds.ReferencedRequestSequence
     assert (request.StudyInstanceUID, request.AccessionNumber) == (study.pa.StudyInstanceUID, "ACC0001")
@@ -112,18 +115,38 @@ def test_no_assist_summary_card_and_pdf_validate(study: Study, tmp_path: Path) -
     from dicom_sr import Code, TriageResult
     from dicom_sr.card import build_card_pdf, build_card_sc, card_pdf, card_text, render_card
 
-    result = TriageResult(assist=False, priority="MEDIUM",
-                          no_assist_reason=Code("no-eligible-image", "99TRIAGE", "No eligible image"),
-                          no_assist_text="No AI assessment: no image fits the profile", findings=(),
-                          evaluated_images=(), algorithm=algorithm_info(is_test_model=True))
+    result = TriageResult(
+        assist=False,
+        priority="MEDIUM",
+        no_assist_reason=Code("no-eligible-image", "99TRIAGE", "No eligible image"),
+        no_assist_text="No AI assessment: no image fits the profile",
+        findings=(),
+        evaluated_images=(),
+        algorithm=algorithm_info(is_test_model=True),
+    )
     text = card_text(result, "1.2.3")
     assert text.priority.count("No AI assessment") == 1 and text.findings == ()
     assert "TEST MODEL" in text.warning
     pixels = render_card(result, "1.2.3", None)
-    sc = build_card_sc(result, study.pa, pixels, series_instance_uid=generate_uid(), series_number=9902,
-                       sop_instance_uid=generate_uid(), manufacturer="triage-node", software_versions="0.1.0")
-    pdf = build_card_pdf(card_pdf(pixels), study.pa, series_instance_uid=generate_uid(), series_number=9903,
-                         sop_instance_uid=generate_uid(), manufacturer="triage-node", software_versions="0.1.0")
+    sc = build_card_sc(
+        result,
+        study.pa,
+        pixels,
+        series_instance_uid=generate_uid(),
+        series_number=9902,
+        sop_instance_uid=generate_uid(),
+        manufacturer="triage-node",
+        software_versions="0.1.0",
+    )
+    pdf = build_card_pdf(
+        card_pdf(pixels),
+        study.pa,
+        series_instance_uid=generate_uid(),
+        series_number=9903,
+        sop_instance_uid=generate_uid(),
+        manufacturer="triage-node",
+        software_versions="0.1.0",
+    )
     from pydicom.dataset import FileMetaDataset
 
     for ds in (sc, pdf):
@@ -133,7 +156,9 @@ def test_no_assist_summary_card_and_pdf_validate(study: Study, tmp_path: Path) -
         path, back = save_and_reread(ds, tmp_path)
         assert_dciodvfy_clean(path)
         assert (back.StudyInstanceUID, back.PatientID) == (study.pa.StudyInstanceUID, study.pa.PatientID)
-    assert bytes(pdf.EncapsulatedDocument)[:4] == b"%PDF" and pdf.EncapsulatedDocumentLength <= len(pdf.EncapsulatedDocument)
+    assert bytes(pdf.EncapsulatedDocument)[:4] == b"%PDF" and pdf.EncapsulatedDocumentLength <= len(
+        pdf.EncapsulatedDocument
+    )
 
 
 def test_a_no_assist_result_draws_no_scores_on_the_image(study: Study, tmp_path: Path) -> None:
@@ -144,14 +169,25 @@ def test_a_no_assist_result_draws_no_scores_on_the_image(study: Study, tmp_path:
     from dicom_sr import Code, FindingResult, FindingState, ImageRef, TriageResult
 
     evaluated = (ImageRef(study.pa.SOPClassUID, study.pa.SOPInstanceUID, study.pa.SeriesInstanceUID),)
-    finding = FindingResult(finding=Code("36118008", "SCT", "Pneumothorax"), state=FindingState.INDETERMINATE,
-                            score=0.55, threshold=0.6, urgent=True, source_images=evaluated,
-                            band_low=0.4, band_high=0.6)
-    result = TriageResult(assist=False, priority="MEDIUM",
-                          no_assist_reason=Code("urgent-finding-indeterminate", "99TRIAGE",
-                                                "Urgent finding indeterminate"),
-                          no_assist_text="No AI assessment: an urgent finding is indeterminate.",
-                          findings=(finding,), evaluated_images=evaluated, algorithm=algorithm_info())
+    finding = FindingResult(
+        finding=Code("36118008", "SCT", "Pneumothorax"),
+        state=FindingState.INDETERMINATE,
+        score=0.55,
+        threshold=0.6,
+        urgent=True,
+        source_images=evaluated,
+        band_low=0.4,
+        band_high=0.6,
+    )
+    result = TriageResult(
+        assist=False,
+        priority="MEDIUM",
+        no_assist_reason=Code("urgent-finding-indeterminate", "99TRIAGE", "Urgent finding indeterminate"),
+        no_assist_text="No AI assessment: an urgent finding is indeterminate.",
+        findings=(finding,),
+        evaluated_images=evaluated,
+        algorithm=algorithm_info(),
+    )
     path, ds = save_and_reread(build_sr(result, study, [study.pa]), tmp_path)
     assert_dciodvfy_clean(path)
 
@@ -160,8 +196,11 @@ def test_a_no_assist_result_draws_no_scores_on_the_image(study: Study, tmp_path:
             yield item
             yield from walk(item.get("ContentSequence", []))
 
-    image_groups = [g for g in walk(ds.ContentSequence) if g.ValueType == "CONTAINER"
-                    and any(i.ValueType == "SCOORD" for i in g.get("ContentSequence", []))]
+    image_groups = [
+        g
+        for g in walk(ds.ContentSequence)
+        if g.ValueType == "CONTAINER" and any(i.ValueType == "SCOORD" for i in g.get("ContentSequence", []))
+    ]
     assert image_groups, "the image still carries a label"
     for group in image_groups:
         items = group.ContentSequence

@@ -60,8 +60,13 @@ def _studies(size: int) -> np.ndarray:
         _dataset(ramp.T.copy(), "MONOCHROME1", WindowCenter=2000, WindowWidth=3000),
         _dataset(rng.integers(0, 4096, (120, 200), dtype=np.uint16)),  # min-max, no window
         _dataset(rng.integers(0, 256, (90, 90, 3), dtype=np.uint8), "RGB"),
-        _dataset((ramp[:200, :200] // 16).astype(np.uint16), RescaleSlope=2, RescaleIntercept=-100,
-                 WindowCenter=100, WindowWidth=400),
+        _dataset(
+            (ramp[:200, :200] // 16).astype(np.uint16),
+            RescaleSlope=2,
+            RescaleIntercept=-100,
+            WindowCenter=100,
+            WindowWidth=400,
+        ),
         _dataset(np.full((64, 80), 1000, dtype=np.uint16), WindowCenter=900, WindowWidth=400),
     ]
     out = [to_model_input(ds, size=size)[0] for ds in datasets]

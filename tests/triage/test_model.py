@@ -147,7 +147,10 @@ def test_weights_hash_stable_and_cached(tiny_model_copy: Path, tmp_path: Path):
 def test_embed_texts_pads_to_64_tokens(tiny_model: LoadedModel):
     long_prompt = " ".join(["pleural effusion"] * 100)
     enc = tiny_model.processor(
-        text=["a chest x-ray", long_prompt], padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True,
+        text=["a chest x-ray", long_prompt],
+        padding="max_length",
+        max_length=TEXT_MAX_LENGTH,
+        truncation=True,
         return_tensors="pt",
     )
     assert tuple(enc["input_ids"].shape) == (2, 64)

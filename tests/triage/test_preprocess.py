@@ -52,8 +52,7 @@ def steps(record) -> dict:
 def test_modality_lut_slope_intercept():
     raw = np.array([[0, 1], [2, 3]], dtype=np.uint16)
     # x = 2*raw - 1 = [-1, 1, 3, 5]; LINEAR_EXACT c=2 w=4: y = ((x-2)/4 + 0.5) * 255
-    ds = make_ds(raw, RescaleSlope=2, RescaleIntercept=-1, WindowCenter=2, WindowWidth=4,
-                 VOILUTFunction="LINEAR_EXACT")
+    ds = make_ds(raw, RescaleSlope=2, RescaleIntercept=-1, WindowCenter=2, WindowWidth=4, VOILUTFunction="LINEAR_EXACT")
     out, rec = to_model_input(ds, size=2)
     assert grey(out).tolist() == [[0, 64], [191, 255]]  # 0, 63.75, 191.25, 255
     assert steps(rec)["modality_lut"] == {"kind": "rescale", "slope": 2, "intercept": -1}
@@ -145,10 +144,10 @@ def test_monochrome1_equals_monochrome2_twin():
     out1, _ = to_model_input(make_ds(m1, "MONOCHROME1", bits_stored=12), size=64)
     assert np.array_equal(out1, out2)
     # the same holds with a window mirrored about the range (LINEAR_EXACT is symmetric)
-    w2 = make_ds(m2, "MONOCHROME2", bits_stored=12, WindowCenter=1500, WindowWidth=1000,
-                 VOILUTFunction="LINEAR_EXACT")
-    w1 = make_ds(m1, "MONOCHROME1", bits_stored=12, WindowCenter=4095 - 1500, WindowWidth=1000,
-                 VOILUTFunction="LINEAR_EXACT")
+    w2 = make_ds(m2, "MONOCHROME2", bits_stored=12, WindowCenter=1500, WindowWidth=1000, VOILUTFunction="LINEAR_EXACT")
+    w1 = make_ds(
+        m1, "MONOCHROME1", bits_stored=12, WindowCenter=4095 - 1500, WindowWidth=1000, VOILUTFunction="LINEAR_EXACT"
+    )
     assert np.array_equal(to_model_input(w1, size=64)[0], to_model_input(w2, size=64)[0])
 
 
@@ -171,7 +170,13 @@ def test_pad_to_square_centred_wide():
     assert (g[0] == 0).all() and (g[4:] == 0).all()
     assert g[1:4].tolist() == raw.tolist()
     assert steps(rec)["pad_square"] == {
-        "position": "centre", "value": 0, "top": 1, "bottom": 2, "left": 0, "right": 0, "side": 6,
+        "position": "centre",
+        "value": 0,
+        "top": 1,
+        "bottom": 2,
+        "left": 0,
+        "right": 0,
+        "side": 6,
     }
 
 
@@ -204,12 +209,17 @@ def test_resize_2x2_to_4x4_by_hand():
         [200, 160, 80, 40],
     ]
     assert steps(rec)["resize"] == {
-        "size": 4, "method": "bilinear", "antialias": False, "align_corners": False, "rounding": "half-up",
+        "size": 4,
+        "method": "bilinear",
+        "antialias": False,
+        "align_corners": False,
+        "rounding": "half-up",
     }
 
 
 def _tf_bilinear(img: np.ndarray, size: int) -> np.ndarray:
     """tf.image.resize(method="bilinear", antialias=False) (half_pixel_centers) written out."""
+
     def axis(n_in):
         scale = n_in / size
         src = (np.arange(size) + 0.5) * scale - 0.5
@@ -221,9 +231,9 @@ def _tf_bilinear(img: np.ndarray, size: int) -> np.ndarray:
         return top, bottom, frac
 
     t, b, fy = axis(img.shape[0])
-    l, r, fx = axis(img.shape[1])
-    top = img[t][:, l] + (img[t][:, r] - img[t][:, l]) * fx
-    bot = img[b][:, l] + (img[b][:, r] - img[b][:, l]) * fx
+    left, r, fx = axis(img.shape[1])
+    top = img[t][:, left] + (img[t][:, r] - img[t][:, left]) * fx
+    bot = img[b][:, left] + (img[b][:, r] - img[b][:, left]) * fx
     return top + (bot - top) * fy[:, None]
 
 
@@ -235,10 +245,13 @@ def test_resize_matches_torch_and_tf(shape, size):
     side = max(shape)
     padded = np.zeros((side, side), np.float64)
     top, left = (side - shape[0]) // 2, (side - shape[1]) // 2
-    padded[top:top + shape[0], left:left + shape[1]] = raw
+    padded[top : top + shape[0], left : left + shape[1]] = raw
     t = torch.nn.functional.interpolate(
-        torch.from_numpy(padded)[None, None], size=(size, size), mode="bilinear",
-        align_corners=False, antialias=False,
+        torch.from_numpy(padded)[None, None],
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=False,
     )[0, 0].numpy()
     ref_torch = np.clip(np.floor(t + 0.5), 0, 255)
     ref_tf = np.clip(np.floor(_tf_bilinear(padded, size) + 0.5), 0, 255)

@@ -29,8 +29,16 @@ def test_window_then_full_dynamic_range_by_hand() -> None:
     assert record.version == GOOGLE_DICOM_VERSION
     assert (grey(out) == np.tile([0, 64, 128, 255], (4, 1))).all()
     names = [name for name, _ in record.steps]
-    assert names == ["decode", "modality_lut", "window", "rescale_dynamic_range", "pad_square", "resize",
-                     "scale_8bit", "channels"]
+    assert names == [
+        "decode",
+        "modality_lut",
+        "window",
+        "rescale_dynamic_range",
+        "pad_square",
+        "resize",
+        "scale_8bit",
+        "channels",
+    ]
     assert record.describe().startswith("google-dicom-1: ")
 
 

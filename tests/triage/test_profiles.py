@@ -26,14 +26,26 @@ TABLE_A4 = {
         ["adjacent atelectasis", "bibasilar atelectasis", "there is atelectasis"],
     ),
     "cardiomegaly": (
-        ["heart size is normal", "cardiac size is within normal limits", "cardiothoracic ratio within normal limits",
-         "no acute cardiopulmonary process", "normal study", "no evidence of cardiomegaly"],
+        [
+            "heart size is normal",
+            "cardiac size is within normal limits",
+            "cardiothoracic ratio within normal limits",
+            "no acute cardiopulmonary process",
+            "normal study",
+            "no evidence of cardiomegaly",
+        ],
         ["mild cardiomegaly", "moderate cardiomegaly", "severe cardiomegaly", "enlarged cardiac silhouette"],
     ),
     "consolidation": (
         ["no focal consolidation", "no acute cardiopulmonary process", "normal study"],
-        ["alveolar consolidation", "densely consolidated", "lobe consolidation", "airspace consolidation",
-         "bibasilar consolidations", "suggestive of consolidation"],
+        [
+            "alveolar consolidation",
+            "densely consolidated",
+            "lobe consolidation",
+            "airspace consolidation",
+            "bibasilar consolidations",
+            "suggestive of consolidation",
+        ],
     ),
     "edema": (
         ["no pulmonary edema", "no acute cardiopulmonary process", "normal study"],
@@ -46,12 +58,29 @@ TABLE_A4 = {
     "fracture": (["no acute cardiopulmonary process", "normal study"], ["rib fractures", "rib fracture"]),
     "lung_lesion": (["no acute cardiopulmonary process"], ["lytic lesion", "cavitary lesion", "parenchymal lesion"]),
     "lung_opacity": (
-        ["no focal opacity", "lung volumes are normal", "normal study", "normal lung volumes", "lungs are clear",
-         "no focal consolidation", "no evidence of airspace consolidation", "no infiltrate", "no airspace opacity",
-         "pulmonary parenchyma is clear"],
-        ["bilateral opacities", "basal opacity", "opacification is present", "bibasilar opacities",
-         "increased opacification", "consolidative opacity", "parenchymal opacities",
-         "airspace opacification cannot be excluded", "there is airspace opacification"],
+        [
+            "no focal opacity",
+            "lung volumes are normal",
+            "normal study",
+            "normal lung volumes",
+            "lungs are clear",
+            "no focal consolidation",
+            "no evidence of airspace consolidation",
+            "no infiltrate",
+            "no airspace opacity",
+            "pulmonary parenchyma is clear",
+        ],
+        [
+            "bilateral opacities",
+            "basal opacity",
+            "opacification is present",
+            "bibasilar opacities",
+            "increased opacification",
+            "consolidative opacity",
+            "parenchymal opacities",
+            "airspace opacification cannot be excluded",
+            "there is airspace opacification",
+        ],
     ),
     "pleural_effusion": (
         ["no evidence of pleural effusion", "no acute cardiopulmonary process", "normal study"],
@@ -167,7 +196,11 @@ def test_optional_keys(tmp_path):
     assert p.selection.min_age_years is None
     text = MINIMAL.replace('multiframe = "middle"', 'window_center = 40\nwindow_width = 400\nmultiframe = "first"')
     p = load_profile(write(tmp_path, text))
-    assert (p.preprocessing.window_center, p.preprocessing.window_width, p.preprocessing.multiframe) == (40, 400, "first")
+    assert (p.preprocessing.window_center, p.preprocessing.window_width, p.preprocessing.multiframe) == (
+        40,
+        400,
+        "first",
+    )
 
 
 @pytest.mark.parametrize(
@@ -188,7 +221,7 @@ def test_optional_keys(tmp_path):
         ("sop_class_uids = []", 'sop_class_uids = ["1.2.abc"]', "selection.sop_class_uids[0]"),
         ("min_age_years = 18", "min_age_years = -1", "selection.min_age_years"),
         ("min_age_years = 18", "min_age_years = 18\nmax_age_years = 10", "selection.max_age_years"),
-        ("view_positions = [\"PA\"]\n", "", "selection.view_positions"),
+        ('view_positions = ["PA"]\n', "", "selection.view_positions"),
         ("[selection]", "[selection]\nbody_part = []", "selection.body_part"),
         ('multiframe = "middle"', 'multiframe = "last"', "preprocessing.multiframe"),
         ('multiframe = "middle"', 'window_center = 40\nmultiframe = "middle"', "preprocessing.window_width"),
@@ -207,7 +240,7 @@ def test_bad_profile_names_file_and_key(tmp_path, old, new, key):
 
 
 def test_duplicate_finding_key(tmp_path):
-    finding = MINIMAL[MINIMAL.index("[[findings]]"):]
+    finding = MINIMAL[MINIMAL.index("[[findings]]") :]
     with pytest.raises(ProfileError, match=r"findings\[1\]\.key"):
         load_profile(write(tmp_path, MINIMAL + "\n" + finding))
 

@@ -74,8 +74,12 @@ def test_accepts_adult_pa_dx(cxr):
 
 
 def test_accepts_ap_cr_and_monochrome1(cxr):
-    ds = header(Modality="CR", SOPClassUID="1.2.840.10008.5.1.4.1.1.1", ViewPosition="AP",
-                PhotometricInterpretation="MONOCHROME1")
+    ds = header(
+        Modality="CR",
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.1",
+        ViewPosition="AP",
+        PhotometricInterpretation="MONOCHROME1",
+    )
     assert reason(ds, cxr) is None
 
 
@@ -113,14 +117,21 @@ def test_colour_skipped_by_photometric(cxr):
 
 
 def test_foreign_sr_is_not_an_image(cxr):
-    sr = header(Modality="SR", SOPClassUID=COMPREHENSIVE_3D_SR, Manufacturer="Other AI",
-                Rows=None, Columns=None, PixelData=None)
+    sr = header(
+        Modality="SR", SOPClassUID=COMPREHENSIVE_3D_SR, Manufacturer="Other AI", Rows=None, Columns=None, PixelData=None
+    )
     assert reason(sr, cxr) == "not-an-image"
 
 
 def test_own_sr_skipped(cxr):
-    sr = header(Modality="SR", SOPClassUID=COMPREHENSIVE_3D_SR, Manufacturer="triage-node",
-                Rows=None, Columns=None, PixelData=None)
+    sr = header(
+        Modality="SR",
+        SOPClassUID=COMPREHENSIVE_3D_SR,
+        Manufacturer="triage-node",
+        Rows=None,
+        Columns=None,
+        PixelData=None,
+    )
     assert reason(sr, cxr) == "own-sr"
     sr.Manufacturer = "my-node"  # another node's SR is not an image either, but not ours
     assert reason(sr, cxr) == "not-an-image"
@@ -169,13 +180,16 @@ def test_age_unknown_skipped(cxr):
 def test_patient_age_years_values():
     assert patient_age_years(header(PatientAge="045Y")) == 45
     assert patient_age_years(header(PatientAge="006M")) == 0.5
-    assert patient_age_years(header(PatientAge=None, PatientBirthDate="20000101", StudyDate="20250701")) == \
-        pytest.approx(25 + 181 / 365)
+    assert patient_age_years(
+        header(PatientAge=None, PatientBirthDate="20000101", StudyDate="20250701")
+    ) == pytest.approx(25 + 181 / 365)
     # leap-day birthday counts on 28 February in common years
     assert patient_age_years(header(PatientAge=None, PatientBirthDate="20040229", StudyDate="20220228")) == 18
     # study date missing: series date used
-    assert patient_age_years(header(PatientAge=None, PatientBirthDate="20000101", StudyDate=None,
-                                    SeriesDate="20200101")) == 20
+    assert (
+        patient_age_years(header(PatientAge=None, PatientBirthDate="20000101", StudyDate=None, SeriesDate="20200101"))
+        == 20
+    )
 
 
 def test_mixed_study_order_and_reasons(cxr):
@@ -198,8 +212,15 @@ def test_mixed_study_order_and_reasons(cxr):
 
 
 def test_derm_profile_accepts_photo_any_age(derm, cxr):
-    photo = header(Modality="XC", SOPClassUID=VL_PHOTO, PhotometricInterpretation="YBR_FULL_422",
-                   SamplesPerPixel=3, BodyPartExamined=None, ViewPosition=None, PatientAge="007Y")
+    photo = header(
+        Modality="XC",
+        SOPClassUID=VL_PHOTO,
+        PhotometricInterpretation="YBR_FULL_422",
+        SamplesPerPixel=3,
+        BodyPartExamined=None,
+        ViewPosition=None,
+        PatientAge="007Y",
+    )
     assert reason(photo, derm) is None
     assert reason(photo, cxr) == "modality"
     assert reason(header(), derm) == "modality"

@@ -12,13 +12,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    full = dict(os.environ, TRIAGE_NODE__NODE__DATA_DIR=str(tmp_path / "data"),
-                TRIAGE_NODE__STORAGE__PATH=str(tmp_path / "data/storage"),
-                TRIAGE_NODE__DATABASE__URL=f"sqlite:///{tmp_path}/data/index.db",
-                TRIAGE_NODE__AUDIT__PATH=str(tmp_path / "data/audit.jsonl"),
-                TRIAGE_NODE__DICOM__PORT="11199", TRIAGE_NODE__HTTP__ENABLED="false", **env)
-    return subprocess.run([sys.executable, "-m", "node.cli", "serve", "--config", str(REPO / "config/node.toml")],
-                          env=full, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    full = dict(
+        os.environ,
+        TRIAGE_NODE__NODE__DATA_DIR=str(tmp_path / "data"),
+        TRIAGE_NODE__STORAGE__PATH=str(tmp_path / "data/storage"),
+        TRIAGE_NODE__DATABASE__URL=f"sqlite:///{tmp_path}/data/index.db",
+        TRIAGE_NODE__AUDIT__PATH=str(tmp_path / "data/audit.jsonl"),
+        TRIAGE_NODE__DICOM__PORT="11199",
+        TRIAGE_NODE__HTTP__ENABLED="false",
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", "serve", "--config", str(REPO / "config/node.toml")],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
 
 
 def test_missing_profiles_dir_names_the_key(tmp_path):
@@ -29,8 +40,11 @@ def test_missing_profiles_dir_names_the_key(tmp_path):
 
 
 def test_unknown_profile_name_names_the_key(tmp_path):
-    result = _serve(tmp_path, TRIAGE_NODE__TRIAGE__PROFILES_DIR=f'"{REPO / "config/profiles"}"',
-                    TRIAGE_NODE__TRIAGE__PROFILES='["cxr", "nosuch"]')
+    result = _serve(
+        tmp_path,
+        TRIAGE_NODE__TRIAGE__PROFILES_DIR=f'"{REPO / "config/profiles"}"',
+        TRIAGE_NODE__TRIAGE__PROFILES='["cxr", "nosuch"]',
+    )
     assert result.returncode == 2
     assert "triage.profiles" in result.stderr and "nosuch" in result.stderr
     assert "Traceback" not in result.stderr

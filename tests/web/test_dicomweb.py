@@ -35,15 +35,23 @@ def _stored_files(node) -> list[Path]:  # type: ignore[no-untyped-def]
 
 
 def _multipart(parts: list[tuple[str, bytes]], boundary: str = "XyZbOuNdArY") -> tuple[bytes, str]:
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: " + ct.encode() + b"\r\n\r\n" + data + b"\r\n"
-                    for ct, data in parts) + b"--" + boundary.encode() + b"--\r\n"
+    body = (
+        b"".join(
+            b"--" + boundary.encode() + b"\r\nContent-Type: " + ct.encode() + b"\r\n\r\n" + data + b"\r\n"
+            for ct, data in parts
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 def _settings(root: Path):  # type: ignore[no-untyped-def]
     """A node on loopback with HTTP on port 0 and a body limit (built for module-scoped nodes)."""
-    return make_settings(root, dicom={"allowed_peers": ["STORESCU"]},
-                         http={"enabled": True, "token": TOKEN, "max_body_bytes": MAX_BODY})
+    return make_settings(
+        root, dicom={"allowed_peers": ["STORESCU"]}, http={"enabled": True, "token": TOKEN, "max_body_bytes": MAX_BODY}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +62,7 @@ def web(tmp_path_factory: pytest.TempPathFactory, session_dicom_factory, module_
 
 @pytest.fixture(scope="module")
 def stored_study(web):  # type: ignore[no-untyped-def]
-    node, url, factory = web
+    _node, url, factory = web
     paths = factory.mr_small(n=3, size=32, out_dir="web-study")
     datasets = [pydicom.dcmread(p) for p in paths]
     client = DICOMwebClient(url=f"{url}/dicomweb", headers=AUTH)
@@ -86,17 +94,22 @@ def test_stow_qido_wado_roundtrip(web, stored_study) -> None:  # type: ignore[no
     name = str(datasets[0].PatientName)
     assert len(client.search_for_studies(search_filters={"PatientName": name[:6] + "*"})) >= 1
     assert client.search_for_studies(search_filters={"PatientName": "NOBODY*"}) == []
-    assert len(client.search_for_studies(search_filters={"StudyDate": "20240101-20241231",
-                                                         "ModalitiesInStudy": "MR"})) == 1
+    assert (
+        len(client.search_for_studies(search_filters={"StudyDate": "20240101-20241231", "ModalitiesInStudy": "MR"}))
+        == 1
+    )
     assert client.search_for_studies(search_filters={"StudyDate": "20250101-"}) == []
     assert len(client.search_for_studies(search_filters={"StudyInstanceUID": study})) == 1
     series = client.search_for_series(study_instance_uid=study)
-    assert [Dataset.from_json(s).SeriesInstanceUID for s in series] == [datasets[0].SeriesInstanceUID,
-                                                                        datasets[1].SeriesInstanceUID]
-    instances = client.search_for_instances(study_instance_uid=study,
-                                            series_instance_uid=datasets[0].SeriesInstanceUID)
-    assert {Dataset.from_json(i).SOPInstanceUID for i in instances} == {datasets[0].SOPInstanceUID,
-                                                                        datasets[2].SOPInstanceUID}
+    assert [Dataset.from_json(s).SeriesInstanceUID for s in series] == [
+        datasets[0].SeriesInstanceUID,
+        datasets[1].SeriesInstanceUID,
+    ]
+    instances = client.search_for_instances(study_instance_uid=study, series_instance_uid=datasets[0].SeriesInstanceUID)
+    assert {Dataset.from_json(i).SOPInstanceUID for i in instances} == {
+        datasets[0].SOPInstanceUID,
+        datasets[2].SOPInstanceUID,
+    }
     assert len(client.search_for_instances(study_instance_uid=study)) == 3
     assert len(client.search_for_instances(limit=2, search_filters={"StudyInstanceUID": study})) == 2
     assert len(client.search_for_series(search_filters={"Modality": "MR"})) >= 1
@@ -115,8 +128,9 @@ def test_stow_qido_wado_roundtrip(web, stored_study) -> None:  # type: ignore[no
     pixel_uri = meta.pop("7FE00010")["BulkDataURI"]  # pixel data is announced, not inlined
     assert pixel_uri.endswith(f"/instances/{one.SOPInstanceUID}/bulkdata/7FE00010")
     # (the URI's host is the Host header dicomweb-client sent, without the port: fetch on our URL)
-    single = httpx.get(url + pixel_uri[pixel_uri.index("/dicomweb/"):],
-                       headers={**AUTH, "Accept": "application/octet-stream"})
+    single = httpx.get(
+        url + pixel_uri[pixel_uri.index("/dicomweb/") :], headers={**AUTH, "Accept": "application/octet-stream"}
+    )
     assert single.status_code == 200 and single.content == one.PixelData
     assert Dataset.from_json(meta) == _without_pixels(one)
     assert len(client.retrieve_series_metadata(study, one.SeriesInstanceUID)) == 1
@@ -165,7 +179,9 @@ def test_refusals_store_nothing(web) -> None:  # type: ignore[no-untyped-def]
     r = httpx.post(post, content=good, headers={**AUTH, "Content-Type": "application/dicom"})
     assert r.status_code == 415 and r.json()["title"] == "Unsupported Media Type"
     body, ct = _multipart([("application/dicom", good)])
-    r = httpx.post(post, content=body, headers={**AUTH, "Content-Type": ct.replace("application/dicom", "application/dicom+json")})
+    r = httpx.post(
+        post, content=body, headers={**AUTH, "Content-Type": ct.replace("application/dicom", "application/dicom+json")}
+    )
     assert r.status_code == 415
     # 400: malformed multipart (wrong boundary, truncated)
     r = httpx.post(post, content=body, headers={**AUTH, "Content-Type": ct.replace("XyZbOuNdArY", "other")})
@@ -190,7 +206,7 @@ def test_refusals_store_nothing(web) -> None:  # type: ignore[no-untyped-def]
 
     def chunks():  # type: ignore[no-untyped-def]
         for i in range(0, len(body), 65536):
-            yield body[i:i + 65536]
+            yield body[i : i + 65536]
 
     r = httpx.post(post, content=chunks(), headers={**AUTH, "Content-Type": ct})
     assert r.status_code == 413
@@ -225,14 +241,19 @@ def test_metrics_move_after_store(web) -> None:  # type: ignore[no-untyped-def]
 # --------------------------------------------------------------------------- UPS-RS after triage
 def _state(client: httpx.Client, uid: str, state: str, transaction: str) -> httpx.Response:
     body = {"00741000": {"vr": "CS", "Value": [state]}, "00081195": {"vr": "UI", "Value": [transaction]}}
-    return client.put(f"/dicomweb/workitems/{uid}/state", json=body,
-                      headers={"Content-Type": "application/dicom+json"})
+    return client.put(f"/dicomweb/workitems/{uid}/state", json=body, headers={"Content-Type": "application/dicom+json"})
 
 
-def test_ups_rs_workitems_after_triage(tmp_path: Path, node_factory, make_settings,  # type: ignore[no-untyped-def]
-                                       dicom_factory, tiny_model_dir: Path) -> None:
-    settings = make_settings(tmp_path, http={"enabled": True, "port": 0, "token": TOKEN},
-                             **triage_sections(tiny_model_dir))
+def test_ups_rs_workitems_after_triage(
+    tmp_path: Path,
+    node_factory,
+    make_settings,  # type: ignore[no-untyped-def]
+    dicom_factory,
+    tiny_model_dir: Path,
+) -> None:
+    settings = make_settings(
+        tmp_path, http={"enabled": True, "port": 0, "token": TOKEN}, **triage_sections(tiny_model_dir)
+    )
     node = node_factory(settings)
     url = f"http://127.0.0.1:{node.http_port}"
     chest = [pydicom.dcmread(dicom_factory.dx_image(rows=256, cols=200)) for _ in range(2)]
@@ -240,15 +261,22 @@ def test_ups_rs_workitems_after_triage(tmp_path: Path, node_factory, make_settin
     studies = {d.StudyInstanceUID for d in chest}
 
     with httpx.Client(base_url=url, headers=AUTH, timeout=30) as client:
-        items: list[Any] = wait_until(lambda: (lambda got: got if len(got) >= len(studies) else None)(
-            client.get("/dicomweb/workitems").json()), 60, "a workitem per study", interval=0.3)
+        items: list[Any] = wait_until(
+            lambda: (lambda got: got if len(got) >= len(studies) else None)(client.get("/dicomweb/workitems").json()),
+            60,
+            "a workitem per study",
+            interval=0.3,
+        )
         workitems = [Dataset.from_json(i) for i in items]
         assert sorted(w.StudyInstanceUID for w in workitems) == sorted(studies)
         assert {w.ScheduledProcedureStepPriority for w in workitems} <= {"HIGH", "MEDIUM"}
         assert all(w.ProcedureStepState == "SCHEDULED" and "TransactionUID" not in w for w in workitems)
         for w in workitems:  # the study's series as input, our SR referenced
-            row = next(r for r in node.db.session().execute(select(WorklistItem)).scalars()
-                       if r.study_instance_uid == w.StudyInstanceUID)
+            row = next(
+                r
+                for r in node.db.session().execute(select(WorklistItem)).scalars()
+                if r.study_instance_uid == w.StudyInstanceUID
+            )
             assert w.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == row.sr_sop_instance_uid
             assert w.InputInformationSequence[0].StudyInstanceUID == w.StudyInstanceUID
         rows = client.get("/worklist").json()
@@ -280,4 +308,3 @@ def test_ups_rs_workitems_after_triage(tmp_path: Path, node_factory, make_settin
         t2 = pydicom.uid.generate_uid()
         assert _state(client, other, "IN PROGRESS", t2).status_code == 200
         assert _state(client, other, "CANCELED", t2).status_code == 200
-

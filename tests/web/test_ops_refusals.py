@@ -32,7 +32,7 @@ def test_wrong_tokens_are_audited_once_per_client_and_window(tmp_path, make_sett
     node, url = _web_node(tmp_path, make_settings, node_factory)
     with httpx.Client(base_url=url) as client:
         for i in range(20):
-            headers = {"Authorization": "Bearer guess-%d" % i} if i % 2 else {}
+            headers = {"Authorization": f"Bearer guess-{i}"} if i % 2 else {}
             assert client.get("/dicomweb/studies", headers=headers).status_code == 401
     lines = [e for e in _entries(node.settings.audit.path) if e["outcome_desc"].startswith("http_401")]
     assert len(lines) == 1 and lines[0]["event_id"]["code"] == "110113"
@@ -42,16 +42,27 @@ def test_wrong_tokens_are_audited_once_per_client_and_window(tmp_path, make_sett
     assert len(lines) == 2 and lines[1]["objects"][0]["details"]["count"] == 19
 
 
-@pytest.mark.parametrize("request_args", [
-    ("GET", "/dicomweb/studies", {"params": {"offset": "9223372036854775808"}}),
-    ("GET", "/dicomweb/studies", {"params": {"limit": "-1", "offset": str(2**63)}}),
-    ("GET", "/dicomweb/workitems", {"params": {"offset": "9223372036854775808"}}),
-    ("PUT", "/dicomweb/workitems/1.2.3/state", {"content": b"[" * 100_000 + b"]" * 100_000}),
-    ("PUT", "/dicomweb/workitems/1.2.3/state", {"json": {"00741000": {"vr": "CS", "Value": 5}}}),
-    ("PUT", "/dicomweb/workitems/1.2.3/state", {"json": {"00741000": "IN PROGRESS"}}),
-    ("PUT", "/dicomweb/workitems/1.2.3/state", {"json": {"00741000": {"vr": "CS", "Value": [{"a": 1}]}}}),
-], ids=["qido-offset-2^63", "qido-offset-2^63-limit", "ups-offset-2^63", "ups-nested-json", "ups-value-int",
-        "ups-element-not-object", "ups-value-object"])
+@pytest.mark.parametrize(
+    "request_args",
+    [
+        ("GET", "/dicomweb/studies", {"params": {"offset": "9223372036854775808"}}),
+        ("GET", "/dicomweb/studies", {"params": {"limit": "-1", "offset": str(2**63)}}),
+        ("GET", "/dicomweb/workitems", {"params": {"offset": "9223372036854775808"}}),
+        ("PUT", "/dicomweb/workitems/1.2.3/state", {"content": b"[" * 100_000 + b"]" * 100_000}),
+        ("PUT", "/dicomweb/workitems/1.2.3/state", {"json": {"00741000": {"vr": "CS", "Value": 5}}}),
+        ("PUT", "/dicomweb/workitems/1.2.3/state", {"json": {"00741000": "IN PROGRESS"}}),
+        ("PUT", "/dicomweb/workitems/1.2.3/state", {"json": {"00741000": {"vr": "CS", "Value": [{"a": 1}]}}}),
+    ],
+    ids=[
+        "qido-offset-2^63",
+        "qido-offset-2^63-limit",
+        "ups-offset-2^63",
+        "ups-nested-json",
+        "ups-value-int",
+        "ups-element-not-object",
+        "ups-value-object",
+    ],
+)
 def test_odd_inputs_get_400_problem_documents(request_args, tmp_path, make_settings, node_factory) -> None:
     _, url = _web_node(tmp_path, make_settings, node_factory)
     method, path, kwargs = request_args
@@ -61,8 +72,9 @@ def test_odd_inputs_get_400_problem_documents(request_args, tmp_path, make_setti
     assert r.json()["status"] == 400
 
 
-def test_healthz_unhealthy_below_the_disk_floor_and_warned_at_start(tmp_path, make_settings, node_factory,
-                                                                     capfd) -> None:
+def test_healthz_unhealthy_below_the_disk_floor_and_warned_at_start(
+    tmp_path, make_settings, node_factory, capfd
+) -> None:
     from node import oplog
 
     oplog.configure("warning")  # bind the operational log to the captured stderr
@@ -99,10 +111,14 @@ def test_healthz_unhealthy_while_every_association_slot_is_taken(tmp_path, make_
 
 def test_healthz_degraded_while_the_model_is_not_loaded(tmp_path, make_settings, node_factory) -> None:
     missing = tmp_path / "no-model-here"
-    node, url = _web_node(tmp_path, make_settings, node_factory, triage={"enabled": True},
-                          model={"path": str(missing), "offline": True, "retry_load_seconds": 3600})
-    wait_until(lambda: node.worker.model_error not in ("", "not loaded yet"), 60, "the failed model load",
-               interval=0.1)
+    node, url = _web_node(
+        tmp_path,
+        make_settings,
+        node_factory,
+        triage={"enabled": True},
+        model={"path": str(missing), "offline": True, "retry_load_seconds": 3600},
+    )
+    wait_until(lambda: node.worker.model_error not in ("", "not loaded yet"), 60, "the failed model load", interval=0.1)
     assert node.worker.model is None
     r = httpx.get(url + "/healthz")
     assert r.status_code == 200

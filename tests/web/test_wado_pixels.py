@@ -25,20 +25,33 @@ VIEWER_ORIGIN = "http://viewer.example:3000"
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory, session_dicom_factory, module_node_factory):  # type: ignore[no-untyped-def]
-    node = module_node_factory(make_settings(
-        tmp_path_factory.mktemp("pixels"), dicom={"allowed_peers": ["STORESCU"]},
-        http={"enabled": True, "token": TOKEN, "cors_origins": [VIEWER_ORIGIN]}))
+    node = module_node_factory(
+        make_settings(
+            tmp_path_factory.mktemp("pixels"),
+            dicom={"allowed_peers": ["STORESCU"]},
+            http={"enabled": True, "token": TOKEN, "cors_origins": [VIEWER_ORIGIN]},
+        )
+    )
     factory = session_dicom_factory
-    paths = [factory.mr_small(n=2, size=32, out_dir="pixels-mr")[0], factory.compressed(RLELossless, out_dir="px-rle"),
-             factory.compressed(JPEG2000Lossless, out_dir="px-j2k")]
+    paths = [
+        factory.mr_small(n=2, size=32, out_dir="pixels-mr")[0],
+        factory.compressed(RLELossless, out_dir="px-rle"),
+        factory.compressed(JPEG2000Lossless, out_dir="px-j2k"),
+    ]
     client = httpx.Client(base_url=f"http://127.0.0.1:{node.http_port}/dicomweb", headers=AUTH, timeout=30)
     for path in paths:
         body = path.read_bytes()
         boundary = "b0undary"
-        payload = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + body
-                   + f"\r\n--{boundary}--\r\n".encode())
-        r = client.post("/studies", content=payload,
-                        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+        payload = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + body
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        r = client.post(
+            "/studies",
+            content=payload,
+            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        )
         assert r.status_code == 200, r.text
     try:
         yield node, client, [pydicom.dcmread(p) for p in paths]
@@ -58,8 +71,10 @@ def _parts(response: httpx.Response) -> list[Any]:
 
 def test_native_frame_is_the_raw_pixel_bytes(web) -> None:  # type: ignore[no-untyped-def]
     _, client, (mr, _, _) = web
-    r = client.get(f"{_url(mr)}/frames/1", headers={"Accept": "multipart/related; type=application/octet-stream; "
-                                                              "transfer-syntax=*"})
+    r = client.get(
+        f"{_url(mr)}/frames/1",
+        headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"},
+    )
     assert r.status_code == 200
     (part,) = _parts(r)
     assert part.content_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
@@ -74,8 +89,10 @@ def test_compressed_frame_as_stored_or_decoded(web, which: int, media: str) -> N
     _, client, datasets = web
     ds = datasets[which]
     ts = str(ds.file_meta.TransferSyntaxUID)
-    stored = client.get(f"{_url(ds)}/frames/1", headers={
-        "Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"})
+    stored = client.get(
+        f"{_url(ds)}/frames/1",
+        headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"},
+    )
     (part,) = _parts(stored)
     assert part.content_type == f"{media}; transfer-syntax={ts}"
     assert bytes(part.body) == next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
@@ -116,16 +133,22 @@ def test_rendered_and_thumbnail_are_images(web) -> None:  # type: ignore[no-unty
 
 
 def test_cors_lets_the_configured_viewer_origin_in_and_still_needs_the_token(web) -> None:  # type: ignore[no-untyped-def]
-    node, client, (mr, _, _) = web
+    node, client, (_mr, _, _) = web
     base = f"http://127.0.0.1:{node.http_port}/dicomweb"
-    preflight = httpx.options(f"{base}/studies", headers={
-        "Origin": VIEWER_ORIGIN, "Access-Control-Request-Method": "GET",
-        "Access-Control-Request-Headers": "authorization"})
+    preflight = httpx.options(
+        f"{base}/studies",
+        headers={
+            "Origin": VIEWER_ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == VIEWER_ORIGIN
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
-    other = httpx.options(f"{base}/studies", headers={"Origin": "http://evil.example",
-                                                       "Access-Control-Request-Method": "GET"})
+    other = httpx.options(
+        f"{base}/studies", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"}
+    )
     assert "access-control-allow-origin" not in other.headers
     assert httpx.get(f"{base}/studies", headers={"Origin": VIEWER_ORIGIN}).status_code == 401
     ok = client.get("/studies", headers={"Origin": VIEWER_ORIGIN})
@@ -152,9 +175,11 @@ def test_hl7_and_fhir_destinations_are_checked_at_start(tmp_path: Path) -> None:
     from node.config import ConfigError, load_settings
 
     cfg = tmp_path / "node.toml"
-    cfg.write_text('[[hl7]]\nhost = "ris"\nport = 2575\npriority_update = true\n'
-                   '[[fhir]]\nurl = "https://fhir.example/r5/"\ntoken_env = "FHIR_TOKEN"\n'
-                   '[results]\nsummary_card = true\n')
+    cfg.write_text(
+        '[[hl7]]\nhost = "ris"\nport = 2575\npriority_update = true\n'
+        '[[fhir]]\nurl = "https://fhir.example/r5/"\ntoken_env = "FHIR_TOKEN"\n'
+        "[results]\nsummary_card = true\n"
+    )
     settings = load_settings(cfg, {})
     assert settings.hl7[0].priority_update and settings.fhir[0].url == "https://fhir.example/r5"
     cfg.write_text('[[fhir]]\nurl = "fhir.example"\n')

@@ -17,8 +17,9 @@ from fhir.resources.bundle import Bundle
 
 
 def outcome(text: str) -> bytes:
-    return json.dumps({"resourceType": "OperationOutcome",
-                       "issue": [{"severity": "error", "code": "invalid", "diagnostics": text}]}).encode()
+    return json.dumps(
+        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": text}]}
+    ).encode()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -50,8 +51,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         with open(self.out, "a", encoding="utf-8") as f:
             f.write(body.decode("utf-8") + "\n")
-        response = {"resourceType": "Bundle", "type": "transaction-response",
-                    "entry": [{"response": {"status": "201 Created"}} for _ in bundle.entry or []]}
+        response = {
+            "resourceType": "Bundle",
+            "type": "transaction-response",
+            "entry": [{"response": {"status": "201 Created"}} for _ in bundle.entry or []],
+        }
         self._answer(200, json.dumps(response).encode())
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hl7apy.parser import parse_message
 
@@ -23,9 +23,11 @@ START, END = b"\x0b", b"\x1c\x0d"
 def ack_for(text: str, code: str = "AA") -> tuple[str, str]:
     msg = parse_message(text, find_groups=False)
     control_id = msg.msh.msh_10.value
-    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-    ack = (f"MSH|^~\\&|RIS||{msg.msh.msh_3.value}||{now}||ACK^{msg.msh.msh_9.msg_2.value}^ACK|A{control_id}|P|2.5\r"
-           f"MSA|{code}|{control_id}" + ("" if code == "AA" else "|refused for the test"))
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    ack = (
+        f"MSH|^~\\&|RIS||{msg.msh.msh_3.value}||{now}||ACK^{msg.msh.msh_9.msg_2.value}^ACK|A{control_id}|P|2.5\r"
+        f"MSA|{code}|{control_id}" + ("" if code == "AA" else "|refused for the test")
+    )
     return control_id, ack
 
 
@@ -50,7 +52,7 @@ def serve(port: int, out: str, code: str = "AA") -> None:
                 buf += chunk
                 while END in buf:
                     frame, buf = buf.split(END, 1)
-                    text = frame[frame.find(START) + 1:].decode("utf-8")
+                    text = frame[frame.find(START) + 1 :].decode("utf-8")
                     control_id, ack = ack_for(text, code)
                     with open(out, "a", encoding="utf-8") as f:
                         f.write(json.dumps({"control_id": control_id, "er7": text}) + "\n")
