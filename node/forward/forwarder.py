@@ -80,6 +80,7 @@ class Forwarder:
 
     def _forward(self, key: str, items: list[Claimed]) -> None:
         dest = self.destinations.get(key)
+        held: set[int] = set()
         if key in self.hl7 or key in self.fhir:
             results = [self._message(key, i) for i in items]
         elif dest is None:
@@ -101,7 +102,9 @@ class Forwarder:
             for r in results:
                 if not r.ok and r.status is None and (r.key in doubtful or r.error.startswith("no C-STORE response")):
                     failures[r.key] = IN_DOUBT + failures[r.key].removeprefix(IN_DOUBT)
-        mark_sent(self.db, sent)
+        # The export audit event is appended before the rows are marked sent: a process killed in
+        # between leaves the rows in flight, so the next attempt checks the destination (C-FIND)
+        # and records the delivery again, marked as confirmed. Marking first could lose the record.
         dead = mark_failed(self.db, failures, self.policy)
         metrics.FORWARD_ATTEMPTS.labels(key, "success").inc(len(sent))
         if failures:
@@ -109,7 +112,8 @@ class Forwarder:
         if dead:
             metrics.FORWARD_DEAD_LETTERS.labels(key).inc(len(dead))
         by_id = {i.id: i for i in items}
-        self._audit(key, dest, items, sent, failures, dead)
+        self._audit(key, dest, items, sent, failures, dead, confirmed=len(held) if dest is not None else 0)
+        mark_sent(self.db, sent)
         log.info(
             "forward_batch",
             destination=key,
@@ -165,12 +169,19 @@ class Forwarder:
         sent: list[int],
         failures: dict[int, str],
         dead: list[int],
+        *,
+        confirmed: int = 0,
     ) -> None:
         sent_set = set(sent)
         per_study_sent: Counter[str] = Counter(i.study_instance_uid for i in items if i.id in sent_set)
         per_study_all: Counter[str] = Counter(i.study_instance_uid for i in items)
         outcome = SUCCESS if not failures else MINOR_FAILURE
         desc = f"forwarded {len(sent)}/{len(items)} instances to {key}"
+        if confirmed:
+            desc += (
+                f" ({confirmed} already held by the destination, confirmed by C-FIND after an attempt "
+                "whose answer was not recorded; an earlier export event may name them too)"
+            )
         if failures:
             desc += f"; {len(failures)} failed ({len(dead)} dead letters): {next(iter(failures.values()))[:200]}"
         participants = [

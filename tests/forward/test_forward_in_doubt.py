@@ -7,6 +7,9 @@ campaign). One that Orthanc does not hold is sent. Orthanc counts every C-STORE 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pydicom
 from sqlalchemy import select, update
 
@@ -64,5 +67,14 @@ def test_in_doubt_row_is_not_sent_again_when_the_destination_holds_it(
         assert received[not_delivered] == 1
         assert orthanc.index_count(delivered) == orthanc.index_count(not_delivered) == 1
         assert all(r.last_error == "" for r in rows().values())
+        # the delivery the dead process could not record is in the audit trail now, said to be a confirmation
+        exports = [
+            e
+            for e in map(json.loads, Path(settings.audit.path).read_text().splitlines())
+            if e["event_id"]["code"] == "110106" and e["outcome"] == 0
+        ]
+        assert any("1 already held by the destination, confirmed by C-FIND" in e["outcome_desc"] for e in exports), [
+            e["outcome_desc"] for e in exports
+        ]
     finally:
         orthanc.stop()
