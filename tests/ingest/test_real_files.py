@@ -100,7 +100,7 @@ def _normalised(ds: pydicom.Dataset) -> pydicom.Dataset:
 
 
 def _without_group_lengths(ds: pydicom.Dataset) -> pydicom.Dataset:
-    for tag in [t for t in ds if t.element == 0]:
+    for tag in [t for t in ds.keys() if t.element == 0]:  # noqa: SIM118 - iterating a Dataset yields elements, not tags
         del ds[tag]
     for elem in ds:
         if elem.VR == "SQ":

@@ -6,17 +6,14 @@ storescu, the outbox as the CLI and the index show it."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pydicom
-import pytest
 from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 
+from reliability.orthanc import Orthanc as CountingOrthanc
 from tests.support.config import NodeConfig, node_config
 from tests.support.dimse import send_files
 from tests.support.index import worklist_row
@@ -24,92 +21,28 @@ from tests.support.polling import wait_until
 from tests.support.ports import free_port
 from tests.support.serve import cli_command, node_env
 
-ORTHANC_BIN = shutil.which("Orthanc")
 WAIT_S = 60
 
 
-class Orthanc:
-    """One Orthanc on 127.0.0.1 with its config and storage under ``root``; start/stop by PID."""
+class Orthanc(CountingOrthanc):
+    """The campaign's Orthanc (reliability/orthanc.py: it also counts every C-STORE it receives) on
+    free loopback ports, with what the forwarding tests read from it."""
 
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self.dicom_port = free_port()
-        self.http_port = free_port()
-        self.config = root / "orthanc.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    "Name": "forward-test",
-                    "DicomAet": "ORTHANC",
-                    "DicomPort": self.dicom_port,
-                    "HttpPort": self.http_port,
-                    "RemoteAccessAllowed": False,
-                    "AuthenticationEnabled": False,
-                    "DicomCheckCalledAet": False,
-                    "DicomAlwaysAllowStore": True,
-                    "DicomServerEnabled": True,
-                    "StorageDirectory": str(root / "storage"),
-                    "IndexDirectory": str(root / "index"),
-                    "Plugins": [],
-                    "HttpServerEnabled": True,
-                },
-                indent=2,
-            )
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
+        super().__init__(root, free_port(), free_port())
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 30) -> None:
-        self.starts += 1
-        log = (self.root / f"orthanc-{self.starts}.log").open("wb")
-        self.proc = subprocess.Popen(
-            [ORTHANC_BIN, str(self.config)], stdout=log, stderr=subprocess.STDOUT, cwd=self.root
-        )
-        proc = self.proc
-
-        def answers() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"Orthanc exited ({proc.returncode}): "
-                    f"{(self.root / f'orthanc-{self.starts}.log').read_text(errors='replace')[-2000:]}"
-                )
-            try:
-                return bool(self._request("GET", "/system").get("DicomPort") == self.dicom_port)
-            except (OSError, urllib.error.URLError, ValueError):
-                return False
-
-        wait_until(answers, timeout, "Orthanc to answer /system", interval=0.1)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
-
     def has_instance(self, sop_uid: str) -> bool:
-        found = self._request("POST", "/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}})
-        return bool(found)
+        return self.index_count(sop_uid) > 0
 
     def instance_tags(self, sop_uid: str) -> dict[str, Any]:
         (orthanc_id,) = self._request(
             "POST", "/tools/find", {"Level": "Instance", "Query": {"SOPInstanceUID": sop_uid}}
         )
-        return self._request("GET", f"/instances/{orthanc_id}/simplified-tags")
+        return dict(self._request("GET", f"/instances/{orthanc_id}/simplified-tags"))
 
 
 def forwarding_node(
