@@ -56,7 +56,12 @@ def test_job_queued_after_quiet_period(db_url, tmp_path, make_settings, node_fac
     assert job["instance_count"] == 5
     assert (_aware(job["queued_at"]) - _aware(study["last_arrival_at"])).total_seconds() >= quiet
     assert _study(node)["stability_state"] == "stable"
-    queued_lines = [e for e in audit_entries(node.settings.audit.path) if e["outcome_desc"] == "triage job queued"]
+    # the audit line follows the job's commit (the timer writes it after the transaction)
+    queued_lines = wait_until(
+        lambda: [e for e in audit_entries(node.settings.audit.path) if e["outcome_desc"] == "triage job queued"],
+        10,
+        what="the 'triage job queued' audit line",
+    )
     assert [o["id"] for e in queued_lines for o in e["objects"]] == [study["study_instance_uid"]]
     # and no further job while nothing arrives: one more stability pass (what the timer runs,
     # now rather than after a guessed sleep) queues nothing
