@@ -103,6 +103,32 @@ def synthetic_image(
     return path
 
 
+def chest_study(folder: Path, patient_id: str, images: int = 1, size: int = 128) -> tuple[str, list[Path]]:
+    """An adult PA chest DX study (one series, ``images`` instances) that the cxr profile accepts,
+    written under ``folder``; returns (study UID, files). Used by the fault campaign and the tests
+    that need "a study the node triages" without caring what is in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = [
+        synthetic_image(
+            folder / f"{patient_id}-{n}.dcm",
+            modality="DX",
+            sop_class=DigitalXRayImageStorageForPresentation,
+            view="PA",
+            body_part="CHEST",
+            age=54,
+            study_uid=study_uid,
+            patient_id=patient_id,
+            number=n,
+            series_uid=series_uid,
+            rows=size,
+            cols=size,
+        )
+        for n in range(1, images + 1)
+    ]
+    return study_uid, paths
+
+
 class _StudySpec(TypedDict):
     modality: str
     sop_class: str

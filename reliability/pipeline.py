@@ -53,32 +53,10 @@ def pipeline_node(
 
 
 def chest_study(folder: Path, patient: str, images: int = 1) -> tuple[str, list[Path]]:
-    """An adult PA chest DX study the cxr profile accepts; returns (study UID, files)."""
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
+    """An adult PA chest DX study the cxr profile accepts (node.demo.chest_study); returns (study UID, files)."""
+    from node.demo import chest_study as demo_chest_study
 
-    from node.demo import synthetic_image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series = generate_uid(), generate_uid()
-    paths = [
-        synthetic_image(
-            folder / f"{patient}-{n}.dcm",
-            modality="DX",
-            sop_class=DigitalXRayImageStorageForPresentation,
-            view="PA",
-            body_part="CHEST",
-            age=54,
-            study_uid=study,
-            patient_id=patient,
-            number=n,
-            series_uid=series,
-            photometric="MONOCHROME2",
-            rows=128,
-            cols=128,
-        )
-        for n in range(1, images + 1)
-    ]
-    return study, paths
+    return demo_chest_study(folder, patient, images)
 
 
 def send_files(port: int, paths: list[Path], timeout: float = 60) -> list[int | None]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.support.ci import needs_tools, skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,11 +38,11 @@ def test_kill9_cycles_lose_nothing_acknowledged(tmp_path) -> None:
 
 def test_disk_full_answers_a700_and_recovers_by_itself(tmp_path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("mounts a tmpfs: needs root")
+        skip_or_fail("mounts a tmpfs: needs root")
     probe = tmp_path / "probe"
     probe.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)]).returncode != 0:
-        pytest.skip("this machine does not allow mounting a tmpfs")
+        skip_or_fail("this machine does not allow mounting a tmpfs")
     subprocess.run(["umount", str(probe)], check=False)
     report = _run("disk_full.py", "--size-mb", "8", "--workdir", str(tmp_path))
     for run in report["runs"]:
@@ -66,9 +65,7 @@ def test_clients_above_max_associations_all_get_through(tmp_path, require_tools)
         assert row["stored"] == row["expected"], row
 
 
-needs_orthanc = pytest.mark.skipif(
-    shutil.which("Orthanc") is None and not os.environ.get("CI"), reason="needs Orthanc (Debian's orthanc)"
-)
+needs_orthanc = needs_tools("Orthanc")
 
 
 @needs_orthanc

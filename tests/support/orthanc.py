@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 
+from node.demo import chest_study
 from reliability.orthanc import Orthanc as CountingOrthanc
 from tests.support.config import NodeConfig, node_config
 from tests.support.dimse import send_files
@@ -66,29 +66,9 @@ def forwarding_node(
 
 
 def send_chest_study(root: Path, port: int, patient_id: str, images: int = 1) -> tuple[str, list[str]]:
-    """storescu an adult PA chest DX study (``images`` instances); returns (study UID, image UIDs)."""
-    from node.demo import synthetic_image
-
-    root.mkdir(parents=True, exist_ok=True)
-    study_uid, series_uid = generate_uid(), generate_uid()
-    paths = [
-        synthetic_image(
-            root / f"{patient_id}-{n}.dcm",
-            modality="DX",
-            sop_class=DigitalXRayImageStorageForPresentation,
-            view="PA",
-            body_part="CHEST",
-            age=54,
-            study_uid=study_uid,
-            patient_id=patient_id,
-            number=n,
-            series_uid=series_uid,
-            photometric="MONOCHROME2",
-            rows=128,
-            cols=128,
-        )
-        for n in range(1, images + 1)
-    ]
+    """storescu an adult PA chest DX study (``images`` instances: the campaign's own
+    ``chest_study``); returns (study UID, image UIDs)."""
+    study_uid, paths = chest_study(root, patient_id, images)
     send_files(port, paths)
     return study_uid, [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
 
