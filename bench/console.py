@@ -3,10 +3,11 @@
     python bench/console.py                        # SQLite (the default index), 10,000 studies
     python bench/console.py --studies 10000 --reps 30 --database-url postgresql+psycopg://...
 
-The index is filled with synthetic rows (patients, studies, worklist items with 14 findings each,
-a third HIGH, half MEDIUM, the rest LOW; a quarter no-assist), through SQLAlchemy in bulk. The
-app is the node's own FastAPI app (``create_app``: DICOMweb + console) in-process, driven by
-Starlette's TestClient after a login with the token, so every request passes the session check.
+The index is filled with synthetic rows (patients, studies, their image and SR series, worklist
+items with 14 findings each, a third HIGH, half MEDIUM, the rest LOW; a quarter no-assist), through
+SQLAlchemy in bulk. The app is the node's own FastAPI app (``create_app``: DICOMweb + console)
+in-process, driven by Starlette's TestClient after a login with the token, so every request passes
+the session check.
 
 "server" is the console's ``Server-Timing: app;dur=...`` header: from the handler's start to
 the rendered HTML (queries + template). "round trip" adds the ASGI stack and the client. The
@@ -48,11 +49,11 @@ FINDINGS = [
 def fill_index(db, n: int, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import insert
 
-    from node.db.models import Patient, Study, WorklistItem
+    from node.db.models import Patient, Series, Study, WorklistItem
 
     rng = random.Random(seed)
     now = datetime.now(UTC)
-    patients, studies, items = [], [], []
+    patients, studies, series, items = [], [], [], []
     for i in range(n):
         uid = f"1.2.826.0.1.3680043.10.999.{i + 1}"
         patients.append(
@@ -81,6 +82,20 @@ def fill_index(db, n: int, seed: int = 0) -> None:  # type: ignore[no-untyped-de
                 last_arrival_at=queued,
                 stability_state="stable",
                 instance_count=2,
+            )
+        )
+        # the image series and the SR series (the page reads the SR series' description)
+        series.append(
+            dict(id=2 * i + 1, series_instance_uid=uid + ".2", study_pk=i + 1, modality="DX", series_number=1)
+        )
+        series.append(
+            dict(
+                id=2 * i + 2,
+                series_instance_uid=uid + ".8",
+                study_pk=i + 1,
+                modality="SR",
+                series_number=9901,
+                description="AI triage",
             )
         )
         r = rng.random()
@@ -130,7 +145,7 @@ def fill_index(db, n: int, seed: int = 0) -> None:  # type: ignore[no-untyped-de
             )
         )
     with db.engine.begin() as conn:
-        for table, rows in ((Patient, patients), (Study, studies), (WorklistItem, items)):
+        for table, rows in ((Patient, patients), (Study, studies), (Series, series), (WorklistItem, items)):
             for start in range(0, len(rows), 2000):
                 conn.execute(insert(table), rows[start : start + 2000])
 

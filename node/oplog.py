@@ -110,8 +110,9 @@ def configure(level: str = "info") -> None:
     handler._node_oplog = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric)
-    # pynetdicom's own logger is chatty at INFO and prints identifiers in its dumps.
-    for noisy in ("pynetdicom", "alembic", "uvicorn.access"):
+    # pynetdicom's own logger is chatty at INFO and prints identifiers in its dumps; faiss.loader
+    # reports its CPU-feature probing ("Could not load library with AVX512 ...") at INFO.
+    for noisy in ("pynetdicom", "alembic", "uvicorn.access", "faiss.loader"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     # A tick skipped because the previous one still runs is normal under load, not a warning.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -15,6 +15,7 @@ from typing import Any
 from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy import func, select
 
+from dicom_sr.codes import TEST_MODEL_SERIES_TAG
 from node.db.engine import Database
 from node.db.models import Instance, OutboxItem, Patient, Series, Study, TriageJob, WorklistItem
 from node.db.states import OPEN_JOB_STATES, JobState
@@ -66,6 +67,11 @@ class WorklistPage:
     page: int
     pages: int
     profiles: list[str] = field(default_factory=list)
+
+    @property
+    def test_model_rows(self) -> bool:
+        """Whether any row on the page was answered by a random test model (its scores are noise)."""
+        return any(row["test_model"] for row in self.rows)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -131,14 +137,18 @@ def worklist_page(db: Database, f: WorklistFilter, page: int = 1, per_page: int 
                 Patient.patient_id,
                 Patient.birth_date,
                 Patient.sex,
+                Series.description,
             )
             .outerjoin(Study, Study.study_instance_uid == WorklistItem.study_instance_uid)
             .outerjoin(Patient, Patient.id == Study.patient_pk)
+            # the SR's series says whether a random test model answered (dicom_sr names it so), which
+            # the page must say whatever model this process holds now (or none: an http-only process)
+            .outerjoin(Series, Series.series_instance_uid == WorklistItem.sr_series_instance_uid)
             .where(WorklistItem.id.in_(ids))
         )
         found = sorted(session.execute(query).all(), key=lambda r: position[r[0].id]) if ids else []
         rows = []
-        for item, modalities, study_date, description, accession, name, patient_id, birth, sex in found:
+        for item, modalities, study_date, description, accession, name, patient_id, birth, sex, sr_series in found:
             row = row_json(item)
             row.update(
                 modalities=(modalities or "").replace("\\", ", "),
@@ -150,6 +160,7 @@ def worklist_page(db: Database, f: WorklistFilter, page: int = 1, per_page: int 
                 sex=sex or "",
                 age=age_text(birth or "", study_date or ""),
                 queued=_utc(item.queued_at),
+                test_model=(sr_series or "").startswith(TEST_MODEL_SERIES_TAG),
             )
             rows.append(row)
     return WorklistPage(rows=rows, total=total, page=page, pages=pages)

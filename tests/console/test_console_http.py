@@ -218,6 +218,26 @@ def test_without_a_token_the_console_is_read_only_and_hides_identifiers(console_
         assert client.get(f"/ui/study/{study}/sr/{sr_uid}.dcm").status_code == 403
 
 
+def test_worklist_marks_test_model_rows_without_a_loaded_model(console_node: ConsoleNode) -> None:
+    """A process that holds no model (http role only, or before the model has loaded) still says
+    which rows a random test model answered: the warning comes from the SRs, not the live model."""
+    from fastapi.testclient import TestClient
+
+    from node.dicomweb.app import create_app
+    from node.dicomweb.context import WebContext
+
+    n = console_node.node
+    app = create_app(WebContext(settings=n.settings, db=n.db, files=n.files, ingestor=n.ingestor, audit=n.audit))
+    with TestClient(app) as client:
+        r = client.post("/ui/login", data={"token": TOKEN, "next": "/ui/"})
+        assert r.status_code == 200, r.text  # followed the redirect to the worklist
+        rows = re.findall(r'<tr data-priority="[A-Z]+" data-study="[0-9.]+">(.*?)</tr>', r.text, re.S)
+        assert len(rows) >= 3
+        assert "The loaded model is a RANDOM TEST MODEL" not in r.text  # this process holds no model ...
+        assert "answered by a RANDOM TEST MODEL: their scores mean nothing" in r.text  # ... yet the page warns
+        assert all('class="test-model"' in row for row in rows)  # every row here came from the tiny model
+
+
 @pytest.mark.slow
 def test_demo_keep_prints_the_console_url_and_serves_it(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("triage-node")
