@@ -78,12 +78,15 @@ def ohif_server(ohif_dist: Path, tmp_path: Path) -> Iterator[Any]:
 
 
 def _not_blank(png: bytes) -> float:
+    """Contrast in the middle half of a viewport screenshot: the image, not the corner overlays
+    (date, window/level), which are drawn even when no pixel data arrived."""
     import io
 
     from PIL import Image
 
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
-    return float(pixels.std())
+    h, w = pixels.shape
+    return float(pixels[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].std())
 
 
 def test_ohif_shows_the_triaged_study_its_image_and_its_sr(
