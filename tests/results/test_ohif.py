@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from dicom_sr import read_triage_sr
-from tests.support.ci import needs_tools
+from tests.support.ci import needs_tools, skip_or_fail
 from tests.support.config import node_config
 from tests.support.orthanc import send_chest_study, sr_uid
 from tests.support.polling import wait_until
@@ -42,7 +42,8 @@ def ohif_dist() -> Path:
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "ohif.sh")], capture_output=True, text=True, timeout=600, check=False
     )
-    assert proc.returncode == 0, proc.stderr
+    if proc.returncode != 0:  # e.g. no npm registry reachable: a missing peer (fails under CI=true)
+        skip_or_fail(f"scripts/ohif.sh could not fetch @ohif/app: {proc.stderr.strip()[-500:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
