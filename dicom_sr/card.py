@@ -26,6 +26,7 @@ from .result import PRIORITY_HIGH, FindingResult, FindingState, TriageResult
 WIDTH, HEIGHT = 1024, 768
 THUMB = 320
 BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
+NOT_RAISED = "Priority not raised by the AI (the order's own priority applies)"
 STATE_TEXT = {
     FindingState.PRESENT: "present (above threshold)",
     FindingState.NOT_DETECTED: "not detected by the model",
@@ -54,12 +55,15 @@ def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
         why = " (raised by the model)"
     else:
         why = ""
+    # The SR's MEDIUM means "not raised by the AI"; the worklist keeps the order's own priority
+    # (STAT, LOW), so the card never calls MEDIUM the worklist priority.
+    stated = f"Worklist priority: {result.priority}{why}" if result.priority == PRIORITY_HIGH else NOT_RAISED
     if result.assist:
-        priority = f"Worklist priority: {result.priority}{why}"
+        priority = stated
     else:
         reason = result.no_assist_text or (result.no_assist_reason.meaning if result.no_assist_reason else "")
         reason = reason if reason.lower().startswith("no ai assessment") else f"No AI assessment: {reason}"
-        priority = f"{reason.rstrip('.')}. Priority {result.priority}{why}."
+        priority = f"{reason.rstrip('.')}. {stated}."
     findings = tuple(_finding_line(f) for f in result.findings)
     provenance = (
         f"Model: {alg.model_id} @ {alg.model_revision}; weights sha256 {alg.weights_sha256[:16]}",

@@ -37,6 +37,9 @@ APP_CONFIG = """window.config = {
   showLoadingIndicator: true,
   investigationalUseDialog: { option: 'never' },
   customizationService: {
+    // OHIF starts a cine player on every OT series (its default ['OT', 'US']); the summary card is
+    // one OT image, not a clip.
+    autoCineModalities: { $set: ['US'] },
     // OHIF 3.13 hydrates only measurement groups with a SCOORD; a group without geometry (the SR's
     // study-level TID 1501 groups) makes it throw ("reading 'ReferencedSOPSequence'") and the SR
     // opens empty. Give such groups an empty placeholder so that OHIF skips them and shows the rest.

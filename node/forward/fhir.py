@@ -25,7 +25,7 @@ from typing import Any
 import pydicom
 from fhir.resources.bundle import Bundle
 
-from dicom_sr import TriageResult, read_triage_sr
+from dicom_sr import PRIORITY_HIGH, TriageResult, read_triage_sr
 from node import __version__
 from node.config import FhirDestination
 from node.forward.hl7 import STATE_CODE, study_facts
@@ -127,13 +127,18 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
                 ],
             }
         )
+    # MEDIUM means "not raised": the order's own priority (STAT, LOW) stands, so it is not called
+    # the worklist priority.
+    stated = "worklist priority HIGH" if result.priority == PRIORITY_HIGH else "priority not raised by the AI"
     if result.assist:
-        conclusion = f"AI triage: worklist priority {result.priority}."
+        conclusion = f"AI triage: {stated}."
     else:
         reason = result.no_assist_text or result.no_assist_reason.meaning  # type: ignore[union-attr]
         if not reason.lower().startswith("no ai assessment"):
             reason = f"No AI assessment: {reason}"
-        conclusion = f"{reason.rstrip('.')}. Priority {result.priority}."
+        conclusion = f"{reason.rstrip('.')}. {stated[0].upper()}{stated[1:]}."
+    if alg.is_test_model:
+        conclusion += " TEST MODEL: random weights, the scores are noise and mean nothing."
     report_id = _id("report", facts.sr_uid)
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
@@ -183,7 +188,12 @@ def _token(dest: FhirDestination) -> str | None:
     if dest.token:
         return dest.token
     if dest.token_env:
-        return os.environ.get(dest.token_env) or None
+        token = os.environ.get(dest.token_env)
+        if not token:  # say so, rather than send no token and read the server's 401
+            raise FhirError(
+                f"the bearer token variable {dest.token_env} (token_env) is not set in the node's environment"
+            )
+        return token
     return None
 
 

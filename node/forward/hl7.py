@@ -10,7 +10,8 @@ receiver can drop the duplicate.
 ORU^R01 content: PID from the study, ORC-1 RE, OBR-3 = accession number (filler order number in
 IHE scheduled workflow), OBR-25 P (preliminary); per finding an OBX CWE (its state, the SR's SNOMED
 CT code: Present / Not detected / Indeterminate, never "normal") and an OBX NM
-(its score, OBX-7 the threshold) sharing OBX-4; an OBX with the worklist priority; with no
+(its score, OBX-7 the threshold) sharing OBX-4; an OBX with the AI's priority (HIGH or MEDIUM; OBR-27
+priority S only when it is HIGH: MEDIUM means "not raised", never a lower order priority); with no
 assist, an OBX with the reason; an OBX with the SR's SOP Instance UID; ZDS with the Study
 Instance UID (IHE); an NTE "research use only".
 ORM^O01 (``priority_update``, only for HIGH: the model never lowers a priority): ORC-1 XO with
@@ -110,7 +111,9 @@ def build_oru(result: TriageResult, facts: StudyFacts, dest: Hl7Destination, con
     obr.obr_3 = facts.accession
     obr.obr_4 = f"AITRIAGE^AI triage {_clean(result.algorithm.profile_name)}^{LOCAL}"
     obr.obr_25 = "P"
-    obr.obr_27 = f"^^^^^{HL7_PRIORITY[result.priority]}"
+    if result.priority == PRIORITY_HIGH:
+        # only a raise is stated: a routine priority here could read as lowering a STAT order
+        obr.obr_27 = f"^^^^^{HL7_PRIORITY[result.priority]}"
     set_id = 0
 
     def obx(value_type: str, code: str, value: str, sub_id: str = "", ref_range: str = "") -> None:
@@ -132,7 +135,7 @@ def build_oru(result: TriageResult, facts: StudyFacts, dest: Hl7Destination, con
         value, scheme, meaning = STATE_CODE[f.state]
         obx("CWE", code, f"{value}^{meaning}^{scheme}", str(n))
         obx("NM", code, f"{f.score:.4f}", str(n), f">={f.threshold:.4f}")
-    obx("ST", f"PRIORITY^Worklist priority^{LOCAL}", result.priority)
+    obx("ST", f"PRIORITY^AI triage priority (raises only)^{LOCAL}", result.priority)
     if not result.assist:
         reason = result.no_assist_text or (result.no_assist_reason.meaning if result.no_assist_reason else "")
         obx("ST", f"NOASSIST^No AI assessment^{LOCAL}", _clean(reason))

@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from dicom_sr import read_triage_sr
-from tests.support.ci import needs_tools
+from tests.support.ci import needs_tools, skip_or_fail
 from tests.support.config import node_config
 from tests.support.orthanc import send_chest_study, sr_uid
 from tests.support.polling import wait_until
@@ -42,7 +42,8 @@ def ohif_dist() -> Path:
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "ohif.sh")], capture_output=True, text=True, timeout=600, check=False
     )
-    assert proc.returncode == 0, proc.stderr
+    if proc.returncode != 0:  # e.g. no npm registry reachable: a missing peer (fails under CI=true)
+        skip_or_fail(f"scripts/ohif.sh could not fetch @ohif/app: {proc.stderr.strip()[-500:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
@@ -78,12 +79,15 @@ def ohif_server(ohif_dist: Path, tmp_path: Path) -> Iterator[Any]:
 
 
 def _not_blank(png: bytes) -> float:
+    """Contrast in the middle half of a viewport screenshot: the image, not the corner overlays
+    (date, window/level), which are drawn even when no pixel data arrived."""
     import io
 
     from PIL import Image
 
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
-    return float(pixels.std())
+    h, w = pixels.shape
+    return float(pixels[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].std())
 
 
 def test_ohif_shows_the_triaged_study_its_image_and_its_sr(

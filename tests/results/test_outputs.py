@@ -183,6 +183,8 @@ def test_hl7_oru_reaches_the_ris_once_after_an_outage(
         assert score_obx[7] == f">={finding.threshold:.4f}" and state_obx[11] == "P"
     values = {f[3].split("^")[0]: f[5] for f in fields if f[2] == "ST"}
     assert values["PRIORITY"] == result.priority and values["SRUID"] == sr
+    obr = next(seg.split("|") for seg in er7.split("\r") if seg.startswith("OBR|"))
+    assert obr[27] == ("^^^^^S" if result.priority == "HIGH" else ""), obr  # a raise, or no priority stated
     assert f"ZDS|{study_uid}^^Application^DICOM" in er7
     assert "Research use only" in er7
 
@@ -297,6 +299,7 @@ def test_fhir_diagnostic_report_reaches_the_server(
         fhir=[
             {"url": f"http://127.0.0.1:{port}/fhir", "token": "s3cret"},
             {"url": f"http://127.0.0.1:{port}/wrong-token", "token": "nope"},
+            {"url": f"http://127.0.0.1:{port}/unset-token", "token_env": "TRIAGE_TEST_UNSET_FHIR_TOKEN"},
         ],
     )
     node = node_factory(cfg)
@@ -320,6 +323,12 @@ def test_fhir_diagnostic_report_reaches_the_server(
         "the wrong token refused",
     )
     assert refused.state == "pending" and "HTTP 401" in refused.last_error
+    unset = wait_until(
+        lambda: (lambda r: r if r.attempts >= 1 else None)(by_url()[f"fhir:http://127.0.0.1:{port}/unset-token"]),
+        WAIT_S,
+        "the Bundle held back for want of its token",
+    )
+    assert unset.state == "pending" and "TRIAGE_TEST_UNSET_FHIR_TOKEN" in unset.last_error, unset.last_error
 
     (line,) = received.read_text().splitlines()
     bundle = Bundle.model_validate_json(line)
@@ -344,6 +353,7 @@ def test_fhir_diagnostic_report_reaches_the_server(
         assert result.algorithm.model_id in obs.method.text and result.algorithm.profile_version in obs.method.text
         assert obs.device.reference == f"Device/{device.id}"
     assert report.subject.identifier.value == "FHIR-1"
+    assert "TEST MODEL" in report.conclusion  # the tiny random model's scores are noise, and it says so
 
 
 def test_a_no_assist_result_offers_no_assessment_in_hl7_or_fhir() -> None:
@@ -375,6 +385,8 @@ def test_a_no_assist_result_offers_no_assessment_in_hl7_or_fhir() -> None:
     assert observed == ["PRIORITY", "NOASSIST", "SRUID"], observed
     assert "36118008" not in er7 and "0.5500" not in er7
     assert "an urgent finding is indeterminate" in er7
+    # MEDIUM is "not raised": no routine priority that could read as lowering a STAT order
+    assert msg.obr.obr_27.value == "" and "TEST MODEL" in er7
 
     sr = pydicom.Dataset()
     sr.PatientID, sr.AccessionNumber, sr.StudyInstanceUID, sr.SOPInstanceUID = "P1", "ACC9", "1.2.3", "1.2.3.9"
@@ -384,3 +396,5 @@ def test_a_no_assist_result_offers_no_assessment_in_hl7_or_fhir() -> None:
     report = bundle["entry"][-1]["resource"]
     assert "result" not in report
     assert report["conclusion"].startswith("No AI assessment: an urgent finding is indeterminate")
+    assert "Priority not raised by the AI" in report["conclusion"] and "MEDIUM" not in report["conclusion"]
+    assert "TEST MODEL" in report["conclusion"]  # a random model's result never reads as a clinical one

@@ -126,6 +126,7 @@ def test_no_assist_summary_card_and_pdf_validate(study: Study, tmp_path: Path) -
     )
     text = card_text(result, "1.2.3")
     assert text.priority.count("No AI assessment") == 1 and text.findings == ()
+    assert "not raised" in text.priority and "MEDIUM" not in text.priority  # never "worklist priority MEDIUM"
     assert "TEST MODEL" in text.warning
     pixels = render_card(result, "1.2.3", None)
     sc = build_card_sc(
