@@ -7,7 +7,8 @@ image that a finding cites also gets a TID 1410 group whose Image Region is the 
 outline (the model looks at the whole image; it does not localise), listing per finding its
 state on that image (qualitative evaluation, named by the finding) and its score as a percentage
 NUM named after the finding, so OHIF labels the image "Pneumothorax: 81.23 %" line by line,
-present findings first. Its tracking identifier names the priority and the present findings.
+present findings first. Its tracking identifier names the priority and the present findings (and
+starts with a TEST MODEL warning when the weights are a random test model's).
 
 Also the Referenced Request Sequence (0040,A370) from the study's accession number and request
 attributes, when the study has them (IHE AIR: the result names the order it answers).
@@ -73,6 +74,10 @@ def _label(result: TriageResult, findings: Sequence[FindingResult]) -> str:
         text = f"AI triage {result.priority}: " + (
             ", ".join(present) + " present" if present else "nothing above threshold"
         )
+    if result.algorithm.is_test_model:
+        # The label is what a viewer draws on the image: a random model's numbers must not reach
+        # the screen without the warning the SR's series description and text already carry.
+        text = "TEST MODEL, scores are noise. " + text
     return text if len(text) <= 64 else text[:61] + "..."
 
 

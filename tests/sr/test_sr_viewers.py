@@ -5,6 +5,7 @@ study's order; still dciodvfy-clean and read back unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,16 @@ def test_image_level_groups_reference_the_images_that_drove_each_finding(study: 
     first = pa.get_measurements()[0].name.meaning
     assert first in ("Lung nodule", "Pneumothorax")  # present findings first, highest score first
     assert pa.tracking_identifier.startswith("AI triage HIGH: ")
+    assert not result.algorithm.is_test_model
+
+    noise = dataclasses.replace(result, algorithm=dataclasses.replace(result.algorithm, is_test_model=True))
+    (tmp_path / "test-model").mkdir()
+    _, test_ds = save_and_reread(build_sr(noise, study, study.images), tmp_path / "test-model")
+    labels = [
+        g.tracking_identifier
+        for g in Comprehensive3DSR.from_dataset(test_ds).content.get_planar_roi_measurement_groups()
+    ]
+    assert labels and all(label.startswith("TEST MODEL, scores are noise. AI triage HIGH: ") for label in labels)
     lateral = by_image[study.lateral.SOPInstanceUID]
     assert len(lateral.get_measurements()) == sum(1 for i in range(len(result.findings)) if i % 2)
 
