@@ -27,6 +27,7 @@ import csv
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -233,12 +234,21 @@ def main() -> int:
     args = ap.parse_args()
 
     from node import oplog
-    from node.evaluate.metrics import bootstrap_auroc, resamples, rng_for
-    from node.evaluate.run import EvaluationOptions, run_evaluation
 
     oplog.configure("warning")
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-evaluate-"))
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _bench(args, root)
+    finally:
+        if not args.keep:  # a 10,000-study run leaves ~180 MB otherwise
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _bench(args: argparse.Namespace, root: Path) -> int:
+    from node.evaluate.metrics import bootstrap_auroc, resamples, rng_for
+    from node.evaluate.run import EvaluationOptions, run_evaluation
+
     t0 = time.perf_counter()
     settings, labels = build(root, args.studies, args.seed)
     setup_s = time.perf_counter() - t0

@@ -468,7 +468,10 @@ def build_triage_sr(
     groups: list[MeasurementsAndQualitativeEvaluations | PlanarROIMeasurementsAndQualitativeEvaluations] = [
         _summary_group(result, algorithm_id, sop_instance_uid)
     ]
-    groups.extend(_finding_group(f, algorithm_id, sop_instance_uid, algorithm.calibration) for f in result.findings)
+    groups.extend(
+        _finding_group(f, algorithm_id, sop_instance_uid, f.calibration or algorithm.calibration)
+        for f in result.findings
+    )
     groups.extend(_image_group(a, algorithm_id, sop_instance_uid) for a in result.images)
     # Image-level groups first: viewers (OHIF) open an SR at its first group, which must have an image.
     groups[:0] = image_level_groups(result, evidence, algorithm_id, sop_instance_uid)

@@ -8,6 +8,7 @@ a :class:`TriageSRError`, never a silently partial result.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from typing import TypeVar
@@ -28,6 +29,7 @@ from pydicom.uid import Comprehensive3DSRStorage
 from . import codes
 from .params import decode_parameters
 from .result import (
+    NOT_CALIBRATED_TEXT,
     AlgorithmInfo,
     Code,
     FindingResult,
@@ -226,9 +228,15 @@ def read_triage_sr(ds: Dataset) -> TriageResult:
             images.append(_image_assessment(group, series_of))
         else:
             stated = _texts(group, codes.CALIBRATION)
-            if stated and stated != [algorithm.calibration]:
-                raise TriageSRError("a finding's calibration statement differs from the algorithm's")
-            findings.append(_finding(group, series_of))
+            if len(stated) > 1:
+                raise TriageSRError("a finding has more than one calibration statement")
+            finding = _finding(group, series_of)
+            if stated and stated[0] != algorithm.calibration:
+                # a finding of a calibrated profile that its evaluation did not tune says so itself
+                if not stated[0].startswith(NOT_CALIBRATED_TEXT):
+                    raise TriageSRError("a finding's calibration statement differs from the algorithm's")
+                finding = dataclasses.replace(finding, calibration=stated[0])
+            findings.append(finding)
     try:
         return TriageResult(
             assist=assessment == codes.ASSESSMENT_PROVIDED,

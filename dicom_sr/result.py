@@ -106,7 +106,10 @@ class FindingResult:
     when given, ``band_low <= band_high`` and the threshold is the band's upper
     limit or above it, since a score inside the band is never "present".
     ``urgent`` is the profile's flag: an urgent finding that is present raises
-    the study to HIGH priority.
+    the study to HIGH priority. ``calibration`` is "" when the algorithm's
+    calibration statement applies to this finding's threshold; otherwise this
+    finding's own statement, which starts with ``NOT_CALIBRATED_TEXT`` (a
+    calibrated profile whose evaluation did not tune this finding).
     """
 
     finding: Code
@@ -117,6 +120,7 @@ class FindingResult:
     source_images: tuple[ImageRef, ...] = ()
     band_low: float | None = None
     band_high: float | None = None
+    calibration: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", FindingState(self.state))
@@ -139,6 +143,14 @@ class FindingResult:
             object.__setattr__(self, "band_high", high)
         if not isinstance(self.urgent, bool):
             raise ValueError(f"FindingResult.urgent must be a bool, got {self.urgent!r}")
+        if not isinstance(self.calibration, str) or (
+            self.calibration and not self.calibration.startswith(NOT_CALIBRATED_TEXT)
+        ):
+            raise ValueError(
+                "FindingResult.calibration is '' or a statement starting with "
+                f"{NOT_CALIBRATED_TEXT!r} (a finding can only be less calibrated than its profile), "
+                f"got {self.calibration!r}"
+            )
 
 
 def _probability(owner: str, name: str, value: object) -> float:

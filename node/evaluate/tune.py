@@ -7,7 +7,9 @@ written with tomlkit so that the prompts, comments and layout of the original su
 profile loader before it is written, so a tuned file always loads.
 
 Findings with fewer than ``min_positives`` positives keep their old threshold and band (and
-the command says so): a threshold set on a handful of cases is a guess.
+the command says so): a threshold set on a handful of cases is a guess. ``[calibration.findings]``
+marks each evaluated finding ``tuned`` or not; the SR of a finding that was not tuned says "not
+calibrated" beside its threshold. An evaluation that tunes no finding writes nothing.
 """
 
 from __future__ import annotations
@@ -116,6 +118,12 @@ def tune_profile(
         item["threshold"] = tomlkit.item(t).comment(note)
         item["indeterminate_band"] = tomlkit.item([low, high]).comment(note)
         result.tuned.append(key)
+    if not result.tuned:
+        why = "; ".join(f"{key}: {reason}" for key, reason in result.kept if reason != "not labelled in the evaluation")
+        raise TuneError(
+            f"{evaluation} tunes no finding ({why or 'no finding of the profile is labelled'}); nothing written: "
+            f"a profile whose thresholds are all placeholders stays uncalibrated"
+        )
     if version != original.preprocessing.method or "method" in doc["preprocessing"]:
         doc["preprocessing"]["method"] = version
     if "calibration" in doc:
@@ -136,6 +144,7 @@ def tune_profile(
         if m.get("auroc_ci"):
             row["auroc_ci"] = [round(float(v), 6) for v in m["auroc_ci"]]
         row["n_pos"], row["n_neg"] = int(m["n_pos"]), int(m["n_neg"])
+        row["tuned"] = key in result.tuned
         findings[key] = row
     cal["findings"] = findings
     doc["calibration"] = cal

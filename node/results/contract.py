@@ -103,7 +103,14 @@ def triage_result(
     """
     evaluated = tuple(image_ref(images[i]) for i in decision.evaluated)
     specs = {f.key: f for f in profile.findings}
-    findings = tuple(finding_result(specs[s.key], s.score, str(s.state), evaluated) for s in decision.findings)
+    state = profile.calibration_state(None if algorithm.weights_sha256 == "not loaded" else algorithm.weights_sha256)
+    findings = tuple(
+        dataclasses.replace(
+            finding_result(specs[s.key], s.score, str(s.state), evaluated),
+            calibration=profile.finding_calibration(s.key, state),
+        )
+        for s in decision.findings
+    )
     assessed = image_assessments(decision, images, preprocessing) if preprocessing else ()
     if not decision.assist:
         reason = decision.reason or NoAssistReason.MODEL_ERROR

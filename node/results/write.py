@@ -56,6 +56,7 @@ def _findings_json(result: TriageResult) -> str:
                 "threshold": f.threshold,
                 "indeterminate_band": [f.band_low, f.band_high],
                 "urgent": f.urgent,
+                "calibration": f.calibration or result.algorithm.calibration,
             }
             for f in result.findings
         ]

@@ -54,6 +54,7 @@ File layout (every key is required unless marked optional; unknown keys are erro
     auroc_ci = [0.88, 0.94]
     n_pos = 120
     n_neg = 1080
+    tuned = true                      # false: evaluated, old threshold kept (its SR says "not calibrated")
 
 A profile without ``[calibration]``, or calibrated for other weights or another preprocessing,
 is "uncalibrated" (:meth:`TriageProfile.calibration_state`).
@@ -154,6 +155,7 @@ class FindingCalibration:
     auroc_ci: tuple[float, float] | None
     n_pos: int
     n_neg: int
+    tuned: bool = True  # False: evaluated, but its old threshold and band were kept (too few positives, ...)
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,13 @@ class TriageProfile:
                 cal.evaluation_sha256,
                 cal.cohort_size,
             )
+        if cal.findings and not any(f.tuned for _, f in cal.findings):
+            return CalibrationState(
+                False,
+                f"{NOT_CALIBRATED_TEXT} (evaluation sha256:{cal.evaluation_sha256[:16]} tuned no finding)",
+                cal.evaluation_sha256,
+                cal.cohort_size,
+            )
         return CalibrationState(
             True,
             f"operating points calibrated on local data: evaluation sha256:"
@@ -215,6 +224,20 @@ class TriageProfile:
             cal.evaluation_sha256,
             cal.cohort_size,
         )
+
+    def finding_calibration(self, key: str, state: CalibrationState) -> str:
+        """This finding's own statement where it differs from the profile's ``state``, else "".
+
+        A calibrated profile can hold findings that its evaluation did not tune (not labelled, or
+        too few positives): their thresholds are still the placeholders, and their SR says so.
+        """
+        cal = self.calibration
+        if not state.calibrated or cal is None:
+            return ""
+        tuned = dict(cal.findings).get(key)
+        if tuned is not None and tuned.tuned:
+            return ""
+        return f"{NOT_CALIBRATED_TEXT} (not tuned by evaluation sha256:{cal.evaluation_sha256[:16]})"
 
     def probe_versions(self) -> str:
         """``key=sha256:...`` per probe finding, ``;``-joined ("" without probes): what the SR records."""
@@ -388,7 +411,9 @@ def _calibration(ctx: _Ctx, obj: Any, finding_keys: set[str]) -> Calibration:
         k = f"calibration.findings.{key}"
         if key not in finding_keys:
             raise ctx.fail(k, "not a finding of this profile")
-        f = ctx.table(value, k, {"n_pos", "n_neg"}, {"auroc", "auroc_ci"})
+        f = ctx.table(value, k, {"n_pos", "n_neg"}, {"auroc", "auroc_ci", "tuned"})
+        if not isinstance(f.get("tuned", True), bool):
+            raise ctx.fail(f"{k}.tuned", "must be true or false")
         ci = f.get("auroc_ci")
         if ci is not None and (not isinstance(ci, list) or len(ci) != 2):
             raise ctx.fail(f"{k}.auroc_ci", "must be [low, high]")
@@ -400,6 +425,7 @@ def _calibration(ctx: _Ctx, obj: Any, finding_keys: set[str]) -> Calibration:
                     auroc_ci=(ctx.prob(ci[0], f"{k}.auroc_ci[0]"), ctx.prob(ci[1], f"{k}.auroc_ci[1]")) if ci else None,
                     n_pos=int(ctx.number(f["n_pos"], f"{k}.n_pos")),
                     n_neg=int(ctx.number(f["n_neg"], f"{k}.n_neg")),
+                    tuned=f.get("tuned", True),
                 ),
             )
         )

@@ -513,8 +513,16 @@ def test_tuned_profile_is_served_and_its_srs_say_calibrated(
     assert statement.startswith("operating points calibrated on local data: evaluation sha256:" + sha[:16])
     assert f"{metrics['n_studies']} studies" in statement
     assert result.algorithm.profile_version == tuned.version
-    assert sr_texts(sr).count(statement) == 13
+    # beside each threshold: "calibrated" for the two findings the evaluation tuned; the eleven it
+    # did not label keep placeholder thresholds, and their SR groups say "not calibrated"
+    texts = sr_texts(sr)
+    assert texts.count(statement) == 2
+    untuned = f"{NOT_CALIBRATED_TEXT} (not tuned by evaluation sha256:{sha[:16]})"
+    assert texts.count(untuned) == 11
+    by_key = {f.finding.value: f.calibration for f in result.findings}
+    assert {k: by_key[tuned.finding(k).code[0]] for k in FINDINGS} == {k: "" for k in FINDINGS}
     row = worklist_row(node.db, study_uid)
     assert row["calibrated"] is True and row["calibration"] == statement
+    assert sorted(f["calibration"] == statement for f in row["findings"]) == [False] * 11 + [True] * 2
     health = httpx.get(f"http://127.0.0.1:{node.http_port}/healthz", timeout=30).json()
     assert health["checks"]["calibration"]["cxr"] == {"calibrated": True, "statement": statement}

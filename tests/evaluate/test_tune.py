@@ -90,10 +90,15 @@ def test_tune_writes_a_new_calibrated_profile(tmp_path: Path) -> None:
     assert cal is not None and cal.evaluation_sha256 == sha and cal.cohort_size == 240
     assert cal.weights_sha256 == "c" * 64 and cal.target_sensitivity == 0.95
     assert dict(cal.findings)["pneumothorax"].auroc_ci == (0.75, 0.86)
+    assert dict(cal.findings)["pneumothorax"].tuned and "edema" not in dict(cal.findings)
     assert "tuned: evaluation" in out.read_text() and "pneumothorax" in proc.stdout
 
     state = tuned.calibration_state("c" * 64)
     assert state.calibrated and sha[:16] in state.text and "240 studies" in state.text
+    # the profile is calibrated, but a finding the evaluation did not tune still has a placeholder
+    assert tuned.finding_calibration("pneumothorax", state) == ""
+    edema = tuned.finding_calibration("edema", state)
+    assert edema.startswith(NOT_CALIBRATED_TEXT) and sha[:16] in edema
     other = tuned.calibration_state("d" * 64)
     assert not other.calibrated and other.text.startswith(NOT_CALIBRATED_TEXT) and "other model weights" in other.text
     assert load_profile(CXR).calibration_state("c" * 64).text == NOT_CALIBRATED_TEXT
@@ -107,11 +112,25 @@ def test_tune_refuses_in_place_a_stale_evaluation_and_keeps_thin_findings(tmp_pa
     assert proc.returncode == 2 and "evaluate the file you tune" in proc.stderr
     thin = fake_metrics(tmp_path, n_pos=12)
     out = tmp_path / "thin.toml"
+    # every evaluated finding too thin: nothing tuned, nothing written (no "calibrated" placeholders)
     proc = tune(tmp_path, "--evaluation", str(thin), "--profile", "cxr", "--out", str(out))
-    assert proc.returncode == 0
-    assert "too few positives to set a threshold (12 < 30)" in proc.stderr
-    assert load_profile(out).finding("pneumothorax").threshold == 0.5
-    assert load_profile(out).calibration is not None
+    assert proc.returncode == 2 and "tunes no finding" in proc.stderr, proc.stderr
+    assert "too few positives to set a threshold (12 < 30)" in proc.stderr and not out.exists()
+    # one finding thick enough: that one is tuned, the thin one keeps its values and is marked untuned
+    mixed = json.loads(fake_metrics(tmp_path).read_text())
+    mixed["preprocessing"]["tn-pre-1"]["findings"]["pleural_effusion"]["n_pos"] = 12
+    (tmp_path / "metrics.json").write_text(json.dumps(mixed))
+    proc = tune(tmp_path, "--evaluation", str(tmp_path / "metrics.json"), "--profile", "cxr", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "pleural_effusion: old threshold and band kept: too few positives to set a threshold (12 < 30)" in proc.stderr
+    )
+    tuned = load_profile(out)
+    assert tuned.finding("pleural_effusion").threshold == 0.5 and tuned.finding("pneumothorax").threshold == 0.3123
+    cal = dict(tuned.calibration.findings)  # type: ignore[union-attr]
+    assert cal["pneumothorax"].tuned and not cal["pleural_effusion"].tuned
+    state = tuned.calibration_state("c" * 64)
+    assert state.calibrated and tuned.finding_calibration("pleural_effusion", state).startswith(NOT_CALIBRATED_TEXT)
 
 
 def test_calibration_table_is_checked(tmp_path: Path) -> None:
