@@ -15,6 +15,7 @@ import socket
 import tempfile
 import threading
 import time
+import zlib
 from datetime import date
 from pathlib import Path
 from typing import TypedDict
@@ -62,8 +63,10 @@ def synthetic_image(
     series_uid: str | None = None,
     photometric: str = "MONOCHROME2",
 ) -> Path:
-    """A small but well-formed image with a smooth phantom and noise (seeded by the patient)."""
-    rng = np.random.default_rng(abs(hash(patient_id + str(number))) % 2**32)
+    """A small but well-formed image with a smooth phantom and noise (seeded by patient and number)."""
+    # zlib.crc32, not hash(): str hashes are salted per process, and the same patient and number
+    # must give the same pixels in every run (a reproducible demo and test cohort).
+    rng = np.random.default_rng(zlib.crc32(f"{patient_id}/{number}".encode()))
     yy, xx = np.mgrid[0:rows, 0:cols]
     phantom = 2000 * np.exp(-(((yy - rows / 2) / (rows / 3)) ** 2 + ((xx - cols / 2) / (cols / 4)) ** 2))
     pixels = np.clip(phantom + rng.normal(300, 40, (rows, cols)), 0, 4095).astype(np.uint16)
