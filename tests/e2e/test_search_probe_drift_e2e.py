@@ -382,6 +382,15 @@ def test_drift_alerts_on_changed_images_only(archive: Archive, tmp_path: Path) -
     assert metric_value(node, "triage_node_drift_alert", STREAM) == 1.0
     assert len(audit_lines(cfg, "drift alert raised")) == raised_before + 1  # ... and no second event
 
+    # the modality back to what the reference looked like: the alert clears, once
+    cleared_before = len(audit_lines(cfg, "drift alert cleared"))
+    back = [make_image(tmp_path / f"b{i}.dcm", index=4000 + i, positive=i % 2 == 0) for i in range(15)]
+    send_and_wait(node, cfg, back)
+    wait_until(lambda: metric_value(node, "triage_node_drift_alert", STREAM) == 0.0, 30, "the drift gauge back at 0")
+    wait_until(lambda: len(audit_lines(cfg, "drift alert cleared")) > cleared_before, 30, "the clearing audit event")
+    assert drift_json(cfg)[STREAM]["alert"] is False
+    assert len(audit_lines(cfg, "drift alert cleared")) == cleared_before + 1
+
     # a new manufacturer is a new stream, reported as such
     other = [
         make_image(tmp_path / f"n{i}.dcm", index=3000 + i, positive=False, manufacturer="Initech") for i in range(3)
