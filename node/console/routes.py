@@ -75,6 +75,15 @@ def _base(request: Request, viewer: Viewer, active: str, *, refresh: int | None 
     )
 
 
+def _page(
+    request: Request, viewer: Viewer, active: str, started: float, *, auto_refresh: bool = True, **context: Any
+) -> Response:
+    """A console page ``<active>.html`` in the shared frame (:func:`_base`), reloading itself every
+    ``REFRESH_SECONDS[active]`` unless the operator turned auto-refresh off."""
+    base = _base(request, viewer, active, refresh=REFRESH_SECONDS[active] if auto_refresh else None)
+    return render(request, f"{active}.html", dict(base, auto_refresh=auto_refresh, **context), started=started)
+
+
 def _see_other(path: str, **query: Any) -> RedirectResponse:
     q = {k: v for k, v in query.items() if v not in (None, "")}
     return RedirectResponse(path + (f"?{urlencode(q)}" if q else ""), status_code=303)
@@ -152,19 +161,17 @@ def worklist(
     result.profiles = sorted({*_ctx(request).settings.triage.profiles, *([f.profile] if f.profile else [])})
     query = f.as_query()
     auto = refresh != "0"
-    return render(
+    return _page(
         request,
-        "worklist.html",
-        dict(
-            _base(request, viewer, "worklist", refresh=REFRESH_SECONDS["worklist"] if auto else None),
-            page=result,
-            filters=f,
-            query=query,
-            page_size=PAGE_SIZE,
-            auto_refresh=auto,
-            page_link=lambda n: "/ui/?" + urlencode(dict(query, page=n, **({} if auto else {"refresh": "0"}))),
-        ),
-        started=started,
+        viewer,
+        "worklist",
+        started,
+        auto_refresh=auto,
+        page=result,
+        filters=f,
+        query=query,
+        page_size=PAGE_SIZE,
+        page_link=lambda n: "/ui/?" + urlencode(dict(query, page=n, **({} if auto else {"refresh": "0"}))),
     )
 
 
@@ -302,15 +309,13 @@ def outbox(request: Request, viewer: Viewer = Depends(page_viewer)) -> Response:
         d[state] += 1
         if len(d["items"]) < 500:
             d["items"].append(dict(item, shown_state=state))
-    return render(
+    return _page(
         request,
-        "outbox.html",
-        dict(
-            _base(request, viewer, "outbox", refresh=REFRESH_SECONDS["outbox"]),
-            destinations=list(by_destination.values()),
-            total=len(items),
-        ),
-        started=started,
+        viewer,
+        "outbox",
+        started,
+        destinations=list(by_destination.values()),
+        total=len(items),
     )
 
 
@@ -354,21 +359,19 @@ def audit(
         entries = [audit_read.redact(e) for e in entries]
     chain = request.app.state.console_chain.get(path, c.db)
     auto = refresh != "0"
-    return render(
+    return _page(
         request,
-        "audit.html",
-        dict(
-            _base(request, viewer, "audit", refresh=REFRESH_SECONDS["audit"] if auto else None),
-            entries=entries,
-            chain=chain,
-            codes=AUDIT_CODES,
-            code=code,
-            outcome=outcome,
-            limit=n,
-            auto_refresh=auto,
-            as_json=lambda v: json.dumps(v, sort_keys=True),
-        ),
-        started=started,
+        viewer,
+        "audit",
+        started,
+        auto_refresh=auto,
+        entries=entries,
+        chain=chain,
+        codes=AUDIT_CODES,
+        code=code,
+        outcome=outcome,
+        limit=n,
+        as_json=lambda v: json.dumps(v, sort_keys=True),
     )
 
 
@@ -407,22 +410,20 @@ def health(request: Request, viewer: Viewer = Depends(page_viewer)) -> Response:
         bar_chart("Triage (studies answered)", "studies/min", points, lambda p: p.triage_per_min),
         bar_chart("Triage latency (queued to SR stored, mean)", "s", points, lambda p: p.latency_s),
     ]
-    return render(
+    return _page(
         request,
-        "health.html",
-        dict(
-            _base(request, viewer, "health", refresh=REFRESH_SECONDS["health"]),
-            status_code=status_code,
-            checks=checks,
-            identity=identity,
-            triage_enabled=c.worker is not None,
-            model_error=getattr(c.worker, "model_error", "") if c.worker is not None else "",
-            profiles=[(p.name, p.version) for p in getattr(c.worker, "profiles", None) or []],
-            depths=queue_depths(c.db),
-            disk=disk,
-            charts=charts,
-        ),
-        started=started,
+        viewer,
+        "health",
+        started,
+        status_code=status_code,
+        checks=checks,
+        identity=identity,
+        triage_enabled=c.worker is not None,
+        model_error=getattr(c.worker, "model_error", "") if c.worker is not None else "",
+        profiles=[(p.name, p.version) for p in getattr(c.worker, "profiles", None) or []],
+        depths=queue_depths(c.db),
+        disk=disk,
+        charts=charts,
     )
 
 
