@@ -36,6 +36,7 @@ from node.audit.events import SUCCESS as AUDIT_SUCCESS
 from node.config import RemoteNode
 from node.db.engine import Database
 from node.dimse import status as st
+from node.dimse.scu_race import keep_responses_for_caller
 from node.dimse.tls import client_tls_args
 from node.oplog import get_logger
 from node.query.match import (
@@ -81,6 +82,13 @@ def _criteria_for_audit(identifier: Dataset | None) -> dict[str, Any]:
         elif elem.keyword:
             out[elem.keyword] = "<sequence>"
     return out
+
+
+def _keep_sub_association_responses(event: evt.Event) -> None:
+    """EVT_ESTABLISHED of a C-MOVE sub-association: its C-STORE responses stay for the sending
+    thread, so a destination's Success is not lost to pynetdicom's reactor race (a sub-operation
+    counted as failed although the destination stored it)."""
+    keep_responses_for_caller(event.assoc)
 
 
 class QueryRetrieveSCP:
@@ -336,7 +344,13 @@ class QueryRetrieveSCP:
             seen.add(key)
             syntaxes = list(dict.fromkeys([key[1], ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
             contexts.append(build_context(key[0], syntaxes))
-        kwargs: dict[str, Any] = {"ae_title": node.ae_title, "contexts": contexts[:128]}
+        kwargs: dict[str, Any] = {
+            "ae_title": node.ae_title,
+            "contexts": contexts[:128],
+            # pynetdicom opens the sub-association itself; guard it like our own SCUs (scu_race.py)
+            # as soon as it is established (in the requesting thread, before its reactor starts).
+            "evt_handlers": [(evt.EVT_ESTABLISHED, _keep_sub_association_responses)],
+        }
         tls = client_tls_args(node)
         if tls is not None:
             kwargs["tls_args"] = tls

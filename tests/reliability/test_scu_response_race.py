@@ -130,3 +130,63 @@ def test_guarded_requestor_gets_every_response(store_scp) -> None:  # type: igno
     answered, lost = _send(port, guarded=True)
     assert (answered, lost) == (STORES, 0)
     assert len(stored) == STORES
+
+
+def test_c_move_sub_association_of_the_node_gets_every_response(  # type: ignore[no-untyped-def]
+    store_scp, tmp_path, node_factory
+) -> None:
+    """The node's Q/R SCP moves a study to a destination over a sub-association that pynetdicom
+    opens itself (node/dimse/qr.py guards it on EVT_ESTABLISHED). With the race window made wide
+    on that sub-association, every C-STORE sub-operation must still be reported completed."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
+
+    from tests.support.config import make_settings
+
+    port, stored = store_scp
+    node = node_factory(
+        make_settings(
+            tmp_path,
+            dicom={"allowed_peers": ["RACE_SCU"], "dimse_timeout_seconds": DIMSE_TIMEOUT},
+            move_destinations=[{"ae_title": "RACE_SCP", "host": "127.0.0.1", "port": port}],
+        )
+    )
+    study = generate_uid()
+    instances = [_instance() for _ in range(STORES)]
+    for ds in instances:
+        ds.StudyInstanceUID = study
+
+    ae = AE(ae_title="RACE_SCU")
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 30
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = keep_responses_for_caller(ae.associate("127.0.0.1", node.settings.dicom.port, ae_title="TRIAGE_NODE"))
+    assert assoc.is_established
+    try:
+        assert [int(assoc.send_c_store(ds).Status) for ds in instances] == [0] * STORES
+
+        # every sub-association the node's AE opens gets the wide race window (after the node's
+        # own EVT_ESTABLISHED handlers ran inside associate())
+        node_ae = node.listener.ae
+        associate = node_ae.associate
+
+        def widened(*args: Any, **kwargs: Any) -> Any:
+            sub = associate(*args, **kwargs)
+            if sub.is_established:
+                sub._reactor_checkpoint = _ReactorParkedAfterCheck(sub)
+                _caller_parked_after_sending(sub)
+                time.sleep(0.05)  # the reactor is in its loop again, parked just past the check
+            return sub
+
+        node_ae.associate = widened
+        query = Dataset()
+        query.QueryRetrieveLevel, query.StudyInstanceUID = "STUDY", study
+        final = None
+        for status, _ in assoc.send_c_move(query, "RACE_SCP", StudyRootQueryRetrieveInformationModelMove):
+            if status and int(status.Status) not in (0xFF00, 0xFF01):
+                final = status
+    finally:
+        assoc.release()
+    assert final is not None, "no final C-MOVE response"
+    assert int(final.Status) == 0x0000, final
+    assert (final.NumberOfCompletedSuboperations, final.get("NumberOfFailedSuboperations", 0)) == (STORES, 0)
+    assert sorted(stored) == sorted(str(ds.SOPInstanceUID) for ds in instances)
