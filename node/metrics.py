@@ -52,6 +52,11 @@ STORAGE_FREE_BYTES = Gauge("triage_node_storage_free_bytes", "Free bytes on the 
 STORAGE_FLOOR_BYTES = Gauge(
     "triage_node_storage_floor_bytes", "storage.min_free_bytes: below it C-STORE answers 0xA700", registry=REGISTRY
 )
+MODEL_CALLS_PAST_DEADLINE = Gauge(
+    "triage_node_model_calls_past_deadline",
+    "Model calls abandoned at model.timeout_seconds that are still running (a stuck model or GPU)",
+    registry=REGISTRY,
+)
 MODEL_STATE = Gauge(
     "triage_node_model_state", "Triage model state (1 for the current one)", ["state"], registry=REGISTRY
 )  # loaded | not_loaded | disabled

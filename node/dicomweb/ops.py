@@ -40,7 +40,11 @@ def update_gauges(c: Any) -> dict[str, Any]:
     for name in ("loaded", "not_loaded", "disabled"):
         metrics.MODEL_STATE.labels(name).set(1 if name == state else 0)
     active = c.listener.active_associations() if c.listener is not None else 0
+    runner = getattr(c.worker, "runner", None)
+    hung = runner.abandoned() if runner is not None else 0
+    metrics.MODEL_CALLS_PAST_DEADLINE.set(hung)
     return {
+        "hung_model_calls": hung,
         "free": free,
         "floor": floor,
         "model": state,
@@ -52,7 +56,8 @@ def update_gauges(c: Any) -> dict[str, Any]:
 
 @public.get("/healthz", summary="Liveness and readiness: database, storage, free space, DICOM slots, model")
 def healthz(request: Request) -> Response:
-    """200 "ok"; 200 "degraded" when the node receives but cannot triage (model not loaded);
+    """200 "ok"; 200 "degraded" when the node receives but cannot triage (model not loaded, or
+    stuck in calls past their deadline);
     503 "unhealthy" when it cannot receive: database or storage failing, free space below the
     floor (every C-STORE gets 0xA700), every association slot taken. Reasons are listed."""
     c = ctx(request)
@@ -88,6 +93,15 @@ def healthz(request: Request) -> Response:
     checks["model"] = figures["model_detail"]
     if figures["model"] == "not_loaded":
         degraded.append(f"triage model {figures['model_detail']}: studies get no AI assessment")
+    if c.worker is not None:
+        checks["model_calls_past_deadline"] = figures["hung_model_calls"]
+    if figures["hung_model_calls"]:
+        # A loaded model that stopped answering (a stuck GPU) still reads "loaded": without this,
+        # /healthz said ok while every study got no AI assessment (model-timeout).
+        degraded.append(
+            f"{figures['hung_model_calls']} model call(s) still running past model.timeout_seconds: "
+            "studies get no AI assessment (model-timeout) while the model is stuck; restart the node if it stays"
+        )
     worker = c.worker
     if worker is not None and getattr(worker, "profiles", None):
         from node.triage.calibration import calibration_states

@@ -127,3 +127,38 @@ def test_healthz_degraded_while_the_model_is_not_loaded(tmp_path, make_settings,
     assert any("no AI assessment" in reason for reason in body["reasons"])
     text = httpx.get(url + "/metrics", headers=AUTH).text
     assert 'triage_node_model_state{state="not_loaded"} 1.0' in text
+
+
+def test_healthz_degraded_while_a_model_call_is_stuck_past_its_deadline(
+    tmp_path, make_settings, node_factory, tiny_model_dir
+) -> None:
+    """A loaded model that stops answering (a stuck GPU) still reads "loaded"; /healthz must say
+    that studies get no AI assessment while a call hangs past model.timeout_seconds, and go back
+    to ok when it ends. The stuck call is staged through the worker's own DeadlineRunner."""
+    import threading
+
+    from node.triage.infer import InferenceTimeout
+
+    node, url = _web_node(
+        tmp_path,
+        make_settings,
+        node_factory,
+        triage={"enabled": True},
+        model={"path": str(tiny_model_dir), "offline": True, "device": "cpu"},
+    )
+    wait_until(lambda: node.worker.model is not None, 60, "the tiny model to load", interval=0.1)
+    assert httpx.get(url + "/healthz").json()["status"] == "ok"
+
+    release = threading.Event()
+    with pytest.raises(InferenceTimeout):
+        node.worker.runner.run(lambda: release.wait(60), 0.05)
+    try:
+        body = httpx.get(url + "/healthz").json()
+        assert body["status"] == "degraded" and body["checks"]["model_calls_past_deadline"] == 1
+        assert any("past model.timeout_seconds" in reason for reason in body["reasons"]), body["reasons"]
+        text = httpx.get(url + "/metrics", headers=AUTH).text
+        assert "triage_node_model_calls_past_deadline 1.0" in text
+    finally:
+        release.set()
+    wait_until(lambda: httpx.get(url + "/healthz").json()["status"] == "ok", 30, "healthz back to ok", interval=0.1)
+    assert httpx.get(url + "/healthz").json()["checks"]["model_calls_past_deadline"] == 0
