@@ -151,6 +151,8 @@ def test_audit_and_health_pages(page: Any, console_node: ConsoleNode, screenshot
     assert events and all("110114" in e for e in events)
     page.goto(cn.base + "/ui/health")
     assert "Loaded" in page.inner_text("#model")
+    checks = page.inner_text("#checks")
+    assert "of 8 in use" in checks and "model calls past deadline" in checks and "{" not in checks, checks
     assert page.locator("figure.chart svg").count() == 3
     # the studies stored by the fixture show as ingest in the last hour (one chart bar or more)
     assert page.locator("figure.chart").first.locator("rect.bar").count() >= 1
