@@ -21,12 +21,11 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from .result import PRIORITY_HIGH, FindingResult, FindingState, TriageResult
+from .result import PRIORITY_HIGH, PRIORITY_NOT_RAISED_TEXT, FindingResult, FindingState, TriageResult
 
 WIDTH, HEIGHT = 1024, 768
 THUMB = 320
 BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSTIC USE"
-NOT_RAISED = "Priority not raised by the AI (the order's own priority applies)"
 STATE_TEXT = {
     FindingState.PRESENT: "present (above threshold)",
     FindingState.NOT_DETECTED: "not detected by the model",
@@ -57,7 +56,9 @@ def card_text(result: TriageResult, sr_sop_instance_uid: str) -> CardText:
         why = ""
     # The SR's MEDIUM means "not raised by the AI"; the worklist keeps the order's own priority
     # (STAT, LOW), so the card never calls MEDIUM the worklist priority.
-    stated = f"Worklist priority: {result.priority}{why}" if result.priority == PRIORITY_HIGH else NOT_RAISED
+    stated = (
+        f"Worklist priority: {result.priority}{why}" if result.priority == PRIORITY_HIGH else PRIORITY_NOT_RAISED_TEXT
+    )
     if result.assist:
         priority = stated
     else:

@@ -35,6 +35,11 @@ ALLOWED_PRIORITIES = frozenset({PRIORITY_HIGH, PRIORITY_MEDIUM})
 #: a statement that starts with it means "not calibrated" (``AlgorithmInfo.calibration``).
 NOT_CALIBRATED_TEXT = "operating points not calibrated on local data"
 
+#: How every output (summary card, FHIR) words an SR priority of MEDIUM: the AI did not raise the
+#: study, and the order's own priority (STAT, LOW) stands. Never "priority MEDIUM", which a RIS or a
+#: reader could take as lowering a STAT order.
+PRIORITY_NOT_RAISED_TEXT = "Priority not raised by the AI (the order's own priority applies)"
+
 
 class FindingState(StrEnum):
     """What the model says about one finding.

@@ -25,7 +25,7 @@ from typing import Any
 import pydicom
 from fhir.resources.bundle import Bundle
 
-from dicom_sr import PRIORITY_HIGH, TriageResult, read_triage_sr
+from dicom_sr import PRIORITY_HIGH, PRIORITY_NOT_RAISED_TEXT, TriageResult, read_triage_sr
 from node import __version__
 from node.config import FhirDestination
 from node.forward.hl7 import STATE_CODE, study_facts
@@ -129,14 +129,14 @@ def build_bundle(result: TriageResult, sr: pydicom.Dataset) -> Bundle:
         )
     # MEDIUM means "not raised": the order's own priority (STAT, LOW) stands, so it is not called
     # the worklist priority.
-    stated = "worklist priority HIGH" if result.priority == PRIORITY_HIGH else "priority not raised by the AI"
+    stated = "Worklist priority HIGH" if result.priority == PRIORITY_HIGH else PRIORITY_NOT_RAISED_TEXT
     if result.assist:
         conclusion = f"AI triage: {stated}."
     else:
         reason = result.no_assist_text or result.no_assist_reason.meaning  # type: ignore[union-attr]
         if not reason.lower().startswith("no ai assessment"):
             reason = f"No AI assessment: {reason}"
-        conclusion = f"{reason.rstrip('.')}. {stated[0].upper()}{stated[1:]}."
+        conclusion = f"{reason.rstrip('.')}. {stated}."
     if alg.is_test_model:
         conclusion += " TEST MODEL: random weights, the scores are noise and mean nothing."
     report_id = _id("report", facts.sr_uid)

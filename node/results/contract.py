@@ -21,6 +21,8 @@ from node.triage.policy import REASON_TEXT, NoAssistReason, StudyDecision
 from node.triage.profiles import FindingSpec, TriageProfile
 
 ALGORITHM_NAME = "triage-node MedSigLIP zero-shot triage"
+#: Model id, revision and weights of an SR written while no model was loaded (model-unavailable).
+NOT_LOADED = "not loaded"
 
 
 def image_ref(ds: Dataset) -> ImageRef:
@@ -34,9 +36,9 @@ def algorithm_info(
         name=ALGORITHM_NAME,
         version=__version__,
         # No model loaded (a model-unavailable no-assist SR): say so; AlgorithmInfo needs non-empty text.
-        model_id=identity.model_id if identity else "not loaded",
-        model_revision=identity.revision if identity else "not loaded",
-        weights_sha256=identity.weights_sha256 if identity else "not loaded",
+        model_id=identity.model_id if identity else NOT_LOADED,
+        model_revision=identity.revision if identity else NOT_LOADED,
+        weights_sha256=identity.weights_sha256 if identity else NOT_LOADED,
         profile_name=profile.name,
         profile_version=profile.version,
         preprocessing_version=preprocessing_version,
@@ -103,7 +105,7 @@ def triage_result(
     """
     evaluated = tuple(image_ref(images[i]) for i in decision.evaluated)
     specs = {f.key: f for f in profile.findings}
-    state = profile.calibration_state(None if algorithm.weights_sha256 == "not loaded" else algorithm.weights_sha256)
+    state = profile.calibration_state(None if algorithm.weights_sha256 == NOT_LOADED else algorithm.weights_sha256)
     findings = tuple(
         dataclasses.replace(
             finding_result(specs[s.key], s.score, str(s.state), evaluated),
