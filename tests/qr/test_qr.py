@@ -33,6 +33,13 @@ def findscu(node: QRNode, out: Path, *keys: str, patient_root: bool = False) -> 
     return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
 
+def movescu(node: QRNode, destination: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """DCMTK's movescu: a study-level C-MOVE of the chest study to ``destination``."""
+    cmd = ["movescu", *flags, "-S", "-aet", SCU_AE, "-aec", NODE_AE, "-aem", destination]
+    cmd += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={node.chest_study}"]
+    return subprocess.run([*cmd, "127.0.0.1", str(node.port)], capture_output=True, text=True, timeout=60, check=False)
+
+
 def study_level(node: QRNode, out: Path, *keys: str) -> list[pydicom.Dataset]:
     return findscu(
         node,
@@ -218,28 +225,7 @@ def test_movescu_to_configured_destination(qr_node: QRNode, tmp_path: Path) -> N
     )
     try:
         wait_until(lambda: port_open(qr_node.move_port), 20, "storescp to listen")
-        proc = subprocess.run(
-            [
-                "movescu",
-                "-S",
-                "-aet",
-                SCU_AE,
-                "-aec",
-                NODE_AE,
-                "-aem",
-                MOVE_DEST_AE,
-                "-k",
-                "QueryRetrieveLevel=STUDY",
-                "-k",
-                f"StudyInstanceUID={qr_node.chest_study}",
-                "127.0.0.1",
-                str(qr_node.port),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        proc = movescu(qr_node, MOVE_DEST_AE)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         expected = {r[1] for r in sr_instances(qr_node.db, qr_node.chest_study)} | {
             str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in qr_node.chest_files
@@ -259,29 +245,7 @@ def test_movescu_to_configured_destination(qr_node: QRNode, tmp_path: Path) -> N
 
 
 def test_unknown_move_destination_refused(qr_node: QRNode) -> None:
-    proc = subprocess.run(
-        [
-            "movescu",
-            "-v",
-            "-S",
-            "-aet",
-            SCU_AE,
-            "-aec",
-            NODE_AE,
-            "-aem",
-            "NOBODY",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={qr_node.chest_study}",
-            "127.0.0.1",
-            str(qr_node.port),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = movescu(qr_node, "NOBODY", "-v")
     text = proc.stdout + proc.stderr
     assert "MoveDestinationUnknown" in text or "a801" in text.lower(), text
 
